@@ -1,0 +1,220 @@
+"""The ``accel-node`` command line.
+
+Exit codes: 0 success, 1 runtime error (daemon not running, peer unreachable, ...),
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from accel_node import __version__
+from accel_node.cli import render
+from accel_node.errors import AccelNodeError, UsageError
+from accel_node.home import HOME_ENV, NodeHome, default_home_path
+
+EXIT_RUNTIME = 1
+EXIT_USAGE = 2
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: NodeHome
+    log_format: str | None
+    log_level: str | None
+
+
+def _settings(ctx: click.Context) -> Settings:
+    obj = ctx.find_root().obj
+    assert isinstance(obj, Settings)
+    return obj
+
+
+def _client(ctx: click.Context) -> Any:
+    from accel_node.cli.client import ApiClient
+
+    return ApiClient(_settings(ctx).home)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False, path_type=Path),
+    envvar=HOME_ENV,
+    help=f"Node home directory [env {HOME_ENV}; default: the user's XDG data dir].",
+)
+@click.option("--log-format", type=click.Choice(["text", "json"]), help="Override [log] format.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Override [log] level.",
+)
+@click.version_option(__version__, prog_name="accel-node")
+@click.pass_context
+def cli(ctx: click.Context, home: Path | None, log_format: str | None, log_level: str | None) -> None:
+    """accel-node: cooperative machine-learning inference over a peer-to-peer network."""
+    ctx.obj = Settings(NodeHome(home or default_home_path()), log_format, log_level)
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def init(ctx: click.Context, as_json: bool) -> None:
+    """Create the node home: config.toml, identity key and API token (keeps existing files)."""
+    result = _settings(ctx).home.init()
+    data = {"home": str(result.home), "peer_id": result.peer_id, "created": result.created}
+    if as_json:
+        render.emit_json(data)
+    elif result.created:
+        render.line(f"initialised {result.home} (created {', '.join(result.created)})")
+        render.line(f"peer id: {result.peer_id}")
+    else:
+        render.line(f"{result.home} is already initialised; peer id: {result.peer_id}")
+
+
+@cli.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the daemon in the foreground (initialises the home first if needed)."""
+    import trio
+
+    from accel_node.config import load_config
+    from accel_node.logs import configure_logging
+    from accel_node.node import Node
+
+    settings = _settings(ctx)
+    home = settings.home
+    if not home.is_initialised():
+        result = home.init()
+        click.echo(f"initialised {result.home} (peer id {result.peer_id})", err=True)
+    config = load_config(home.config_path)
+    configure_logging(
+        level=settings.log_level or config.log.level,
+        fmt=settings.log_format or config.log.format,
+        libp2p_level=config.log.libp2p_level,
+    )
+    trio.run(Node(home, config).run)
+
+
+@cli.command("id")
+@json_option
+@click.pass_context
+def id_(ctx: click.Context, as_json: bool) -> None:
+    """Print this node's peer id and addresses."""
+    with _client(ctx) as api:
+        status = api.get("/v1/status")
+    data = {"peer_id": status["peer_id"], "addrs": status["addrs"]}
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.line(data["peer_id"])
+        for addr in data["addrs"]:
+            render.line(f"  {addr}")
+
+
+@cli.command()
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Show the running daemon's status."""
+    with _client(ctx) as api:
+        data = api.get("/v1/status")
+        data["api"] = api.url
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.key_values("accel-node", data)
+
+
+@cli.group(invoke_without_command=True)
+@json_option
+@click.pass_context
+def peers(ctx: click.Context, as_json: bool) -> None:
+    """List connected peers with their addresses and latency."""
+    if ctx.invoked_subcommand is not None:
+        return
+    with _client(ctx) as api:
+        data = api.get("/v1/peers")
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.peers_table(data["peers"])
+
+
+@cli.command()
+@click.argument("addr")
+@json_option
+@click.pass_context
+def connect(ctx: click.Context, addr: str, as_json: bool) -> None:
+    """Connect to a peer: ADDR is /ip4/<addr>/tcp/<port>/p2p/<peer-id>."""
+    with _client(ctx) as api:
+        peer = api.post("/v1/peers/connect", {"addr": addr})
+    if as_json:
+        render.emit_json(peer)
+    else:
+        latency = peer.get("latency_ms")
+        suffix = "" if latency is None else f" ({latency:.2f} ms)"
+        render.line(f"connected to {peer['peer_id']}{suffix}")
+
+
+@cli.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@json_option
+@click.pass_context
+def config_show(ctx: click.Context, as_json: bool) -> None:
+    """Show the running daemon's effective configuration."""
+    with _client(ctx) as api:
+        data = api.get("/v1/config")["config"]
+    if as_json:
+        render.emit_json(data)
+    else:
+        for section, values in data.items():
+            render.key_values(f"[{section}]", values)
+
+
+@config.command("check")
+@click.pass_context
+def config_check(ctx: click.Context) -> None:
+    """Validate the home's config.toml (with environment overrides) without a daemon."""
+    from accel_node.config import load_config
+
+    path = _settings(ctx).home.config_path
+    load_config(path)
+    render.line(f"{path}: ok")
+
+
+@config.command("example")
+def config_example() -> None:
+    """Print the documented example configuration (every key with its default)."""
+    from accel_node.config import render_example
+
+    sys.stdout.write(render_example())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``accel-node`` console script."""
+    try:
+        code = cli.main(args=argv, prog_name="accel-node", standalone_mode=False)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(EXIT_USAGE if isinstance(exc, click.UsageError) else exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except UsageError as exc:
+        render.error(str(exc))
+        sys.exit(EXIT_USAGE)
+    except AccelNodeError as exc:
+        render.error(str(exc))
+        sys.exit(EXIT_RUNTIME)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,284 @@
+"""Typed, validated configuration loaded from TOML, with ``ACCEL_NODE_<SECTION>_<KEY>`` overrides.
+
+Unknown keys and wrong types are errors that name the key (``[p2p] listen_addrs[0]: ...``); a
+daemon never starts on a configuration it only half understood. The sections below are the single
+source of truth: ``config.example.toml`` is rendered from their field descriptions by
+:func:`render_example` (a test keeps the checked-in file equal to it).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+from accel_node.errors import ConfigError
+from p2p.addrs import is_loopback_host, parse_listen_addr, parse_peer_addr
+from p2p.errors import InvalidAddressError
+
+ENV_PREFIX = "ACCEL_NODE_"
+MAX_CONFIG_BYTES = 1 << 20
+
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class NodeSection(_Section):
+    """[node]: the daemon as a whole."""
+
+    name: str = Field(
+        default="",
+        max_length=64,
+        description="Human-readable name of this node; empty means the machine's host name.",
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="On SIGINT/SIGTERM, how long in-flight API requests may take to finish (s).",
+    )
+
+
+class P2PSection(_Section):
+    """[p2p]: the libp2p host."""
+
+    listen_addrs: list[str] = Field(
+        default_factory=lambda: ["/ip4/0.0.0.0/tcp/4011"],
+        min_length=1,
+        description="TCP multiaddrs the libp2p host listens on (Noise + yamux). Port 0 picks a free port.",
+    )
+    bootstrap: list[str] = Field(
+        default_factory=list,
+        description="Peers to connect to at start and whenever the connection drops: "
+        "/ip4/<addr>/tcp/<port>/p2p/<peer-id>.",
+    )
+    mdns: bool = Field(default=True, description="Find and connect to peers on the LAN with mDNS.")
+    dial_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="Give up connecting to a peer after this long (s)."
+    )
+    ping_interval_s: float = Field(
+        default=15.0,
+        ge=1,
+        le=3600,
+        description="How often to measure round-trip time to each peer (s).",
+    )
+    bootstrap_retry_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="Delay before redialling an unreachable bootstrap peer (s).",
+    )
+
+    @field_validator("listen_addrs")
+    @classmethod
+    def _check_listen(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            try:
+                parse_listen_addr(text)
+            except InvalidAddressError as exc:
+                raise ValueError(f"item {i}: {exc}") from exc
+        return value
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            try:
+                parse_peer_addr(text)
+            except InvalidAddressError as exc:
+                raise ValueError(f"item {i}: {exc}") from exc
+        return value
+
+
+class ApiSection(_Section):
+    """[api]: the local HTTP control API."""
+
+    allow_remote: bool = Field(
+        default=False,
+        description="Permit a non-loopback [api] host. Every request still needs the bearer token.",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the control API binds to. Loopback unless allow_remote = true.",
+    )
+    port: int = Field(
+        default=0, ge=0, le=65535, description="TCP port of the control API; 0 picks a free port."
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _loopback_unless_allowed(cls, value: str, info: ValidationInfo) -> str:
+        if not info.data.get("allow_remote", False) and not is_loopback_host(value):
+            raise ValueError(
+                f"{value!r} is not a loopback address; set [api] allow_remote = true to expose the API"
+            )
+        return value
+
+
+class StoreSection(_Section):
+    """[store]: the local SQLite database."""
+
+    path: str = Field(
+        default="node.db", min_length=1, description="Database file, relative to the node home."
+    )
+    synchronous: Literal["NORMAL", "FULL"] = Field(
+        default="NORMAL",
+        description="SQLite synchronous mode: NORMAL (fast, safe with WAL) or FULL (survives power loss).",
+    )
+
+
+class LogSection(_Section):
+    """[log]: logging."""
+
+    level: LogLevel = Field(default="info", description="Log level: debug, info, warning or error.")
+    format: Literal["text", "json"] = Field(
+        default="text", description="text for people, json for one JSON object per line."
+    )
+    libp2p_level: LogLevel = Field(
+        default="warning", description="Log level of py-libp2p's own (noisy) loggers."
+    )
+
+
+class Config(_Section):
+    """The whole configuration of a node."""
+
+    node: NodeSection = Field(default_factory=NodeSection)
+    p2p: P2PSection = Field(default_factory=P2PSection)
+    api: ApiSection = Field(default_factory=ApiSection)
+    store: StoreSection = Field(default_factory=StoreSection)
+    log: LogSection = Field(default_factory=LogSection)
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    name: field.annotation  # type: ignore[misc]
+    for name, field in Config.model_fields.items()
+}
+
+
+def _format_loc(loc: tuple[int | str, ...]) -> str:
+    if not loc:
+        return "(top level)"
+    if len(loc) == 1:
+        return f"[{loc[0]}]"
+    key = f"[{loc[0]}]" if len(loc) > 1 else str(loc[0])
+    for part in loc[1:]:
+        key += f"[{part}]" if isinstance(part, int) else f" {part}" if key.endswith("]") else f".{part}"
+    return key
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            message = "unknown section" if len(loc) == 1 else "unknown key"
+        problems.append((_format_loc(loc), message))
+    return problems
+
+
+def env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, str]]]:
+    """Config values from ``ACCEL_NODE_<SECTION>_<KEY>`` variables.
+
+    Values are parsed as TOML (``8080``, ``true``, ``["/ip4/..."]``); keys whose type is a string
+    take the raw text. Variables naming no section (``ACCEL_NODE_HOME``) are not config.
+    """
+    values: dict[str, dict[str, Any]] = {}
+    problems: list[tuple[str, str]] = []
+    for var, raw in environ.items():
+        if not var.startswith(ENV_PREFIX):
+            continue
+        rest = var[len(ENV_PREFIX) :].lower()
+        section = next((s for s in SECTIONS if rest.startswith(s + "_")), None)
+        if section is None:
+            continue
+        key = rest[len(section) + 1 :]
+        field = SECTIONS[section].model_fields.get(key)
+        if field is None:
+            problems.append((var, f"unknown key {key!r} in section [{section}]"))
+            continue
+        if field.annotation is str:
+            value: Any = raw
+        else:
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                value = raw
+        values.setdefault(section, {})[key] = value
+    return values, problems
+
+
+def parse_config(data: Mapping[str, Any], *, source: str, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate ``data`` (a parsed TOML document) merged with environment overrides."""
+    merged: dict[str, Any] = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    overrides, problems = env_overrides(os.environ if environ is None else environ)
+    if problems:
+        raise ConfigError("environment", problems)
+    for section, values in overrides.items():
+        current = merged.get(section, {})
+        if isinstance(current, dict):
+            merged[section] = {**current, **values}
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        where = source + (" + environment" if overrides else "")
+        raise ConfigError(where, _problems(exc)) from exc
+
+
+def load_config(path: Path, *, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate the TOML file at ``path``; a missing file means all defaults."""
+    data: dict[str, Any] = {}
+    if path.exists():
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(str(path), [("(file)", f"cannot read: {exc.strerror}")]) from exc
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(str(path), [("(file)", f"larger than {MAX_CONFIG_BYTES} bytes")])
+        try:
+            data = tomllib.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(str(path), [("(file)", f"not valid TOML: {exc}")]) from exc
+    return parse_config(data, source=str(path), environ=environ)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def render_example() -> str:
+    """The documented example configuration: every key, its default and what it means."""
+    lines = [
+        "# accel-node configuration. Every key is optional; the values shown are the defaults.",
+        "# Any key can be overridden with ACCEL_NODE_<SECTION>_<KEY>, e.g. ACCEL_NODE_API_PORT=8080",
+        "# (values are parsed as TOML: ACCEL_NODE_P2P_BOOTSTRAP='[\"/ip4/10.0.0.2/tcp/4011/p2p/12D3...\"]').",
+        "# Unknown keys and wrong types are errors.",
+    ]
+    defaults = Config()
+    for name, section_type in SECTIONS.items():
+        lines += ["", f"[{name}]"]
+        section = getattr(defaults, name)
+        for key, field in section_type.model_fields.items():
+            lines.append(f"# {field.description}")
+            lines.append(f"{key} = {_toml_value(getattr(section, key))}")
+    return "\n".join(lines) + "\n"
+
+
+def config_as_dict(config: Config) -> dict[str, Any]:
+    """The configuration as plain data (for ``config show`` and the API)."""
+    return config.model_dump(mode="json")

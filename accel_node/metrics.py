@@ -1,0 +1,67 @@
+"""Prometheus metrics of one node, in a registry of its own (never the process-global one)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+
+from accel_node import __version__
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class NodeMetrics:
+    """The metrics a node exports at ``GET /metrics``."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.started_at = time.monotonic()
+        self.info = Info("accel_node", "Build and identity of this node", registry=self.registry)
+        self.uptime = Gauge(
+            "accel_node_uptime_seconds", "Seconds since the daemon started", registry=self.registry
+        )
+        self.uptime.set_function(self.uptime_s)
+        self.connected_peers = Gauge(
+            "accel_node_connected_peers",
+            "Peers with an open libp2p connection",
+            registry=self.registry,
+        )
+        self.api_requests = Counter(
+            "accel_node_api_requests",
+            "Control API requests by route and status",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.api_latency = Histogram(
+            "accel_node_api_request_duration_seconds",
+            "Control API request handling time",
+            ["route"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0),
+            registry=self.registry,
+        )
+        self.ping_rtt = Histogram(
+            "accel_node_peer_rtt_seconds",
+            "Round-trip time of libp2p pings to peers",
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=self.registry,
+        )
+        self.dials = Counter(
+            "accel_node_dials",
+            "Outbound connection attempts by result",
+            ["result"],
+            registry=self.registry,
+        )
+
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at
+
+    def set_identity(self, peer_id: str) -> None:
+        self.info.info({"version": __version__, "peer_id": peer_id})
+
+    def track_peers(self, count: Callable[[], int]) -> None:
+        self.connected_peers.set_function(count)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,175 @@
+"""The node's view of the libp2p network: dialing, bootstrap peers, latency and the peer table.
+
+The libp2p host itself is built and run by ``p2p.host``; this service adds what the node needs on
+top of it: keeping bootstrap peers connected, measuring round-trip times, and recording every peer
+it meets in the store.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+from multiaddr import Multiaddr
+from trio_typing import TaskStatus
+
+from accel_node.config import P2PSection
+from accel_node.metrics import NodeMetrics
+from accel_node.store import AsyncStore
+from p2p.addrs import parse_peer_addr
+from p2p.errors import DialError, PingError
+from p2p.host import dial, listening_addrs
+from p2p.ping import Pinger
+
+log = logging.getLogger(__name__)
+
+PING_TICK_S = 1.0  # how often the ping loop looks for peers that are due (new peers wait at most this)
+
+
+@dataclass(frozen=True)
+class PeerView:
+    """A connected peer as the API shows it."""
+
+    peer_id: str
+    addrs: list[str]
+    latency_ms: float | None
+    measured_at: float | None
+
+
+def full_addr(addr: Multiaddr, peer_id: ID) -> str:
+    """``addr`` as a dialable string ending in ``/p2p/<peer_id>``."""
+    text = str(addr)
+    suffix = f"/p2p/{peer_id}"
+    return text if text.endswith(suffix) else text + suffix
+
+
+class PeerNetwork:
+    """Keeps the node connected and measured; started with ``nursery.start(network.run)``."""
+
+    def __init__(self, host: IHost, store: AsyncStore, settings: P2PSection, metrics: NodeMetrics) -> None:
+        self.host = host
+        self._store = store
+        self._settings = settings
+        self._metrics = metrics
+        self._pinger = Pinger(host)
+        self._rtt: dict[ID, tuple[float, float]] = {}  # peer -> (latency ms, unix time measured)
+        self._recorded: set[ID] = set()
+        metrics.track_peers(lambda: len(self.host.get_connected_peers()))
+
+    @property
+    def peer_id(self) -> str:
+        return str(self.host.get_id())
+
+    def own_addrs(self) -> list[str]:
+        return [full_addr(a, self.host.get_id()) for a in listening_addrs(self.host)]
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ping_loop)
+            for addr in self._settings.bootstrap:
+                nursery.start_soon(self._keep_connected, addr)
+            task_status.started()
+
+    async def connect(self, addr_text: str, *, source: str = "dial") -> PeerView:
+        """Dial ``addr_text`` (``.../p2p/<peer-id>``), measure its latency and record it."""
+        peer_id, addr = parse_peer_addr(addr_text)
+        try:
+            await dial(self.host, peer_id, addr, timeout_s=self._settings.dial_timeout_s)
+        except DialError:
+            self._metrics.dials.labels(result="failed").inc()
+            raise
+        self._metrics.dials.labels(result="ok").inc()
+        log.info(
+            "connected to peer",
+            extra={"peer_id": str(peer_id), "addr": str(addr), "source": source},
+        )
+        await self._measure(peer_id)
+        await self._record(peer_id, source=source)
+        return self._view(peer_id)
+
+    def peers(self) -> list[PeerView]:
+        """The peers with an open connection, sorted by peer id."""
+        return sorted((self._view(p) for p in self.host.get_connected_peers()), key=lambda v: v.peer_id)
+
+    def _addrs_of(self, peer_id: ID) -> list[str]:
+        try:
+            addrs = self.host.get_peerstore().addrs(peer_id)
+        except Exception:  # py-libp2p raises PeerStoreError for peers without addresses
+            addrs = []
+        return sorted({full_addr(a, peer_id) for a in addrs})
+
+    def _view(self, peer_id: ID) -> PeerView:
+        rtt = self._rtt.get(peer_id)
+        return PeerView(
+            peer_id=str(peer_id),
+            addrs=self._addrs_of(peer_id),
+            latency_ms=rtt[0] if rtt else None,
+            measured_at=rtt[1] if rtt else None,
+        )
+
+    async def _record(self, peer_id: ID, *, source: str) -> None:
+        rtt = self._rtt.get(peer_id)
+        await self._store.upsert_peer(
+            str(peer_id), self._addrs_of(peer_id), source=source, latency_ms=rtt[0] if rtt else None
+        )
+        self._recorded.add(peer_id)
+
+    async def _measure(self, peer_id: ID) -> None:
+        try:
+            rtt_ms = await self._pinger.rtt_ms(peer_id, timeout_s=self._settings.dial_timeout_s)
+        except PingError as exc:
+            log.debug("ping failed", extra={"peer_id": str(peer_id), "error": str(exc)})
+            return
+        self._rtt[peer_id] = (rtt_ms, time.time())
+        self._metrics.ping_rtt.observe(rtt_ms / 1000.0)
+
+    async def _ping_loop(self) -> None:
+        """Measure every connected peer once per ``ping_interval_s``; new peers within a second."""
+        while True:
+            now = time.time()
+            connected = set(self.host.get_connected_peers())
+            for gone in [p for p in self._rtt if p not in connected]:
+                del self._rtt[gone]
+                self._recorded.discard(gone)
+                await self._pinger.forget(gone)
+            due = [
+                p
+                for p in connected
+                if p not in self._rtt or now - self._rtt[p][1] >= self._settings.ping_interval_s
+            ]
+            if due:
+                async with trio.open_nursery() as nursery:
+                    for peer_id in due:
+                        nursery.start_soon(self._measure_and_record, peer_id)
+            await trio.sleep(PING_TICK_S)
+
+    async def _measure_and_record(self, peer_id: ID) -> None:
+        try:
+            await self._measure(peer_id)
+            await self._record(peer_id, source="inbound" if peer_id not in self._recorded else "dial")
+        except Exception:  # a failure for one peer must not stop measuring the others
+            log.exception("measuring peer failed", extra={"peer_id": str(peer_id)})
+
+    async def _keep_connected(self, addr_text: str) -> None:
+        """Keep a bootstrap peer connected, redialling with exponential backoff."""
+        peer_id, _ = parse_peer_addr(addr_text)
+        delay = 1.0
+        while True:
+            if peer_id in self.host.get_connected_peers():
+                delay = 1.0
+                await trio.sleep(2.0)
+                continue
+            try:
+                await self.connect(addr_text, source="bootstrap")
+                delay = 1.0
+            except DialError as exc:
+                log.warning(
+                    "bootstrap peer unreachable",
+                    extra={"addr": addr_text, "error": str(exc), "retry_s": delay},
+                )
+                await trio.sleep(delay)
+                delay = min(delay * 2, self._settings.bootstrap_retry_s)

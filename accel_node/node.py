@@ -1,0 +1,142 @@
+"""The composition root: builds every service from config and owns the root nursery.
+
+Start-up order: lock the home, open the store, start the libp2p host, the network service and the
+control API (each with ``nursery.start``, so each is ready before the next starts), then publish
+``api.json``. Shutdown on SIGINT/SIGTERM is the reverse: stop accepting API connections and let
+in-flight requests finish within ``[node] shutdown_grace_s``, cancel the network services and close
+the host, remove ``api.json``, then checkpoint and close the store under a shielded scope.
+A second signal during shutdown cancels everything at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+
+import trio
+from libp2p.crypto.keys import KeyPair
+from trio_typing import TaskStatus
+
+from accel_node import __version__
+from accel_node.api.app import ApiContext, create_app
+from accel_node.api.server import client_url, serve_api
+from accel_node.config import Config
+from accel_node.home import NodeHome
+from accel_node.metrics import NodeMetrics
+from accel_node.network import PeerNetwork
+from accel_node.store import AsyncStore
+from p2p.addrs import parse_listen_addr
+from p2p.host import HostSettings, build_host, run_host
+from p2p.identity import peer_id_of
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One accel-node daemon."""
+
+    def __init__(self, home: NodeHome, config: Config) -> None:
+        self.home = home
+        self.config = config
+        self.metrics = NodeMetrics()
+        self._stopping = trio.Event()
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (as SIGTERM does)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Run until stopped by a signal or :meth:`request_stop`.
+
+        Signals are received for the whole lifetime, clean-up included, so that a second SIGTERM
+        arriving while the store is being flushed cancels work instead of killing the process.
+        """
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
+                try:
+                    await self._run_locked()
+                finally:
+                    nursery.cancel_scope.cancel()
+
+    async def _run_locked(self) -> None:
+        with self.home.lock():
+            key_pair = self.home.identity()
+            token = self.home.token()
+            peer_id = str(peer_id_of(key_pair))
+            self.metrics.set_identity(peer_id)
+            store = await AsyncStore.open(
+                self.home.resolve(self.config.store.path), synchronous=self.config.store.synchronous
+            )
+            try:
+                await self._serve(store, key_pair, token)
+            finally:
+                self.home.remove_api_info()
+                await store.close()
+                log.info("node stopped", extra={"peer_id": peer_id})
+
+    async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
+        cfg = self.config
+        listen = [parse_listen_addr(a) for a in cfg.p2p.listen_addrs]
+        host = build_host(key_pair, HostSettings(listen_addrs=listen, mdns=cfg.p2p.mdns))
+        network = PeerNetwork(host, store, cfg.p2p, self.metrics)
+        name = cfg.node.name or socket.gethostname()
+        app = create_app(
+            ApiContext(network=network, config=cfg, metrics=self.metrics, token=token, name=name)
+        )
+        api_done = trio.Event()
+
+        async def api_task(*, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+            try:
+                await serve_api(
+                    app,
+                    host=cfg.api.host,
+                    port=cfg.api.port,
+                    grace_s=cfg.node.shutdown_grace_s,
+                    shutdown_trigger=self._stopping.wait,
+                    task_status=task_status,
+                )
+            finally:
+                api_done.set()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(run_host, host, listen)
+            await nursery.start(network.run)
+            binds = await nursery.start(api_task)
+            url = client_url(binds[0], cfg.api.host)
+            self.home.write_api_info(
+                {
+                    "url": url,
+                    "peer_id": network.peer_id,
+                    "addrs": network.own_addrs(),
+                    "pid": os.getpid(),
+                }
+            )
+            await store.set_meta("last_started_version", __version__)
+            log.info(
+                "node ready",
+                extra={
+                    "peer_id": network.peer_id,
+                    "api": url,
+                    "addrs": network.own_addrs(),
+                    "node_name": name,
+                },
+            )
+            await self._stopping.wait()
+            log.info("shutting down", extra={"grace_s": cfg.node.shutdown_grace_s})
+            with trio.move_on_after(cfg.node.shutdown_grace_s + 1.0):
+                await api_done.wait()
+            nursery.cancel_scope.cancel()
+
+    async def _watch_signals(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if not self._stopping.is_set():
+                log.info("signal received; stopping", extra={"signal": name})
+                self._stopping.set()
+            else:
+                log.warning("second signal; stopping now", extra={"signal": name})
+                scope.cancel()
