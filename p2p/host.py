@@ -39,8 +39,12 @@ class HostSettings:
     """What a host listens on and how it discovers peers."""
 
     listen_addrs: Sequence[Multiaddr]
-    mdns: bool = False
     negotiate_timeout_s: int = 10
+    # Connection manager (go-libp2p's connmgr watermarks): py-libp2p dials known peers while the
+    # connection count is below the midpoint of the watermarks and prunes above the high one.
+    auto_connect: bool = False
+    low_water: int = 32
+    high_water: int = 96
 
 
 def build_host(key_pair: KeyPair, settings: HostSettings) -> IHost:
@@ -51,9 +55,15 @@ def build_host(key_pair: KeyPair, settings: HostSettings) -> IHost:
         sec_opt={NOISE_PROTOCOL_ID: noise},
         muxer_preference="YAMUX",
         listen_addrs=list(settings.listen_addrs),
-        enable_mDNS=settings.mdns,
+        enable_mDNS=False,  # see p2p.mdns: py-libp2p's own start-up blocks the event loop
         negotiate_timeout=settings.negotiate_timeout_s,
-        connection_config=ConnectionConfig(max_connections_per_peer=1),
+        connection_config=ConnectionConfig(
+            max_connections_per_peer=1,
+            min_connections=0,
+            low_watermark=settings.low_water,
+            high_watermark=settings.high_water,
+            max_connections=max(settings.high_water * 2, 64),
+        ),
     )
 
 
@@ -61,10 +71,15 @@ async def run_host(
     host: IHost,
     listen_addrs: Sequence[Multiaddr],
     *,
+    auto_connect: bool = False,
     task_status: TaskStatus[list[Multiaddr]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``listen_addrs`` until cancelled; reports the dialable addresses when ready."""
     async with host.run(list(listen_addrs)):
+        if not auto_connect:
+            # py-libp2p starts its auto-connector with the swarm; stopping it keeps the node to
+            # the peers it dials itself (bootstrap, mDNS, API) and the ones that dial it.
+            await host.get_network().auto_connector.stop()  # type: ignore[attr-defined]
         addrs = listening_addrs(host)
         log.info(
             "libp2p host listening",
