@@ -75,6 +75,45 @@ class P2PSection(_Section):
         le=3600,
         description="Delay before redialling an unreachable bootstrap peer (s).",
     )
+    auto_connect: bool = Field(
+        default=True,
+        description="Dial peers this node has learned of (DHT, heartbeats) while it has fewer "
+        "connections than the midpoint of low_water and high_water.",
+    )
+    low_water: int = Field(default=32, ge=0, le=10000, description="Connection manager low watermark.")
+    high_water: int = Field(
+        default=96,
+        ge=1,
+        le=10000,
+        description="Connection manager high watermark: prune connections above it.",
+    )
+    cap_refresh_s: float = Field(
+        default=60.0,
+        ge=1,
+        le=86400,
+        description="How often this node republishes its signed capability record in the DHT (s); "
+        "each record is valid for twice this.",
+    )
+    presence_interval_s: float = Field(
+        default=10.0,
+        ge=0.5,
+        le=3600,
+        description="How often this node gossips a signed heartbeat on /accel/presence/1 (s); "
+        "each heartbeat is valid for three times this.",
+    )
+    perf_interval_s: float = Field(
+        default=600.0,
+        ge=0,
+        le=86400,
+        description="How often to measure round-trip time and throughput to each connected peer over "
+        "/accel/perf/1.0.0 (s); 0 measures only on demand.",
+    )
+    perf_payload_bytes: int = Field(
+        default=4 * 1024 * 1024,
+        ge=64 * 1024,
+        le=256 * 1024 * 1024,
+        description="Bytes sent each way by a throughput measurement.",
+    )
 
     @field_validator("listen_addrs")
     @classmethod
@@ -84,6 +123,14 @@ class P2PSection(_Section):
                 parse_listen_addr(text)
             except InvalidAddressError as exc:
                 raise ValueError(f"item {i}: {exc}") from exc
+        return value
+
+    @field_validator("high_water")
+    @classmethod
+    def _check_watermarks(cls, value: int, info: ValidationInfo) -> int:
+        low = info.data.get("low_water")
+        if low is not None and value < low:
+            raise ValueError(f"must be >= low_water ({low})")
         return value
 
     @field_validator("bootstrap")
@@ -134,6 +181,16 @@ class StoreSection(_Section):
     )
 
 
+class ProfileSection(_Section):
+    """[profile]: hardware self-profiling."""
+
+    auto: Literal["quick", "full", "off"] = Field(
+        default="quick",
+        description="Profile at start when no profile exists for this hardware's fingerprint: "
+        "quick (under a minute), full, or off.",
+    )
+
+
 class LogSection(_Section):
     """[log]: logging."""
 
@@ -153,6 +210,7 @@ class Config(_Section):
     p2p: P2PSection = Field(default_factory=P2PSection)
     api: ApiSection = Field(default_factory=ApiSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    profile: ProfileSection = Field(default_factory=ProfileSection)
     log: LogSection = Field(default_factory=LogSection)
 
 

@@ -53,6 +53,12 @@ class NodeMetrics:
             ["result"],
             registry=self.registry,
         )
+        self.records_rejected = Counter(
+            "accel_node_records_rejected",
+            "Signed records from peers that were refused, by kind and reason",
+            ["kind", "reason"],
+            registry=self.registry,
+        )
 
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_at

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 
 import trio
 from libp2p.abc import IHost
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
@@ -23,21 +23,13 @@ from accel_node.store import AsyncStore
 from p2p.addrs import parse_peer_addr
 from p2p.errors import DialError, PingError
 from p2p.host import dial, listening_addrs
+from p2p.perf import PERF_PROTOCOL, PerfResult, handle_perf_stream, measure_peer
 from p2p.ping import Pinger
 
 log = logging.getLogger(__name__)
 
-PING_TICK_S = 1.0  # how often the ping loop looks for peers that are due (new peers wait at most this)
-
-
-@dataclass(frozen=True)
-class PeerView:
-    """A connected peer as the API shows it."""
-
-    peer_id: str
-    addrs: list[str]
-    latency_ms: float | None
-    measured_at: float | None
+PING_TICK_S = 1.0
+OWN_ADDRS_TTL_S = 10.0  # how often the ping loop looks for peers that are due (new peers wait at most this)
 
 
 def full_addr(addr: Multiaddr, peer_id: ID) -> str:
@@ -57,26 +49,48 @@ class PeerNetwork:
         self._metrics = metrics
         self._pinger = Pinger(host)
         self._rtt: dict[ID, tuple[float, float]] = {}  # peer -> (latency ms, unix time measured)
-        self._recorded: set[ID] = set()
         metrics.track_peers(lambda: len(self.host.get_connected_peers()))
+        host.set_stream_handler(PERF_PROTOCOL, handle_perf_stream)
+        self._perf_lock = trio.Lock()
+        self._own_addrs: tuple[float, list[str]] | None = None
 
     @property
     def peer_id(self) -> str:
         return str(self.host.get_id())
 
     def own_addrs(self) -> list[str]:
-        return [full_addr(a, self.host.get_id()) for a in listening_addrs(self.host)]
+        """This node's dialable addresses. Expanding a wildcard listen address enumerates the
+        network interfaces, which is too slow for every status request: cached for a few seconds."""
+        now = time.monotonic()
+        if self._own_addrs is None or now - self._own_addrs[0] > OWN_ADDRS_TTL_S:
+            addrs = [full_addr(a, self.host.get_id()) for a in listening_addrs(self.host)]
+            self._own_addrs = (now, addrs)
+        return list(self._own_addrs[1])
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._ping_loop)
             for addr in self._settings.bootstrap:
                 nursery.start_soon(self._keep_connected, addr)
+            if self._settings.perf_interval_s > 0:
+                nursery.start_soon(self._perf_loop)
             task_status.started()
 
-    async def connect(self, addr_text: str, *, source: str = "dial") -> PeerView:
+    async def connect(self, addr_text: str, *, source: str = "dial") -> ID:
         """Dial ``addr_text`` (``.../p2p/<peer-id>``), measure its latency and record it."""
         peer_id, addr = parse_peer_addr(addr_text)
+        return await self._connect(peer_id, addr, source=source)
+
+    async def connect_discovered(self, info: PeerInfo) -> None:
+        """Dial a peer found on the LAN, trying its addresses in turn."""
+        for addr in info.addrs:
+            try:
+                await self._connect(info.peer_id, addr, source="mdns")
+                return
+            except DialError:
+                continue
+
+    async def _connect(self, peer_id: ID, addr: Multiaddr, *, source: str) -> ID:
         try:
             await dial(self.host, peer_id, addr, timeout_s=self._settings.dial_timeout_s)
         except DialError:
@@ -89,34 +103,63 @@ class PeerNetwork:
         )
         await self._measure(peer_id)
         await self._record(peer_id, source=source)
-        return self._view(peer_id)
+        return peer_id
 
-    def peers(self) -> list[PeerView]:
-        """The peers with an open connection, sorted by peer id."""
-        return sorted((self._view(p) for p in self.host.get_connected_peers()), key=lambda v: v.peer_id)
+    async def measure_perf(self, peer_id: ID, *, payload_bytes: int | None = None) -> PerfResult:
+        """Round-trip time and throughput to a connected peer over /accel/perf/1.0.0; stored."""
+        async with self._perf_lock:  # one measurement at a time, so they do not skew each other
+            result = await measure_peer(
+                self.host, peer_id, payload_bytes=payload_bytes or self._settings.perf_payload_bytes
+            )
+        await self._store.call(
+            self._store.sync.record_perf,
+            str(peer_id),
+            {
+                "rtt_ms": result.rtt_ms,
+                "upload_mbps": result.upload_mbps,
+                "download_mbps": result.download_mbps,
+                "payload_bytes": result.payload_bytes,
+                "measured_at": result.measured_at,
+            },
+        )
+        return result
 
-    def _addrs_of(self, peer_id: ID) -> list[str]:
+    async def _perf_loop(self) -> None:
+        """Measure each connected peer once per ``perf_interval_s``, spread over the interval."""
+        while True:
+            peers = list(self.host.get_connected_peers())
+            pause = self._settings.perf_interval_s / max(1, len(peers))
+            for peer_id in peers:
+                await trio.sleep(pause)
+                if peer_id in self.host.get_connected_peers():
+                    try:
+                        await self.measure_perf(peer_id)
+                    except Exception as exc:  # a peer without the protocol or gone: try later
+                        log.debug(
+                            "perf measurement failed", extra={"peer_id": str(peer_id), "error": str(exc)}
+                        )
+            if not peers:
+                await trio.sleep(self._settings.perf_interval_s)
+
+    def connected(self, peer_id: ID) -> bool:
+        return peer_id in self.host.get_connected_peers()
+
+    def latency(self, peer_id: ID) -> tuple[float, float] | None:
+        """(latency ms, unix time measured) of the last ping to ``peer_id``."""
+        return self._rtt.get(peer_id)
+
+    def addrs_of(self, peer_id: ID) -> list[str]:
         try:
             addrs = self.host.get_peerstore().addrs(peer_id)
         except Exception:  # py-libp2p raises PeerStoreError for peers without addresses
             addrs = []
         return sorted({full_addr(a, peer_id) for a in addrs})
 
-    def _view(self, peer_id: ID) -> PeerView:
-        rtt = self._rtt.get(peer_id)
-        return PeerView(
-            peer_id=str(peer_id),
-            addrs=self._addrs_of(peer_id),
-            latency_ms=rtt[0] if rtt else None,
-            measured_at=rtt[1] if rtt else None,
-        )
-
     async def _record(self, peer_id: ID, *, source: str) -> None:
         rtt = self._rtt.get(peer_id)
         await self._store.upsert_peer(
-            str(peer_id), self._addrs_of(peer_id), source=source, latency_ms=rtt[0] if rtt else None
+            str(peer_id), self.addrs_of(peer_id), source=source, latency_ms=rtt[0] if rtt else None
         )
-        self._recorded.add(peer_id)
 
     async def _measure(self, peer_id: ID) -> None:
         try:
@@ -134,7 +177,6 @@ class PeerNetwork:
             connected = set(self.host.get_connected_peers())
             for gone in [p for p in self._rtt if p not in connected]:
                 del self._rtt[gone]
-                self._recorded.discard(gone)
                 await self._pinger.forget(gone)
             due = [
                 p
@@ -150,7 +192,9 @@ class PeerNetwork:
     async def _measure_and_record(self, peer_id: ID) -> None:
         try:
             await self._measure(peer_id)
-            await self._record(peer_id, source="inbound" if peer_id not in self._recorded else "dial")
+            # The store keeps the source of a peer's first record; dialled peers are recorded
+            # by connect() before the loop sees them, so a first record here is an inbound peer.
+            await self._record(peer_id, source="inbound")
         except Exception:  # a failure for one peer must not stop measuring the others
             log.exception("measuring peer failed", extra={"peer_id": str(peer_id)})
 

@@ -15,22 +15,29 @@ import os
 import signal
 import socket
 from collections.abc import AsyncIterator
+from functools import partial
 
 import trio
 from libp2p.crypto.keys import KeyPair
 from trio_typing import TaskStatus
 
-from accel_node import __version__
-from accel_node.api.app import ApiContext, create_app
+from accel_node import __version__, capability
+from accel_node.api.app import create_app
+from accel_node.api.context import ApiContext
 from accel_node.api.server import client_url, serve_api
 from accel_node.config import Config
+from accel_node.hardware import HardwareService
 from accel_node.home import NodeHome
 from accel_node.metrics import NodeMetrics
 from accel_node.network import PeerNetwork
+from accel_node.presence import PresenceService
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_listen_addr
+from p2p.dht import RecordDHT
 from p2p.host import HostSettings, build_host, run_host
 from p2p.identity import peer_id_of
+from p2p.mdns import run_mdns
+from p2p.pubsub import PubSub
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +88,44 @@ class Node:
     async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
         cfg = self.config
         listen = [parse_listen_addr(a) for a in cfg.p2p.listen_addrs]
-        host = build_host(key_pair, HostSettings(listen_addrs=listen, mdns=cfg.p2p.mdns))
-        network = PeerNetwork(host, store, cfg.p2p, self.metrics)
+        host = build_host(
+            key_pair,
+            HostSettings(listen_addrs=listen, low_water=cfg.p2p.low_water, high_water=cfg.p2p.high_water),
+        )
         name = cfg.node.name or socket.gethostname()
+        network = PeerNetwork(host, store, cfg.p2p, self.metrics)
+        dht = RecordDHT(host, namespace=capability.NAMESPACE, kinds=[capability.KIND])
+        pubsub = PubSub(host)
+        hardware = HardwareService(store=store, disk_dir=self.home.root, auto=cfg.profile.auto)
+        capabilities = capability.CapabilityService(
+            key_pair=key_pair,
+            dht=dht,
+            store=store,
+            hardware=hardware,
+            network=network,
+            settings=cfg.p2p,
+            metrics=self.metrics,
+            name=name,
+        )
+        presence = PresenceService(
+            key_pair=key_pair,
+            pubsub=pubsub,
+            store=store,
+            network=network,
+            settings=cfg.p2p,
+            metrics=self.metrics,
+        )
         app = create_app(
-            ApiContext(network=network, config=cfg, metrics=self.metrics, token=token, name=name)
+            ApiContext(
+                network=network,
+                capability=capabilities,
+                hardware=hardware,
+                store=store,
+                config=cfg,
+                metrics=self.metrics,
+                token=token,
+                name=name,
+            )
         )
         api_done = trio.Event()
 
@@ -103,17 +143,19 @@ class Node:
                 api_done.set()
 
         async with trio.open_nursery() as nursery:
-            await nursery.start(run_host, host, listen)
+            await nursery.start(partial(run_host, host, listen, auto_connect=cfg.p2p.auto_connect))
+            await nursery.start(dht.run)
+            await nursery.start(pubsub.run)
             await nursery.start(network.run)
+            await nursery.start(hardware.run)
+            await nursery.start(capabilities.run)
+            await nursery.start(presence.run)
+            if cfg.p2p.mdns:
+                nursery.start_soon(run_mdns, host, network.connect_discovered)
             binds = await nursery.start(api_task)
             url = client_url(binds[0], cfg.api.host)
             self.home.write_api_info(
-                {
-                    "url": url,
-                    "peer_id": network.peer_id,
-                    "addrs": network.own_addrs(),
-                    "pid": os.getpid(),
-                }
+                {"url": url, "peer_id": network.peer_id, "addrs": network.own_addrs(), "pid": os.getpid()}
             )
             await store.set_meta("last_started_version", __version__)
             log.info(

@@ -42,7 +42,38 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1]
+def _migration_2(db: sqlite_utils.Database) -> None:
+    peers = db.table("peers")
+    for column, kind in (
+        ("cap", str),  # JSON body of the last verified capability record
+        ("cap_seq", int),
+        ("cap_verified_at", float),
+        ("cap_expires_at", float),
+        ("hb_seq", int),  # last presence heartbeat
+        ("hb_at", float),
+        ("hb_expires_at", float),
+        ("load", str),  # JSON load from the newest of capability record and heartbeat
+    ):
+        peers.add_column(column, kind)
+    db.table("peer_perf").create(
+        {
+            "peer_id": str,
+            "rtt_ms": float,
+            "upload_mbps": float,
+            "download_mbps": float,
+            "payload_bytes": int,
+            "measured_at": float,
+        },
+        pk="peer_id",
+    )
+    db.table("hardware_profiles").create(
+        {"fingerprint": str, "mode": str, "created_at": float, "data": str},
+        pk=("fingerprint", "mode"),
+        not_null={"created_at", "data"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -56,6 +87,26 @@ class PeerRecord:
     last_seen: float
     latency_ms: float | None
     source: str
+    capability: dict[str, Any] | None = None
+    cap_seq: int | None = None
+    cap_verified_at: float | None = None
+    cap_expires_at: float | None = None
+    hb_seq: int | None = None
+    hb_at: float | None = None
+    hb_expires_at: float | None = None
+    load: dict[str, Any] | None = None
+    perf: dict[str, Any] | None = None
+
+    def live(self, now: float) -> bool:
+        """Whether a signed record (capability or heartbeat) of this peer is still valid."""
+        return any(t is not None and t > now for t in (self.cap_expires_at, self.hb_expires_at))
+
+
+@dataclass(frozen=True)
+class Replay:
+    """Why a record was not applied: it is not newer than the one already held."""
+
+    held_seq: int
 
 
 class Store:
@@ -114,12 +165,102 @@ class Store:
         }
         table.upsert(row, pk="peer_id")
 
+    _PEER_QUERY = (
+        "SELECT peers.*, peer_perf.rtt_ms AS perf_rtt_ms, peer_perf.upload_mbps AS perf_upload_mbps, "
+        "peer_perf.download_mbps AS perf_download_mbps, peer_perf.payload_bytes AS perf_payload_bytes, "
+        "peer_perf.measured_at AS perf_measured_at FROM peers LEFT JOIN peer_perf USING (peer_id)"
+    )
+
     def get_peer(self, peer_id: str) -> PeerRecord | None:
-        rows = list(self.db.query("SELECT * FROM peers WHERE peer_id = ?", [peer_id]))
+        rows = list(self.db.query(self._PEER_QUERY + " WHERE peer_id = ?", [peer_id]))
         return _peer(rows[0]) if rows else None
 
     def list_peers(self) -> list[PeerRecord]:
-        return [_peer(row) for row in self.db.query("SELECT * FROM peers ORDER BY last_seen DESC")]
+        return [_peer(row) for row in self.db.query(self._PEER_QUERY + " ORDER BY last_seen DESC")]
+
+    def _ensure_peer(self, peer_id: str, addrs: list[str], source: str) -> PeerRecord:
+        existing = self.get_peer(peer_id)
+        if existing is None or addrs:
+            self.upsert_peer(peer_id, addrs, source=source)
+            existing = self.get_peer(peer_id)
+        assert existing is not None
+        return existing
+
+    def record_capability(
+        self, peer_id: str, body: dict[str, Any], *, seq: int, expires_at: float, addrs: list[str]
+    ) -> Replay | None:
+        """Apply a verified capability record unless a newer one is already held.
+
+        Read-check-write is safe without a transaction: the one connection is only ever used by
+        one thread at a time (see :class:`AsyncStore`).
+        """
+        peer = self._ensure_peer(peer_id, addrs, "dht")
+        if peer.cap_seq is not None and seq < peer.cap_seq:
+            return Replay(peer.cap_seq)
+        self.db.table("peers").update(
+            peer_id,
+            {
+                "cap": json.dumps(body),
+                "cap_seq": seq,
+                "cap_verified_at": time.time(),
+                "cap_expires_at": float(expires_at),
+                "load": json.dumps(body.get("load")),
+            },
+        )
+        return None
+
+    def record_heartbeat(
+        self, peer_id: str, *, seq: int, expires_at: float, load: dict[str, Any], addrs: list[str]
+    ) -> Replay | None:
+        """Apply a verified presence heartbeat unless it is not newer than the last one."""
+        peer = self._ensure_peer(peer_id, addrs, "presence")
+        if peer.hb_seq is not None and seq <= peer.hb_seq:
+            return Replay(peer.hb_seq)
+        self.db.table("peers").update(
+            peer_id,
+            {
+                "hb_seq": seq,
+                "hb_at": time.time(),
+                "hb_expires_at": float(expires_at),
+                "load": json.dumps(load),
+            },
+        )
+        return None
+
+    def record_perf(self, peer_id: str, perf: dict[str, Any]) -> None:
+        self.db.table("peer_perf").upsert({"peer_id": peer_id, **perf}, pk="peer_id")
+
+    def expire_records(self, now: float) -> list[str]:
+        """Forget capability records and heartbeats that expired; returns the peers affected."""
+        expired = [
+            row["peer_id"]
+            for row in self.db.query(
+                "SELECT peer_id FROM peers WHERE cap_expires_at <= ? OR hb_expires_at <= ?", [now, now]
+            )
+        ]
+        with self._conn:
+            self._conn.execute(
+                "UPDATE peers SET cap = NULL, cap_expires_at = NULL, load = NULL WHERE cap_expires_at <= ?",
+                [now],
+            )
+            self._conn.execute("UPDATE peers SET hb_expires_at = NULL WHERE hb_expires_at <= ?", [now])
+        return expired
+
+    def save_profile(self, fingerprint: str, mode: str, created_at: float, data: dict[str, Any]) -> None:
+        self.db.table("hardware_profiles").upsert(
+            {"fingerprint": fingerprint, "mode": mode, "created_at": created_at, "data": json.dumps(data)},
+            pk=("fingerprint", "mode"),
+        )
+
+    def latest_profile(self, fingerprint: str) -> dict[str, Any] | None:
+        """The newest stored profile (any mode) taken on hardware with ``fingerprint``."""
+        rows = list(
+            self.db.query(
+                "SELECT data FROM hardware_profiles WHERE fingerprint = ? ORDER BY created_at DESC LIMIT 1",
+                [fingerprint],
+            )
+        )
+        return dict(json.loads(rows[0]["data"])) if rows else None
 
     def set_meta(self, key: str, value: str) -> None:
         self.db.table("meta").upsert({"key": key, "value": value}, pk="key")
@@ -136,7 +277,14 @@ class Store:
             self._conn.close()
 
 
+def _json(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
 def _peer(row: dict[str, Any]) -> PeerRecord:
+    perf = None
+    if row.get("perf_measured_at") is not None:
+        perf = {k.removeprefix("perf_"): v for k, v in row.items() if k.startswith("perf_")}
     return PeerRecord(
         peer_id=row["peer_id"],
         addrs=list(json.loads(row["addrs"])),
@@ -144,6 +292,15 @@ def _peer(row: dict[str, Any]) -> PeerRecord:
         last_seen=row["last_seen"],
         latency_ms=row["latency_ms"],
         source=row["source"],
+        capability=_json(row.get("cap")),
+        cap_seq=row.get("cap_seq"),
+        cap_verified_at=row.get("cap_verified_at"),
+        cap_expires_at=row.get("cap_expires_at"),
+        hb_seq=row.get("hb_seq"),
+        hb_at=row.get("hb_at"),
+        hb_expires_at=row.get("hb_expires_at"),
+        load=_json(row.get("load")),
+        perf=perf,
     )
 
 

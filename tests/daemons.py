@@ -30,6 +30,8 @@ def node_env(**overrides: str) -> dict[str, str]:
             "ACCEL_NODE_P2P_MDNS": "false",
             "ACCEL_NODE_API_PORT": "0",
             "ACCEL_NODE_NODE_SHUTDOWN_GRACE_S": "5",
+            "ACCEL_NODE_PROFILE_AUTO": "off",  # tests that want a profile ask for one
+            "ACCEL_NODE_P2P_AUTO_CONNECT": "false",  # keep the topology each test builds
             "PYTHONUNBUFFERED": "1",
         }
     )

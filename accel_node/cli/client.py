@@ -41,9 +41,9 @@ class ApiClient:
     def __exit__(self, *exc: object) -> None:
         self._http.close()
 
-    def request(self, method: str, path: str, json: Any = None) -> Any:
+    def request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
         try:
-            response = self._http.request(method, path, json=json)
+            response = self._http.request(method, path, json=json, params=params)
         except httpx.TransportError as exc:
             raise DaemonNotRunningError(f"cannot reach the daemon at {self.url}: {exc}") from exc
         if response.status_code >= 400:

@@ -148,6 +148,96 @@ def peers(ctx: click.Context, as_json: bool) -> None:
         render.peers_table(data["peers"])
 
 
+@peers.command("find")
+@click.option("--min-mem-gb", type=click.FloatRange(min=0), help="Minimum free memory (GB).")
+@click.option("--min-gflops", type=click.FloatRange(min=0), help="Minimum measured peak GFLOP/s.")
+@click.option("--gpu/--no-gpu", default=None, help="Only peers with (or without) a GPU.")
+@json_option
+@click.pass_context
+def peers_find(
+    ctx: click.Context, min_mem_gb: float | None, min_gflops: float | None, gpu: bool | None, as_json: bool
+) -> None:
+    """Search the network for peers whose verified capability records match."""
+    params: dict[str, Any] = {"min_mem_gb": min_mem_gb, "min_gflops": min_gflops, "gpu": gpu}
+    query = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items() if v is not None}
+    with _client(ctx) as api:
+        data = api.request("GET", "/v1/peers/find", params=query)
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.capability_table(data["peers"])
+
+
+@peers.command("show")
+@click.argument("peer_id")
+@json_option
+@click.pass_context
+def peers_show(ctx: click.Context, peer_id: str, as_json: bool) -> None:
+    """Fetch one peer's capability record from the network, verify it and show it."""
+    with _client(ctx) as api:
+        data = api.get(f"/v1/peers/{peer_id}")
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.peer_detail(data)
+
+
+@peers.command("perf")
+@click.argument("peer_id")
+@click.option(
+    "--bytes", "payload_bytes", type=click.IntRange(64 * 1024, 256 * 1024 * 1024), help="Payload each way."
+)
+@json_option
+@click.pass_context
+def peers_perf(ctx: click.Context, peer_id: str, payload_bytes: int | None, as_json: bool) -> None:
+    """Measure round-trip time and throughput to a connected peer."""
+    params = {"payload_bytes": payload_bytes} if payload_bytes else None
+    with _client(ctx) as api:
+        data = api.request("POST", f"/v1/peers/{peer_id}/perf", params=params)
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.line(
+            f"{data['peer_id']}: rtt {data['rtt_ms']:.2f} ms, upload {data['upload_mbps']:.1f} MB/s, "
+            f"download {data['download_mbps']:.1f} MB/s ({data['payload_bytes']} bytes)"
+        )
+
+
+@cli.command()
+@click.option("--full", is_flag=True, help="Larger sizes and more repeats (a few minutes).")
+@json_option
+@click.pass_context
+def profile(ctx: click.Context, full: bool, as_json: bool) -> None:
+    """Measure this node's hardware now and show the figures (replaces the cached profile)."""
+    import time
+
+    with _client(ctx) as api:
+        job = api.post("/v1/profile", {"mode": "full" if full else "quick"})["job"]
+        started_at = job["started_at"]
+        with render.progress(enabled=not as_json) as bar:
+            task = bar.add_task("profiling", total=None)
+            while job is not None and job["running"]:
+                bar.update(
+                    task,
+                    total=job["count"] or None,
+                    completed=job["index"],
+                    description=job["step"] or "starting",
+                )
+                time.sleep(0.25)
+                job = api.get("/v1/profile")["job"]
+            if job is not None:
+                bar.update(task, completed=job["count"], description="done")
+        if job is None or job["started_at"] != started_at:
+            raise AccelNodeError("the profiling run was replaced by another one; see 'accel-node profile'")
+        if job["error"]:
+            raise AccelNodeError(f"profiling failed: {job['error']}")
+        hardware = api.get("/v1/hardware")
+    if as_json:
+        render.emit_json(hardware)
+    else:
+        render.hardware(hardware)
+
+
 @cli.command()
 @click.argument("addr")
 @json_option

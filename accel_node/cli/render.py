@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 console = Console()
@@ -30,22 +33,133 @@ def key_values(title: str, rows: Mapping[str, Any]) -> None:
     console.print(table)
 
 
+def _num(value: Any, fmt: str = "{:.1f}", unit: str = "") -> str:
+    return "-" if value is None else fmt.format(value) + unit
+
+
+def _age(ts: Any) -> str:
+    return "-" if ts is None else f"{max(0.0, time.time() - ts):.0f} s ago"
+
+
 def peers_table(peers: Sequence[Mapping[str, Any]]) -> None:
     if not peers:
-        console.print("no connected peers")
+        line("no known peers")
         return
-    table = Table(title=f"{len(peers)} connected peer(s)", title_justify="left")
+    table = Table(title=f"{len(peers)} peer(s)", title_justify="left")
     table.add_column("peer id", overflow="fold")
+    table.add_column("conn")
     table.add_column("latency", justify="right")
+    table.add_column("GFLOP/s", justify="right")
+    table.add_column("mem free", justify="right")
+    table.add_column("verified")
     table.add_column("addresses", overflow="fold")
     for peer in peers:
-        latency = peer.get("latency_ms")
+        hw = (peer.get("capability") or {}).get("hw") or {}
         table.add_row(
             peer["peer_id"],
-            "-" if latency is None else f"{latency:.2f} ms",
-            "\n".join(peer.get("addrs", [])),
+            "yes" if peer.get("connected") else "no",
+            _num(peer.get("latency_ms"), "{:.2f}", " ms"),
+            _num(hw.get("peak_gflops")),
+            _num(hw.get("mem_free_gb"), unit=" GB"),
+            _age(peer.get("capability_verified_at")),
+            escape("\n".join(peer.get("addrs", []))),
         )
     console.print(table)
+
+
+def capability_table(peers: Sequence[Mapping[str, Any]]) -> None:
+    if not peers:
+        line("no matching peers")
+        return
+    table = Table(title=f"{len(peers)} matching peer(s)", title_justify="left")
+    for column in ("peer id", "name", "cpu", "GFLOP/s", "mem BW", "mem free", "GPUs", "load"):
+        table.add_column(column, overflow="fold")
+    for peer in peers:
+        cap = peer.get("capability") or {}
+        hw = cap.get("hw") or {}
+        load = cap.get("load") or {}
+        table.add_row(
+            peer["peer_id"],
+            escape(str(cap.get("name", ""))),
+            escape(str(hw.get("cpu", ""))),
+            _num(hw.get("peak_gflops")),
+            _num(hw.get("mem_bw_gbs"), unit=" GB/s"),
+            _num(hw.get("mem_free_gb"), unit=" GB"),
+            escape(", ".join(g.get("name", "?") for g in hw.get("gpus", [])) or "-"),
+            _num(load.get("utilisation"), "{:.0%}"),
+        )
+    console.print(table)
+
+
+def peer_detail(peer: Mapping[str, Any]) -> None:
+    cap = peer.get("capability") or {}
+    rows: dict[str, Any] = {
+        "peer id": peer["peer_id"],
+        "connected": peer.get("connected"),
+        "latency": _num(peer.get("latency_ms"), "{:.2f}", " ms"),
+        "addresses": peer.get("addrs", []),
+        "verified": _age(peer.get("capability_verified_at")),
+        "record seq": peer.get("capability_seq"),
+    }
+    for key, value in (cap.get("hw") or {}).items():
+        rows[f"hw.{key}"] = value
+    rows["load"] = cap.get("load") or peer.get("load")
+    if peer.get("perf"):
+        rows["perf"] = peer["perf"]
+    key_values("peer", rows)
+
+
+def hardware(data: Mapping[str, Any]) -> None:
+    profile = data.get("profile")
+    summary = data.get("summary") or {}
+    key_values(
+        "hardware",
+        {k: v for k, v in summary.items() if k != "gpus"} | {"fingerprint": data["fingerprint"][:16]},
+    )
+    if not profile:
+        line("not profiled yet: run 'accel-node profile'")
+        return
+    table = Table(title=f"{profile['mode']} profile, {profile['duration_s']:.1f} s", title_justify="left")
+    for column in ("measurement", "median", "unit", "CV", "threads", "repeats", "method"):
+        table.add_column(column, overflow="fold")
+    for m in profile["measurements"]:
+        if m.get("median") is None:
+            table.add_row(
+                m["name"],
+                "n/a",
+                m["unit"],
+                "",
+                str(m.get("threads", "")),
+                "",
+                escape(m.get("unavailable_reason") or ""),
+            )
+            continue
+        table.add_row(
+            m["name"],
+            f"{m['median']:.2f}",
+            m["unit"],
+            f"{m['cv']:.1%}",
+            str(m.get("threads", "")),
+            str(m.get("repeats", len(m.get("samples", [])))),
+            escape(m.get("method", "")),
+        )
+    console.print(table)
+
+
+@contextlib.contextmanager
+def progress(*, enabled: bool) -> Iterator[Progress]:
+    """A progress bar on stderr (disabled for --json output)."""
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+        transient=True,
+    )
+    with bar:
+        yield bar
 
 
 def line(text: str) -> None:

@@ -1,0 +1,257 @@
+"""Capability records: what this node can do, signed and published in the DHT; what peers can do.
+
+Each node publishes ``/accel/cap/<peer-id>``: a :mod:`p2p.records` record of kind ``cap`` signed
+with its libp2p key, refreshed every ``[p2p] cap_refresh_s`` and valid for twice that. Reading a
+peer's record always goes to the network (a cached copy may be stale); the record is verified
+(signature, signer = key's peer id, expiry, size) by the DHT layer, its body is validated here, and
+a sequence number lower than one already accepted for that peer is refused as a replay.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import psutil
+import trio
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from trio_typing import TaskStatus
+
+from accel_node import __version__
+from accel_node.config import P2PSection
+from accel_node.hardware import HardwareService
+from accel_node.metrics import NodeMetrics
+from accel_node.network import PeerNetwork
+from accel_node.store import AsyncStore, PeerRecord, Replay
+from p2p.dht import RecordDHT, record_key
+from p2p.records import sign_record
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "accel"
+KIND = "cap"
+FETCH_CONCURRENCY = 8
+SWEEP_INTERVAL_S = 1.0
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True)
+
+
+class GpuSummary(_Body):
+    name: str = Field(max_length=256)
+    memory_gb: float = Field(ge=0)
+    compute_capability: str | None = Field(default=None, max_length=32)
+    fp32_tflops: float | None = Field(default=None, ge=0)
+    fp16_tflops: float | None = Field(default=None, ge=0)
+    bf16_tflops: float | None = Field(default=None, ge=0)
+    mem_bw_gbs: float | None = Field(default=None, ge=0)
+
+
+class HardwareSummary(_Body):
+    peak_gflops: float | None = Field(default=None, ge=0)
+    mem_bw_gbs: float | None = Field(default=None, ge=0)
+    mem_total_gb: float = Field(ge=0)
+    mem_free_gb: float = Field(ge=0)
+    cpu: str = Field(max_length=256)
+    cores: int = Field(ge=1, le=1 << 16)
+    gpus: list[GpuSummary] = Field(default_factory=list, max_length=64)
+    profiled: bool = False
+
+
+class Load(_Body):
+    queue_depth: int = Field(ge=0)
+    utilisation: float = Field(ge=0, le=1)
+
+
+class CapabilityBody(_Body):
+    """The body of a capability record (unknown fields from newer peers are ignored)."""
+
+    name: str = Field(max_length=64)
+    version: str = Field(max_length=32)
+    addrs: list[str] = Field(max_length=32)
+    hw: HardwareSummary
+    models: list[str] = Field(default_factory=list, max_length=1024)
+    load: Load
+
+
+def current_load() -> Load:
+    """This node's load: no inference queue exists yet, so the depth is 0; CPU use is measured."""
+    utilisation = psutil.cpu_percent(interval=None) / 100.0
+    return Load(queue_depth=0, utilisation=min(1.0, max(0.0, utilisation)))
+
+
+def matches(
+    body: CapabilityBody, *, min_mem_gb: float | None, min_gflops: float | None, gpu: bool | None
+) -> bool:
+    """Whether a peer's capability satisfies a search."""
+    hw = body.hw
+    if min_mem_gb is not None and hw.mem_free_gb < min_mem_gb:
+        return False
+    if min_gflops is not None and (hw.peak_gflops is None or hw.peak_gflops < min_gflops):
+        return False
+    return gpu is None or (len(hw.gpus) > 0) == gpu
+
+
+class CapabilityService:
+    """Publishes this node's record and fetches, verifies and records peers' records."""
+
+    def __init__(
+        self,
+        *,
+        key_pair: KeyPair,
+        dht: RecordDHT,
+        store: AsyncStore,
+        hardware: HardwareService,
+        network: PeerNetwork,
+        settings: P2PSection,
+        metrics: NodeMetrics,
+        name: str,
+    ) -> None:
+        self._key_pair = key_pair
+        self.dht = dht
+        self._store = store
+        self._hardware = hardware
+        self._network = network
+        self._settings = settings
+        self._metrics = metrics
+        self._name = name
+        self._seq = 0
+        self._republish = trio.Event()
+        self.last_published: dict[str, Any] | None = None
+        hardware.on_profile.append(lambda _profile: self._republish.set())
+        psutil.cpu_percent(interval=None)  # prime the counter; the first reading is meaningless
+
+    def body(self) -> CapabilityBody:
+        return CapabilityBody(
+            name=self._name,
+            version=__version__,
+            addrs=self._network.own_addrs()[:32],
+            hw=HardwareSummary.model_validate(self._hardware.summary()),
+            models=[],
+            load=current_load(),
+        )
+
+    def _next_seq(self) -> int:
+        # Milliseconds since the epoch keep sequence numbers increasing across restarts.
+        self._seq = max(self._seq + 1, int(time.time() * 1000))
+        return self._seq
+
+    async def publish(self) -> int:
+        """Sign and publish a fresh record; returns how many peers stored it."""
+        body = self.body().model_dump(mode="json")
+        record = sign_record(
+            self._key_pair,
+            kind=KIND,
+            seq=self._next_seq(),
+            expires_at=math.ceil(time.time() + 2 * self._settings.cap_refresh_s),
+            body=body,
+        )
+        stored = await self.dht.put(record_key(NAMESPACE, KIND, self._key_pair_peer_id()), record.raw)
+        self.last_published = body
+        log.debug("capability record published", extra={"seq": record.seq, "stored_at": stored})
+        return stored
+
+    def _key_pair_peer_id(self) -> ID:
+        return ID.from_pubkey(self._key_pair.public_key)
+
+    async def fetch(self, peer_id: ID) -> PeerRecord | None:
+        """Fetch ``peer_id``'s record from the network, verify it and record it in the peer table."""
+        record = await self.dht.get(record_key(NAMESPACE, KIND, peer_id))
+        if record is None:
+            return None
+        try:
+            body = CapabilityBody.model_validate(record.body)
+        except ValidationError as exc:
+            self._metrics.records_rejected.labels(kind=KIND, reason="malformed").inc()
+            log.info("malformed capability record", extra={"peer_id": str(peer_id), "error": str(exc)[:200]})
+            return None
+        outcome = await self._store.call(
+            self._store.sync.record_capability,
+            str(peer_id),
+            body.model_dump(mode="json"),
+            seq=record.seq,
+            expires_at=float(record.expires_at),
+            addrs=body.addrs,
+        )
+        if isinstance(outcome, Replay):
+            self._metrics.records_rejected.labels(kind=KIND, reason="replay").inc()
+            log.warning(
+                "refused replayed capability record",
+                extra={"peer_id": str(peer_id), "seq": record.seq, "held_seq": outcome.held_seq},
+            )
+            return None
+        return await self._store.get_peer(str(peer_id))
+
+    async def fetch_many(self, peer_ids: list[ID]) -> dict[ID, PeerRecord | None]:
+        results: dict[ID, PeerRecord | None] = {}
+        limiter = trio.CapacityLimiter(FETCH_CONCURRENCY)
+
+        async def one(peer_id: ID) -> None:
+            async with limiter:
+                try:
+                    results[peer_id] = await self.fetch(peer_id)
+                except Exception:  # one peer's failure must not fail the search
+                    log.exception("capability fetch failed", extra={"peer_id": str(peer_id)})
+                    results[peer_id] = None
+
+        async with trio.open_nursery() as nursery:
+            for peer_id in peer_ids:
+                nursery.start_soon(one, peer_id)
+        return results
+
+    async def known_peer_ids(self) -> list[ID]:
+        """Peers worth asking about: connected ones and those with a live record or heartbeat."""
+        now = time.time()
+        ids = {str(p) for p in self._network.host.get_connected_peers()}
+        ids.update(p.peer_id for p in await self._store.list_peers() if p.live(now))
+        ids.discard(self._network.peer_id)
+        return [ID.from_base58(p) for p in sorted(ids)]
+
+    async def find(
+        self, *, min_mem_gb: float | None = None, min_gflops: float | None = None, gpu: bool | None = None
+    ) -> list[PeerRecord]:
+        """Search the network: fetch every known peer's current record and filter on it."""
+        fetched = await self.fetch_many(await self.known_peer_ids())
+        found = []
+        for record in fetched.values():
+            if record is None or record.capability is None:
+                continue
+            body = CapabilityBody.model_validate(record.capability)
+            if matches(body, min_mem_gb=min_mem_gb, min_gflops=min_gflops, gpu=gpu):
+                found.append(record)
+        return sorted(found, key=lambda r: r.peer_id)
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._publish_loop)
+            nursery.start_soon(self._refresh_loop)
+            nursery.start_soon(self._sweep_loop)
+            task_status.started()
+
+    async def _publish_loop(self) -> None:
+        while True:
+            try:
+                await self.publish()
+            except Exception:  # keep publishing on the next tick
+                log.exception("publishing capability record failed")
+            self._republish = trio.Event()
+            with trio.move_on_after(self._settings.cap_refresh_s):
+                await self._republish.wait()
+
+    async def _refresh_loop(self) -> None:
+        """Re-verify known peers' records at the rate they are republished."""
+        while True:
+            await trio.sleep(self._settings.cap_refresh_s)
+            await self.fetch_many(await self.known_peer_ids())
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            expired = await self._store.call(self._store.sync.expire_records, time.time())
+            if expired:
+                log.info("peer records expired", extra={"peers": expired})
+            await trio.sleep(SWEEP_INTERVAL_S)
