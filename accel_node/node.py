@@ -29,6 +29,8 @@ from accel_node.config import Config
 from accel_node.hardware import HardwareService
 from accel_node.home import NodeHome
 from accel_node.metrics import NodeMetrics
+from accel_node.models.keys import KeyFiles
+from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
 from accel_node.presence import PresenceService
 from accel_node.store import AsyncStore
@@ -121,6 +123,7 @@ class Node:
                 capability=capabilities,
                 hardware=hardware,
                 store=store,
+                trust=TrustStore(store, KeyFiles(self.home.root / "keys")),
                 config=cfg,
                 metrics=self.metrics,
                 token=token,

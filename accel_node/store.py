@@ -73,7 +73,21 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> None:
+    db.table("publishers").create(
+        {"key_id": str, "name": str, "public_key": bytes, "own": int, "added_at": float},
+        pk="key_id",
+        not_null={"name", "public_key", "own", "added_at"},
+    )
+    db.table("publishers").create_index(["name"], unique=True)
+    db.table("model_versions").create(
+        {"publisher": str, "name": str, "version": int, "accepted_at": float},
+        pk=("publisher", "name"),
+        not_null={"version", "accepted_at"},
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -268,6 +282,56 @@ class Store:
     def get_meta(self, key: str) -> str | None:
         rows = list(self.db.query("SELECT value FROM meta WHERE key = ?", [key]))
         return str(rows[0]["value"]) if rows else None
+
+    def add_publisher(self, key_id: str, name: str, public_key: bytes, *, own: bool) -> None:
+        """Trust ``public_key`` under ``name``; raises StoreError if the name or key is taken."""
+        try:
+            self.db.table("publishers").insert(
+                {
+                    "key_id": key_id,
+                    "name": name,
+                    "public_key": public_key,
+                    "own": int(own),
+                    "added_at": time.time(),
+                }
+            )
+        except sqlite3.IntegrityError as exc:
+            taken = self.db.execute(
+                "SELECT name FROM publishers WHERE key_id = ? OR name = ?", [key_id, name]
+            ).fetchone()
+            raise StoreError(f"already trusted as {taken[0]!r}" if taken else str(exc)) from exc
+
+    def list_publishers(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM publishers ORDER BY own DESC, name"))
+
+    def remove_publisher(self, name_or_key_id: str) -> dict[str, Any] | None:
+        rows = list(
+            self.db.query(
+                "SELECT * FROM publishers WHERE name = ? OR key_id = ?", [name_or_key_id, name_or_key_id]
+            )
+        )
+        if rows:
+            self.db.execute("DELETE FROM publishers WHERE key_id = ?", [rows[0]["key_id"]])
+        return rows[0] if rows else None
+
+    def publisher_key(self, key_id: str) -> bytes | None:
+        row = self.db.execute("SELECT public_key FROM publishers WHERE key_id = ?", [key_id]).fetchone()
+        return bytes(row[0]) if row else None
+
+    def highest_model_version(self, publisher: str, name: str) -> int | None:
+        row = self.db.execute(
+            "SELECT version FROM model_versions WHERE publisher = ? AND name = ?", [publisher, name]
+        ).fetchone()
+        return int(row[0]) if row else None
+
+    def record_model_version(self, publisher: str, name: str, version: int) -> None:
+        """Remember the highest version accepted for (publisher, name); never lowers it."""
+        self.db.execute(
+            "INSERT INTO model_versions (publisher, name, version, accepted_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (publisher, name) DO UPDATE SET version = max(version, excluded.version), "
+            "accepted_at = excluded.accepted_at",
+            [publisher, name, version, time.time()],
+        )
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close the connection."""

@@ -17,8 +17,10 @@ from accel_node import __version__
 from accel_node.api.context import ApiContext
 from accel_node.api.middleware import AuthMetricsMiddleware
 from accel_node.api.routes_hardware import hardware_routes
+from accel_node.api.routes_keys import key_routes
 from accel_node.api.routes_node import node_routes
 from accel_node.api.routes_peers import peer_routes
+from accel_node.errors import UsageError
 from p2p.errors import DialError, InvalidAddressError
 
 OPEN_PATHS = ("/healthz",)
@@ -35,9 +37,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(node_routes(ctx))
     app.include_router(peer_routes(ctx))
     app.include_router(hardware_routes(ctx))
+    app.include_router(key_routes(ctx))
 
     @app.exception_handler(InvalidAddressError)
     async def invalid_address(_: Request, exc: InvalidAddressError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=400)
+
+    @app.exception_handler(UsageError)
+    async def usage_error(_: Request, exc: UsageError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
     @app.exception_handler(DialError)

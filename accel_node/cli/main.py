@@ -255,6 +255,85 @@ def connect(ctx: click.Context, addr: str, as_json: bool) -> None:
 
 
 @cli.group()
+def keys() -> None:
+    """Publisher keys held by this node (for signing models)."""
+
+
+@keys.command("new")
+@click.argument("name")
+@json_option
+@click.pass_context
+def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Create a publisher key NAME and print its public key (share it with nodes that should trust you)."""
+    with _client(ctx) as api:
+        key = api.post("/v1/keys", {"name": name})
+    if as_json:
+        render.emit_json(key)
+    else:
+        render.line(key["public_key"])
+
+
+@keys.command("ls")
+@json_option
+@click.pass_context
+def keys_ls(ctx: click.Context, as_json: bool) -> None:
+    """List this node's publisher keys."""
+    with _client(ctx) as api:
+        data = api.get("/v1/keys")
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.keys_table(data["keys"], title="own publisher keys")
+
+
+@cli.group()
+def trust() -> None:
+    """Publisher keys whose signed models this node accepts."""
+
+
+@trust.command("add")
+@click.argument("public_key")
+@click.option("--name", required=True, help="A name for this publisher.")
+@json_option
+@click.pass_context
+def trust_add(ctx: click.Context, public_key: str, name: str, as_json: bool) -> None:
+    """Trust PUBLIC_KEY (ed25519:...) under NAME."""
+    with _client(ctx) as api:
+        key = api.post("/v1/trust", {"public_key": public_key, "name": name})
+    if as_json:
+        render.emit_json(key)
+    else:
+        render.line(f"trusting {key['name']} ({key['key_id']})")
+
+
+@trust.command("ls")
+@json_option
+@click.pass_context
+def trust_ls(ctx: click.Context, as_json: bool) -> None:
+    """List trusted publisher keys."""
+    with _client(ctx) as api:
+        data = api.get("/v1/trust")
+    if as_json:
+        render.emit_json(data)
+    else:
+        render.keys_table(data["keys"], title="trusted publishers")
+
+
+@trust.command("rm")
+@click.argument("name")
+@json_option
+@click.pass_context
+def trust_rm(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Stop trusting the publisher NAME (or key id)."""
+    with _client(ctx) as api:
+        key = api.request("DELETE", f"/v1/trust/{name}")
+    if as_json:
+        render.emit_json(key)
+    else:
+        render.line(f"no longer trusting {key['name']} ({key['key_id']})")
+
+
+@cli.group()
 def config() -> None:
     """Inspect the configuration."""
 

@@ -109,6 +109,18 @@ def peer_detail(peer: Mapping[str, Any]) -> None:
     key_values("peer", rows)
 
 
+def keys_table(keys: Sequence[Mapping[str, Any]], *, title: str) -> None:
+    if not keys:
+        line(f"no {title}")
+        return
+    table = Table(title=title, title_justify="left")
+    for column in ("name", "key id", "public key", "own"):
+        table.add_column(column, overflow="fold")
+    for key in keys:
+        table.add_row(escape(key["name"]), key["key_id"], key["public_key"], "yes" if key["own"] else "")
+    console.print(table)
+
+
 def hardware(data: Mapping[str, Any]) -> None:
     profile = data.get("profile")
     summary = data.get("summary") or {}
