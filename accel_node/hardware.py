@@ -1,15 +1,22 @@
 """The node's knowledge of its own hardware: static facts, the cached profile, profiling jobs.
 
-Profiles are cached in the store per hardware fingerprint. At start the service looks up the
-profile for the current fingerprint; when there is none (new machine, new GPU, new ONNX Runtime...)
-it profiles by itself (``[profile] auto``), so a changed machine is re-measured and an unchanged one
-is not. Profiling is CPU-bound and runs on a worker thread, never on the event loop; one job at a
-time, with progress readable while it runs.
+Profiles are cached in the store per hardware fingerprint. At start the service asks a worker
+process for the static facts and fingerprint and looks up the profile for that fingerprint; when
+there is none (new machine, new GPU, new ONNX Runtime...) it profiles by itself (``[profile]
+auto``), so a changed machine is re-measured and an unchanged one is not.
+
+All measuring happens in a worker process (``python -m accel_node.profile``): the daemon never
+loads numpy BLAS threads or ONNX Runtime for it, never holds the measurement buffers, and its event
+loop never competes with the measurements for the GIL. One job at a time, with progress readable
+while it runs; stopping the daemon kills the worker.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,10 +27,16 @@ import psutil
 import trio
 from trio_typing import TaskStatus
 
-from accel_node.profile import HardwareProfile, Mode, StaticFacts, collect_static, fingerprint, run_profile
+from accel_node.profile import HardwareProfile, Mode, StaticFacts
 from accel_node.store import AsyncStore
 
 log = logging.getLogger(__name__)
+
+MAX_WORKER_LINE_BYTES = 4 * 1024 * 1024
+
+
+class WorkerError(Exception):
+    """The profiling worker failed or printed something unexpected."""
 
 
 @dataclass
@@ -43,6 +56,40 @@ class ProfileJob:
         return asdict(self)
 
 
+async def run_worker(args: list[str], on_line: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Run ``python -m accel_node.profile ARGS``; pass progress lines on, return the last line."""
+    last: dict[str, Any] = {}
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "accel_node.profile", *args], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL
+    )
+    assert process.stdout is not None
+    buffer = b""
+    try:
+        while chunk := await process.stdout.receive_some(65536):
+            buffer += chunk
+            if len(buffer) > MAX_WORKER_LINE_BYTES:
+                raise WorkerError("profiling worker printed an oversize line")
+            *lines, buffer = buffer.split(b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if not isinstance(message, dict):
+                    raise WorkerError("profiling worker printed a non-object line")
+                on_line(message)
+                last = message
+        await process.wait()
+    finally:
+        if process.returncode is None:  # cancelled or failed: do not leave a worker behind
+            process.kill()
+            with trio.CancelScope(shield=True):
+                await process.wait()
+        await process.stdout.aclose()
+    if "error" in last:
+        raise WorkerError(str(last["error"]))
+    if process.returncode != 0:
+        raise WorkerError(f"profiling worker exited with status {process.returncode}")
+    return last
+
+
 @dataclass
 class HardwareService:
     """Owns the static facts, the current profile and profiling jobs."""
@@ -59,8 +106,22 @@ class HardwareService:
     _nursery: trio.Nursery | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        self.static = await trio.to_thread.run_sync(collect_static)
-        self.fingerprint = fingerprint(self.static)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()  # facts arrive shortly; the summary copes without them
+            await self._load_static()
+            if self.current is None and self.auto != "off":
+                self.start_profile(self.auto)
+            await trio.sleep_forever()
+
+    async def _load_static(self) -> None:
+        try:
+            result = await run_worker(["static"], lambda _line: None)
+            self.static = StaticFacts.from_dict(result.get("static"))
+            self.fingerprint = str(result["fingerprint"])
+        except (WorkerError, ValueError, KeyError) as exc:
+            log.error("reading hardware facts failed", extra={"error": str(exc)})
+            return
         cached = await self.store.call(self.store.sync.latest_profile, self.fingerprint)
         if cached is not None:
             try:
@@ -75,12 +136,6 @@ class HardwareService:
                 "cpu": self.static.cpu_model,
             },
         )
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            if self.current is None and self.auto != "off":
-                self.start_profile(self.auto)
-            await trio.sleep_forever()
 
     def start_profile(self, mode: Mode) -> ProfileJob:
         """Start a profiling run in the background (or return the one already running)."""
@@ -93,19 +148,21 @@ class HardwareService:
         return self.job
 
     async def _profile(self, job: ProfileJob) -> None:
-        def progress(step: str, index: int, count: int) -> None:
-            # Called on the worker thread; plain attribute writes are atomic under the GIL.
-            job.step, job.index, job.count = step, index, count
+        def progress(line: dict[str, Any]) -> None:
+            step = line.get("progress")
+            if isinstance(step, list) and len(step) == 3:
+                job.step, job.index, job.count = str(step[0]), int(step[1]), int(step[2])
 
         async with self._lock:
             log.info("profiling hardware", extra={"mode": job.mode})
             try:
-                profile = await trio.to_thread.run_sync(
-                    lambda: run_profile(job.mode, disk_dir=self.disk_dir, progress=progress)
+                result = await run_worker(
+                    ["run", "--mode", job.mode, "--disk-dir", str(self.disk_dir)], progress
                 )
-            except Exception as exc:  # a failing measurement must not take the node down
-                log.exception("profiling failed")
-                job.error = f"{type(exc).__name__}: {exc}"
+                profile = HardwareProfile.from_dict(result.get("profile"))
+            except (WorkerError, ValueError) as exc:  # a failing run must not take the node down
+                log.error("profiling failed", extra={"error": str(exc)})
+                job.error = str(exc)
             else:
                 await self.store.call(
                     self.store.sync.save_profile,
@@ -115,6 +172,7 @@ class HardwareService:
                     profile.to_dict(),
                 )
                 self.current = profile
+                self.static = profile.static
                 self.fingerprint = profile.fingerprint
                 log.info(
                     "profile stored", extra={"mode": job.mode, "duration_s": round(profile.duration_s, 1)}

@@ -22,6 +22,8 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     start_daemon: Callable[..., Daemon],
 ) -> None:
     daemon = start_daemon("node")  # [profile] auto = off in tests
+    # Static facts come from a worker process shortly after start.
+    wait_until(lambda: daemon.api("GET", "/v1/hardware").json()["static"] is not None, what="static facts")
     hardware = daemon.api("GET", "/v1/hardware").json()
     assert hardware["profile"] is None and hardware["job"] is None
     assert hardware["static"]["logical_cores"] >= 1 and len(hardware["fingerprint"]) == 64
@@ -46,6 +48,7 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     assert daemon.stop() == 0
     daemon.env["ACCEL_NODE_PROFILE_AUTO"] = "quick"
     daemon.start().wait_ready()
+    wait_until(lambda: daemon.api("GET", "/v1/hardware").json()["profile"] is not None, what="cached profile")
     again = daemon.api("GET", "/v1/hardware").json()
     assert again["profile"]["created_at"] == first["created_at"]
     assert again["job"] is None
@@ -73,6 +76,7 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     with sqlite3.connect(daemon.home / "node.db") as db:
         db.execute("UPDATE hardware_profiles SET fingerprint = 'another-machine'")
     daemon.start().wait_ready()
+    wait_until(lambda: daemon.api("GET", "/v1/profile").json()["job"] is not None, what="automatic re-profile")
     job = daemon.api("GET", "/v1/profile").json()["job"]
     assert job is not None and job["mode"] == "quick"
     wait_until(

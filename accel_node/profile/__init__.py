@@ -19,6 +19,8 @@ Where things live:
 - ``fields``: strict JSON readers for ``from_dict``. ``errors``: ``ProfileError``.
 """
 
+from typing import TYPE_CHECKING, Any
+
 from accel_node.profile.errors import ProfileError
 from accel_node.profile.model import (
     CacheInfo,
@@ -29,8 +31,25 @@ from accel_node.profile.model import (
     StaticFacts,
     fingerprint,
 )
-from accel_node.profile.runner import STEP_NAMES, run_profile
-from accel_node.profile.static import collect_static
+
+# ``runner`` and ``static`` import numpy and ONNX Runtime; the daemon itself only needs the data
+# model (it profiles in a worker process, see ``__main__``), so those are loaded on first use.
+if TYPE_CHECKING:
+    from accel_node.profile.runner import STEP_NAMES, run_profile
+    from accel_node.profile.static import collect_static
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("STEP_NAMES", "run_profile"):
+        from accel_node.profile import runner
+
+        return getattr(runner, name)
+    if name == "collect_static":
+        from accel_node.profile.static import collect_static
+
+        return collect_static
+    raise AttributeError(name)
+
 
 __all__ = [
     "STEP_NAMES",
