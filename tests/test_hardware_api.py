@@ -76,7 +76,7 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     with sqlite3.connect(daemon.home / "node.db") as db:
         db.execute("UPDATE hardware_profiles SET fingerprint = 'another-machine'")
     daemon.start().wait_ready()
-    wait_until(lambda: daemon.api("GET", "/v1/profile").json()["job"] is not None, what="automatic re-profile")
+    wait_until(lambda: daemon.api("GET", "/v1/profile").json()["job"] is not None, what="re-profile")
     job = daemon.api("GET", "/v1/profile").json()["job"]
     assert job is not None and job["mode"] == "quick"
     wait_until(
