@@ -127,10 +127,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     with _client(ctx) as api:
         data = api.get("/v1/status")
         data["api"] = api.url
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.key_values("accel-node", data)
+    render.show(data, as_json=as_json, human=lambda data: render.key_values("accel-node", data))
 
 
 @cli.group(invoke_without_command=True)
@@ -142,10 +139,7 @@ def peers(ctx: click.Context, as_json: bool) -> None:
         return
     with _client(ctx) as api:
         data = api.get("/v1/peers")
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.peers_table(data["peers"])
+    render.show(data, as_json=as_json, human=lambda data: render.peers_table(data["peers"]))
 
 
 @peers.command("find")
@@ -162,10 +156,7 @@ def peers_find(
     query = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items() if v is not None}
     with _client(ctx) as api:
         data = api.request("GET", "/v1/peers/find", params=query)
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.capability_table(data["peers"])
+    render.show(data, as_json=as_json, human=lambda data: render.capability_table(data["peers"]))
 
 
 @peers.command("show")
@@ -176,10 +167,7 @@ def peers_show(ctx: click.Context, peer_id: str, as_json: bool) -> None:
     """Fetch one peer's capability record from the network, verify it and show it."""
     with _client(ctx) as api:
         data = api.get(f"/v1/peers/{peer_id}")
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.peer_detail(data)
+    render.show(data, as_json=as_json, human=render.peer_detail)
 
 
 @peers.command("perf")
@@ -232,10 +220,7 @@ def profile(ctx: click.Context, full: bool, as_json: bool) -> None:
         if job["error"]:
             raise AccelNodeError(f"profiling failed: {job['error']}")
         hardware = api.get("/v1/hardware")
-    if as_json:
-        render.emit_json(hardware)
-    else:
-        render.hardware(hardware)
+    render.show(hardware, as_json=as_json, human=render.hardware)
 
 
 @cli.command()
@@ -267,10 +252,7 @@ def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
     """Create a publisher key NAME and print its public key (share it with nodes that should trust you)."""
     with _client(ctx) as api:
         key = api.post("/v1/keys", {"name": name})
-    if as_json:
-        render.emit_json(key)
-    else:
-        render.line(key["public_key"])
+    render.show(key, as_json=as_json, human=lambda key: render.line(key["public_key"]))
 
 
 @keys.command("ls")
@@ -280,10 +262,9 @@ def keys_ls(ctx: click.Context, as_json: bool) -> None:
     """List this node's publisher keys."""
     with _client(ctx) as api:
         data = api.get("/v1/keys")
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.keys_table(data["keys"], title="own publisher keys")
+    render.show(
+        data, as_json=as_json, human=lambda data: render.keys_table(data["keys"], title="own publisher keys")
+    )
 
 
 @cli.group()
@@ -300,10 +281,9 @@ def trust_add(ctx: click.Context, public_key: str, name: str, as_json: bool) -> 
     """Trust PUBLIC_KEY (ed25519:...) under NAME."""
     with _client(ctx) as api:
         key = api.post("/v1/trust", {"public_key": public_key, "name": name})
-    if as_json:
-        render.emit_json(key)
-    else:
-        render.line(f"trusting {key['name']} ({key['key_id']})")
+    render.show(
+        key, as_json=as_json, human=lambda key: render.line(f"trusting {key['name']} ({key['key_id']})")
+    )
 
 
 @trust.command("ls")
@@ -313,10 +293,9 @@ def trust_ls(ctx: click.Context, as_json: bool) -> None:
     """List trusted publisher keys."""
     with _client(ctx) as api:
         data = api.get("/v1/trust")
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.keys_table(data["keys"], title="trusted publishers")
+    render.show(
+        data, as_json=as_json, human=lambda data: render.keys_table(data["keys"], title="trusted publishers")
+    )
 
 
 @trust.command("rm")
@@ -327,10 +306,11 @@ def trust_rm(ctx: click.Context, name: str, as_json: bool) -> None:
     """Stop trusting the publisher NAME (or key id)."""
     with _client(ctx) as api:
         key = api.request("DELETE", f"/v1/trust/{name}")
-    if as_json:
-        render.emit_json(key)
-    else:
-        render.line(f"no longer trusting {key['name']} ({key['key_id']})")
+    render.show(
+        key,
+        as_json=as_json,
+        human=lambda key: render.line(f"no longer trusting {key['name']} ({key['key_id']})"),
+    )
 
 
 @cli.group()

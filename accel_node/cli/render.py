@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from rich.console import Console
@@ -19,6 +19,14 @@ console = Console()
 
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def show(data: Any, *, as_json: bool, human: Callable[[Any], None]) -> None:
+    """Print ``data`` as JSON (``--json``) or through ``human`` for people."""
+    if as_json:
+        emit_json(data)
+    else:
+        human(data)
 
 
 def key_values(title: str, rows: Mapping[str, Any]) -> None:
