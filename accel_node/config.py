@@ -191,6 +191,33 @@ class ProfileSection(_Section):
     )
 
 
+class IpfsSection(_Section):
+    """[ipfs]: where model content is stored and how it travels."""
+
+    backend: Literal["embedded"] = Field(
+        default="embedded",
+        description="Content backend: embedded = on-disk block store in the node home + Bitswap over libp2p. "
+        "(A Kubo RPC backend is not available yet.)",
+    )
+    store_max_bytes: int = Field(
+        default=50 * 1024**3, ge=1024**2, description="Upper bound of the block store's size (bytes)."
+    )
+
+
+class ModelsSection(_Section):
+    """[models]: limits on the model packages this node accepts and publishes."""
+
+    max_manifest_bytes: int = Field(
+        default=1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="Largest manifest accepted (bytes)."
+    )
+    max_file_bytes: int = Field(
+        default=16 * 1024**3, ge=1024, description="Largest single model file accepted (bytes)."
+    )
+    publish_ttl_days: float = Field(
+        default=365.0, gt=0, le=3650, description="Manifests this node publishes expire after this many days."
+    )
+
+
 class LogSection(_Section):
     """[log]: logging."""
 
@@ -211,6 +238,8 @@ class Config(_Section):
     api: ApiSection = Field(default_factory=ApiSection)
     store: StoreSection = Field(default_factory=StoreSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
+    ipfs: IpfsSection = Field(default_factory=IpfsSection)
+    models: ModelsSection = Field(default_factory=ModelsSection)
     log: LogSection = Field(default_factory=LogSection)
 
 

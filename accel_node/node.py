@@ -30,11 +30,14 @@ from accel_node.hardware import HardwareService
 from accel_node.home import NodeHome
 from accel_node.metrics import NodeMetrics
 from accel_node.models.keys import KeyFiles
+from accel_node.models.service import Limits, ModelService, local_block
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
 from accel_node.presence import PresenceService
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_listen_addr
+from p2p.bitswap.service import BitswapService
+from p2p.content import BlockStore
 from p2p.dht import RecordDHT
 from p2p.host import HostSettings, build_host, run_host
 from p2p.identity import peer_id_of
@@ -109,6 +112,19 @@ class Node:
             metrics=self.metrics,
             name=name,
         )
+        blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes)
+        bitswap = BitswapService(host, partial(local_block, blocks))
+        trust = TrustStore(store, KeyFiles(self.home.root / "keys"))
+        models = ModelService(
+            home=self.home.root,
+            host=host,
+            store=store,
+            blocks=blocks,
+            bitswap=bitswap,
+            dht=dht,
+            trust=trust,
+            limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
+        )
         presence = PresenceService(
             key_pair=key_pair,
             pubsub=pubsub,
@@ -123,7 +139,8 @@ class Node:
                 capability=capabilities,
                 hardware=hardware,
                 store=store,
-                trust=TrustStore(store, KeyFiles(self.home.root / "keys")),
+                trust=trust,
+                models=models,
                 config=cfg,
                 metrics=self.metrics,
                 token=token,
@@ -153,6 +170,7 @@ class Node:
             await nursery.start(hardware.run)
             await nursery.start(capabilities.run)
             await nursery.start(presence.run)
+            await nursery.start(bitswap.run)
             if cfg.p2p.mdns:
                 nursery.start_soon(run_mdns, host, network.connect_discovered)
             binds = await nursery.start(api_task)

@@ -87,7 +87,21 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2, _migration_3]
+def _migration_4(db: sqlite_utils.Database) -> None:
+    db.table("models").create(
+        {"cid": str, "name": str, "version": int, "publisher": str, "size": int, "manifest": str,
+         "local": int, "installed_at": float},
+        pk="cid",
+        not_null={"name", "version", "publisher", "size", "manifest", "local", "installed_at"},
+    )  # fmt: skip
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -332,6 +346,27 @@ class Store:
             "accepted_at = excluded.accepted_at",
             [publisher, name, version, time.time()],
         )
+
+    def record_model(self, cid: str, manifest: dict[str, Any], *, local: bool) -> None:
+        size = sum(int(f["size"]) for f in manifest["files"])
+        row = {key: manifest[key] for key in ("name", "version", "publisher")}
+        row.update(
+            cid=cid, size=size, manifest=json.dumps(manifest), local=int(local), installed_at=time.time()
+        )
+        self.db.table("models").upsert(row, pk="cid")
+
+    def _model(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {**row, "manifest": json.loads(row["manifest"]), "local": bool(row["local"])}
+
+    def get_model(self, cid: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM models WHERE cid = ?", [cid]))
+        return self._model(rows[0]) if rows else None
+
+    def list_models(self) -> list[dict[str, Any]]:
+        return [self._model(r) for r in self.db.query("SELECT * FROM models ORDER BY name, version")]
+
+    def delete_model(self, cid: str) -> None:
+        self.db.execute("DELETE FROM models WHERE cid = ?", [cid])
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close the connection."""

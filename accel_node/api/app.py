@@ -18,6 +18,7 @@ from accel_node.api.context import ApiContext
 from accel_node.api.middleware import AuthMetricsMiddleware
 from accel_node.api.routes_hardware import hardware_routes
 from accel_node.api.routes_keys import key_routes
+from accel_node.api.routes_models import model_routes
 from accel_node.api.routes_node import node_routes
 from accel_node.api.routes_peers import peer_routes
 from accel_node.errors import UsageError
@@ -38,6 +39,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(peer_routes(ctx))
     app.include_router(hardware_routes(ctx))
     app.include_router(key_routes(ctx))
+    app.include_router(model_routes(ctx))
 
     @app.exception_handler(InvalidAddressError)
     async def invalid_address(_: Request, exc: InvalidAddressError) -> JSONResponse:

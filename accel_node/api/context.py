@@ -8,6 +8,7 @@ from accel_node.capability import CapabilityService
 from accel_node.config import Config
 from accel_node.hardware import HardwareService
 from accel_node.metrics import NodeMetrics
+from accel_node.models.service import ModelService
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
 from accel_node.store import AsyncStore
@@ -22,6 +23,7 @@ class ApiContext:
     hardware: HardwareService
     store: AsyncStore
     trust: TrustStore
+    models: ModelService
     config: Config
     metrics: NodeMetrics
     token: str

@@ -314,6 +314,89 @@ def trust_rm(ctx: click.Context, name: str, as_json: bool) -> None:
 
 
 @cli.group()
+def models() -> None:
+    """Signed, content-addressed models."""
+
+
+@models.command("publish")
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--key", "key_name", required=True, help="Publisher key to sign with ('accel-node keys new').")
+@click.option("--name", help="Model name (default: the directory's name).")
+@click.option("--version", "model_version", type=click.IntRange(min=0), help="Version (default: next).")
+@json_option
+@click.pass_context
+def models_publish(
+    ctx: click.Context,
+    *,
+    directory: Path,
+    key_name: str,
+    name: str | None,
+    model_version: int | None,
+    as_json: bool,
+) -> None:
+    """Add DIRECTORY (one .onnx model plus any files it needs), sign it and print the model's CID."""
+    body = {"dir": str(directory.resolve()), "key": key_name, "name": name, "version": model_version}
+    with _client(ctx) as api:
+        model = api.post("/v1/models/publish", body)
+    render.show(model, as_json=as_json, human=lambda m: render.line(m["cid"]))
+
+
+@models.command("fetch")
+@click.argument("cid")
+@json_option
+@click.pass_context
+def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
+    """Fetch a model by CID from peers, verify it and install it (resumable)."""
+    with _client(ctx) as api, render.progress(enabled=not as_json) as bar:
+        bar.add_task(f"fetching {cid}", total=None)
+        model = api.post("/v1/models/fetch", {"cid": cid})
+    render.show(model, as_json=as_json, human=render.model_detail)
+
+
+@models.command("ls")
+@json_option
+@click.pass_context
+def models_ls(ctx: click.Context, as_json: bool) -> None:
+    """List the models this node holds."""
+    with _client(ctx) as api:
+        data = api.get("/v1/models")
+    render.show(data, as_json=as_json, human=lambda d: render.models_table(d["models"]))
+
+
+@models.command("show")
+@click.argument("cid")
+@json_option
+@click.pass_context
+def models_show(ctx: click.Context, cid: str, as_json: bool) -> None:
+    """Show one model and its manifest."""
+    with _client(ctx) as api:
+        model = api.get(f"/v1/models/{cid}")
+    render.show(model, as_json=as_json, human=render.model_detail)
+
+
+@models.command("rm")
+@click.argument("cid")
+@json_option
+@click.pass_context
+def models_rm(ctx: click.Context, cid: str, as_json: bool) -> None:
+    """Remove a model (files, pins, unreferenced blocks)."""
+    with _client(ctx) as api:
+        model = api.request("DELETE", f"/v1/models/{cid}")
+    render.show(model, as_json=as_json, human=lambda m: render.line(f"removed {m['name']} v{m['version']}"))
+
+
+@models.command("pin")
+@click.argument("cid")
+@json_option
+@click.pass_context
+def models_pin(ctx: click.Context, cid: str, as_json: bool) -> None:
+    """Pin a model so that garbage collection keeps it."""
+    with _client(ctx) as api:
+        model = api.post(f"/v1/models/{cid}/pin", {})
+    render.show(model, as_json=as_json, human=lambda m: render.line(f"pinned {m['cid']}"))
+
+
+@cli.group()
 def config() -> None:
     """Inspect the configuration."""
 

@@ -129,6 +129,44 @@ def keys_table(keys: Sequence[Mapping[str, Any]], *, title: str) -> None:
     console.print(table)
 
 
+def models_table(models: Sequence[Mapping[str, Any]]) -> None:
+    if not models:
+        line("no models")
+        return
+    table = Table(title=f"{len(models)} model(s)", title_justify="left")
+    for column in ("cid", "name", "version", "size", "publisher", "pinned"):
+        table.add_column(column, overflow="fold")
+    for m in models:
+        table.add_row(
+            m["cid"], escape(m["name"]), str(m["version"]), f"{m['size']:,}", m["publisher"], str(m["pinned"])
+        )
+    console.print(table)
+
+
+def model_detail(model: Mapping[str, Any]) -> None:
+    manifest = model.get("manifest") or {}
+    key_values(
+        f"model {model['cid']}",
+        {
+            "name": model["name"],
+            "version": model["version"],
+            "publisher": model["publisher"],
+            "size": f"{model['size']:,} bytes",
+            "path": model["path"],
+            "pinned": model["pinned"],
+            "entry": manifest.get("entry"),
+            "files": [f"{f['path']} {f['size']:,} B {f['cid']}" for f in manifest.get("files", [])],
+            "inputs": [
+                f"{t['name']}: {t['dtype']}{t['shape']}" for t in manifest.get("io", {}).get("inputs", [])
+            ],
+            "outputs": [
+                f"{t['name']}: {t['dtype']}{t['shape']}" for t in manifest.get("io", {}).get("outputs", [])
+            ],
+            "expires": manifest.get("expires"),
+        },
+    )
+
+
 def hardware(data: Mapping[str, Any]) -> None:
     profile = data.get("profile")
     summary = data.get("summary") or {}

@@ -1,0 +1,337 @@
+"""Publishing and fetching signed models over the embedded IPFS backend.
+
+Embedded backend: blocks live in the node's on-disk block store (``HOME/ipfs``), travel over
+Bitswap, and are announced as provider records in the DHT. A fetch is resumable: every verified
+block is stored as it arrives, and a restarted fetch only asks for what is still missing.
+
+Nothing is made loadable before everything checked out: the manifest is verified (size, structure,
+trusted publisher, signature, expiry, rollback), every block against its CID, every file against
+the manifest's size and sha256; only then are the files moved into ``HOME/models/<cid>/`` and the
+model recorded. A refusal leaves no model files behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+from libp2p.abc import IHost
+from libp2p.peer.id import ID
+
+from accel_node.models.errors import ManifestError, ModelError
+from accel_node.models.manifest import Manifest, ManifestFile, TensorSpec, sign_manifest, verify_package
+from accel_node.models.trust import TrustStore
+from accel_node.store import AsyncStore
+from p2p.bitswap.protocol import Cid as WireCid
+from p2p.bitswap.service import BitswapService, FetchError
+from p2p.content import CID, BlockStore, ContentError, export_file, import_bytes, import_file, read_bytes
+from p2p.dht import RecordDHT
+
+log = logging.getLogger(__name__)
+
+FETCH_BATCH = 64
+ONNX_DTYPES = {  # onnx.TensorProto element types
+    1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool",
+    10: "float16", 11: "float64", 16: "bfloat16",
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_manifest_bytes: int
+    max_file_bytes: int
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def onnx_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """Inputs and outputs of an ONNX model (names, dtypes, shapes with symbolic dims)."""
+    import onnx  # heavy; only needed when publishing
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ManifestError(f"{path.name} is not a readable ONNX model: {exc}") from exc
+    initializers = {i.name for i in model.graph.initializer}
+
+    def specs(values: Any) -> tuple[TensorSpec, ...]:
+        out = []
+        for value in values:
+            if value.name in initializers:
+                continue
+            tensor = value.type.tensor_type
+            dims: list[int | str | None] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tensor.shape.dim
+            ]
+            out.append(TensorSpec(value.name, ONNX_DTYPES.get(tensor.elem_type, "float32"), tuple(dims)))
+        return tuple(out)
+
+    return specs(model.graph.input), specs(model.graph.output)
+
+
+class ModelService:
+    """Publish, fetch, list and remove verified models."""
+
+    def __init__(
+        self,
+        *,
+        home: Path,
+        host: IHost,
+        store: AsyncStore,
+        blocks: BlockStore,
+        bitswap: BitswapService,
+        dht: RecordDHT,
+        trust: TrustStore,
+        limits: Limits,
+    ) -> None:
+        self.models_dir = home / "models"
+        self._host = host
+        self._store = store
+        self.blocks = blocks
+        self._bitswap = bitswap
+        self._dht = dht
+        self._trust = trust
+        self._limits = limits
+        self._fetch_locks: dict[str, trio.Lock] = {}
+
+    # -- publishing --------------------------------------------------------------------------
+
+    async def publish(self, directory: Path, key_name: str, *, name: str | None, version: int | None,
+                      ttl_s: float) -> dict[str, Any]:  # fmt: skip
+        """Add every file of ``directory``, sign a manifest with key ``key_name``, add and announce it."""
+        key = self._trust.signing_key(key_name)
+        directory = await trio.to_thread.run_sync(directory.resolve)
+        files = await trio.to_thread.run_sync(self._add_directory, directory)
+        entries = [f for f in files if f.path.endswith(".onnx")]
+        if len(entries) != 1:
+            raise ManifestError(f"{directory} must hold exactly one .onnx model, found {len(entries)}")
+        inputs, outputs = await trio.to_thread.run_sync(onnx_signature, directory / entries[0].path)
+        model_name = name or directory.name
+        if version is None:
+            highest = await self._store.call(self._store.sync.highest_model_version, key.key_id, model_name)
+            version = (highest or 0) + 1
+        now = int(time.time())
+        manifest = Manifest(
+            name=model_name, version=version, format="onnx", entry=entries[0].path, files=tuple(files),
+            inputs=inputs, outputs=outputs, created=now, expires=int(now + ttl_s), publisher=key.key_id,
+        )  # fmt: skip
+        package = sign_manifest(manifest, key)
+        result, package_blocks = import_bytes(package)
+        for block_cid, data in package_blocks.items():
+            await trio.to_thread.run_sync(self.blocks.put, block_cid, data)
+        cid = str(result.root)
+        await self._install(cid, manifest, source_dir=directory)
+        await self._announce(cid, manifest)
+        log.info("model published", extra={"cid": cid, "model": model_name, "version": version})
+        return await self.show(cid)
+
+    def _add_directory(self, directory: Path) -> list[ManifestFile]:
+        if not directory.is_dir():
+            raise ManifestError(f"{directory} is not a directory")
+        files = []
+        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+            relative = path.relative_to(directory).as_posix()
+            if path.is_symlink():
+                raise ManifestError(f"{relative} is a symbolic link; copy the file into the model directory")
+            result = import_file(path, self.blocks.put)
+            files.append(ManifestFile(relative, str(result.root), result.file_size, _sha256_file(path)))
+        if not files:
+            raise ManifestError(f"{directory} holds no files")
+        return files
+
+    async def _announce(self, cid: str, manifest: Manifest) -> None:
+        for key in [cid, *(f.cid for f in manifest.files)]:
+            try:
+                await self._dht.kad.provide(key)
+            except Exception as exc:  # announcing is best effort; peers can still be asked directly
+                log.warning("providing content in the DHT failed", extra={"cid": key, "error": str(exc)})
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    async def fetch(
+        self, cid_text: str, *, on_progress: Callable[[int, int], None] | None = None
+    ) -> dict[str, Any]:
+        """Fetch, verify and install the model named by ``cid_text`` (resumable)."""
+        try:
+            root = CID.parse(cid_text)
+        except ContentError as exc:
+            raise ManifestError(f"invalid model CID {cid_text!r}: {exc}") from exc
+        cid = str(root.to_v1())
+        lock = self._fetch_locks.setdefault(cid, trio.Lock())
+        async with lock:
+            await trio.to_thread.run_sync(self.blocks.pin, root)  # protects partial progress from gc
+            try:
+                await self._fetch_dag(root, on_progress)
+                package = await trio.to_thread.run_sync(
+                    lambda: read_bytes(root, self.blocks.get, max_size=self._limits.max_manifest_bytes)
+                )
+                manifest = await self._verify(package)
+                for f in manifest.files:
+                    await self._fetch_dag(CID.parse(f.cid), on_progress)
+                await self._install(cid, manifest, source_dir=None)
+            except BaseException:
+                if not await self._installed(cid):
+                    await trio.to_thread.run_sync(self.blocks.unpin, root)
+                raise
+        await self._announce(cid, manifest)
+        return await self.show(cid)
+
+    async def _verify(self, package: bytes) -> Manifest:
+        sync = self._store.sync
+
+        def verify() -> Manifest:
+            return verify_package(
+                package,
+                trusted_key=sync.publisher_key,
+                highest_version=sync.highest_model_version,
+                max_manifest_bytes=self._limits.max_manifest_bytes,
+                max_file_bytes=self._limits.max_file_bytes,
+            )
+
+        # On the store's own thread: the trust and version look-ups read the database.
+        return await self._store.call(verify)
+
+    def _providers(self) -> list[ID]:
+        return list(self._host.get_connected_peers())
+
+    async def _find_providers(self, root: CID) -> list[ID]:
+        found: list[ID] = []
+        try:
+            with trio.move_on_after(10):
+                infos = await self._dht.kad.find_providers(str(root))
+                for info in infos:
+                    if info.peer_id == self._host.get_id() or info.peer_id in found:
+                        continue  # find_providers can return duplicates
+                    self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
+                    found.append(info.peer_id)
+        except Exception as exc:  # the DHT is one source of providers among two
+            log.debug("provider lookup failed", extra={"cid": str(root), "error": str(exc)})
+        return found
+
+    async def _fetch_dag(self, root: CID, on_progress: Callable[[int, int], None] | None) -> None:
+        """Fetch every missing block under ``root``, level by level, verified as it arrives."""
+        providers: list[ID] = []
+        done = 0
+        while missing := await trio.to_thread.run_sync(self.blocks.missing, root):
+            if not providers:
+                providers = await self._find_providers(root)
+                providers += [p for p in self._providers() if p not in providers]
+                if not providers:
+                    raise ModelError(f"no peer provides {root}; connect to one that holds it")
+            for start in range(0, len(missing), FETCH_BATCH):
+                batch = [WireCid.parse(c.encode()) for c in missing[start : start + FETCH_BATCH]]
+                try:
+                    async for wire_cid, data in self._bitswap.fetch(batch, providers):
+                        await trio.to_thread.run_sync(self.blocks.put, CID.decode(wire_cid.raw), data)
+                        done += 1
+                        if on_progress is not None:
+                            on_progress(done, len(data))
+                except FetchError as exc:
+                    raise ModelError(f"fetching {root} failed: {exc}") from exc
+
+    # -- installing and listing --------------------------------------------------------------
+
+    async def _install(self, cid: str, manifest: Manifest, *, source_dir: Path | None) -> None:
+        """Materialise verified files under HOME/models/<cid>/ and record the model."""
+        target = self.models_dir / cid
+
+        def materialise() -> None:
+            staging = self.models_dir / f".{cid}.staging"
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+            try:
+                for f in manifest.files:
+                    dest = staging / f.path
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    size = export_file(CID.parse(f.cid), self.blocks.get, dest, max_size=f.size)
+                    if size != f.size or _sha256_file(dest) != f.sha256:
+                        raise ManifestError(f"{f.path} does not match the manifest's size and sha256")
+                    self.blocks.pin(CID.parse(f.cid))
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(staging, target)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+
+        await trio.to_thread.run_sync(materialise)
+        await trio.to_thread.run_sync(self.blocks.pin, CID.parse(cid))
+        await self._store.call(
+            self._store.sync.record_model,
+            cid,
+            manifest.to_map(),
+            local=source_dir is not None,
+        )
+        await self._store.call(
+            self._store.sync.record_model_version, manifest.publisher, manifest.name, manifest.version
+        )
+
+    async def _installed(self, cid: str) -> bool:
+        return await self._store.call(self._store.sync.get_model, cid) is not None
+
+    async def list(self) -> list[dict[str, Any]]:
+        return [self._view(row) for row in await self._store.call(self._store.sync.list_models)]
+
+    async def show(self, cid: str) -> dict[str, Any]:
+        row = await self._store.call(self._store.sync.get_model, _normal(cid))
+        if row is None:
+            raise ModelNotFoundError(f"no model {cid} on this node")
+        return self._view(row)
+
+    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
+        return {
+            **row,
+            "path": str(self.models_dir / row["cid"]),
+            "pinned": self.blocks.is_pinned(CID.parse(row["cid"])),
+        }
+
+    async def remove(self, cid: str) -> dict[str, Any]:
+        view = await self.show(cid)
+        manifest = view["manifest"]
+
+        def drop() -> None:
+            for f in manifest["files"]:
+                self.blocks.unpin(CID.parse(f["cid"]))
+            self.blocks.unpin(CID.parse(view["cid"]))
+            shutil.rmtree(self.models_dir / view["cid"], ignore_errors=True)
+            self.blocks.gc()
+
+        await self._store.call(self._store.sync.delete_model, view["cid"])
+        await trio.to_thread.run_sync(drop)
+        return view
+
+    async def pin(self, cid: str) -> dict[str, Any]:
+        view = await self.show(cid)
+        await trio.to_thread.run_sync(self.blocks.pin, CID.parse(view["cid"]))
+        return await self.show(cid)
+
+
+def local_block(blocks: BlockStore, cid_bytes: bytes) -> bytes | None:
+    """Bitswap's view of the block store: the verified block, or None when absent or corrupt."""
+    try:
+        return blocks.get(CID.decode(cid_bytes))
+    except ContentError:
+        return None
+
+
+class ModelNotFoundError(ModelError):
+    """The node holds no model with that CID."""
+
+
+def _normal(cid: str) -> str:
+    try:
+        return str(CID.parse(cid).to_v1())
+    except ContentError as exc:
+        raise ManifestError(f"invalid model CID {cid!r}: {exc}") from exc
