@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +32,8 @@ def write_model(directory: Path, *, scale: float = 2.0, extra_bytes: int = 600_0
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(directory / "model.onnx")
     )
     (directory / "vocab").mkdir(exist_ok=True)
-    (directory / "vocab" / "tokens.bin").write_bytes(bytes(range(256)) * (extra_bytes // 256))
+    # Random bytes: repeated content would deduplicate into a handful of blocks.
+    (directory / "vocab" / "tokens.bin").write_bytes(random.Random(extra_bytes).randbytes(extra_bytes))
     return directory
 
 
@@ -108,3 +111,35 @@ def test_expired_manifest_is_refused(start_daemon: Callable[..., Daemon], tmp_pa
     refused = b.cli("models", "fetch", cid)
     assert refused.returncode == 1 and "expired" in refused.stderr
     assert json.loads(b.cli("models", "ls", "--json").stdout)["models"] == []
+
+
+def test_fetch_resumes_after_kill_9(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
+    import threading
+
+    a = start_daemon("a")
+    c = start_daemon("c")
+    assert c.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    public_key = a.cli("keys", "new", "acme").stdout.strip()
+    assert c.cli("trust", "add", public_key, "--name", "acme").returncode == 0
+    model_dir = write_model(tmp_path / "big", extra_bytes=48 * 1024 * 1024)
+    cid = str(cli_json(a, "models", "publish", str(model_dir), "--key", "acme")["cid"])
+
+    def stored_blocks() -> int:
+        return sum(1 for p in (c.home / "ipfs" / "blocks").rglob("*") if p.is_file())
+
+    threading.Thread(target=lambda: c.cli("models", "fetch", cid, timeout=120), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while stored_blocks() < 20 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    c.stop(signal.SIGKILL)  # mid-fetch
+    kept = stored_blocks()
+    assert 20 <= kept < 190, kept  # the file has ~193 blocks: some, not all, were stored
+
+    c.start().wait_ready()
+    assert c.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    fetched = cli_json(c, "models", "fetch", cid)
+    installed = Path(str(fetched["path"]))
+    assert (installed / "vocab" / "tokens.bin").read_bytes() == (
+        model_dir / "vocab" / "tokens.bin"
+    ).read_bytes()
+    assert stored_blocks() >= kept

@@ -38,6 +38,7 @@ from p2p.dht import RecordDHT
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 64
+PROVIDER_LOOKUP_S = 5.0
 ONNX_DTYPES = {  # onnx.TensorProto element types
     1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool",
     10: "float16", 11: "float64", 16: "bfloat16",
@@ -175,13 +176,14 @@ class ModelService:
         async with lock:
             await trio.to_thread.run_sync(self.blocks.pin, root)  # protects partial progress from gc
             try:
-                await self._fetch_dag(root, on_progress)
+                providers = await self._providers_of(root)
+                await self._fetch_dag(root, providers, on_progress)
                 package = await trio.to_thread.run_sync(
                     lambda: read_bytes(root, self.blocks.get, max_size=self._limits.max_manifest_bytes)
                 )
                 manifest = await self._verify(package)
                 for f in manifest.files:
-                    await self._fetch_dag(CID.parse(f.cid), on_progress)
+                    await self._fetch_dag(CID.parse(f.cid), providers, on_progress)
                 await self._install(cid, manifest, source_dir=None)
             except BaseException:
                 if not await self._installed(cid):
@@ -205,33 +207,29 @@ class ModelService:
         # On the store's own thread: the trust and version look-ups read the database.
         return await self._store.call(verify)
 
-    def _providers(self) -> list[ID]:
-        return list(self._host.get_connected_peers())
-
-    async def _find_providers(self, root: CID) -> list[ID]:
+    async def _providers_of(self, root: CID) -> list[ID]:
+        """Peers to ask for ``root``'s DAG: DHT provider records first, then connected peers."""
         found: list[ID] = []
         try:
-            with trio.move_on_after(10):
-                infos = await self._dht.kad.find_providers(str(root))
-                for info in infos:
+            with trio.move_on_after(PROVIDER_LOOKUP_S):
+                for info in await self._dht.kad.find_providers(str(root)):
                     if info.peer_id == self._host.get_id() or info.peer_id in found:
                         continue  # find_providers can return duplicates
                     self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
                     found.append(info.peer_id)
         except Exception as exc:  # the DHT is one source of providers among two
             log.debug("provider lookup failed", extra={"cid": str(root), "error": str(exc)})
+        found += [p for p in self._host.get_connected_peers() if p not in found]
+        if not found:
+            raise ModelError(f"no peer provides {root}; connect to one that holds it")
         return found
 
-    async def _fetch_dag(self, root: CID, on_progress: Callable[[int, int], None] | None) -> None:
+    async def _fetch_dag(
+        self, root: CID, providers: list[ID], on_progress: Callable[[int, int], None] | None
+    ) -> None:
         """Fetch every missing block under ``root``, level by level, verified as it arrives."""
-        providers: list[ID] = []
         done = 0
         while missing := await trio.to_thread.run_sync(self.blocks.missing, root):
-            if not providers:
-                providers = await self._find_providers(root)
-                providers += [p for p in self._providers() if p not in providers]
-                if not providers:
-                    raise ModelError(f"no peer provides {root}; connect to one that holds it")
             for start in range(0, len(missing), FETCH_BATCH):
                 batch = [WireCid.parse(c.encode()) for c in missing[start : start + FETCH_BATCH]]
                 try:
