@@ -32,10 +32,9 @@ def test_line_of_five_finds_records_through_the_dht_and_forgets_dead_nodes(
         assert response.status_code == 200, response.text
     a, e = nodes[0], nodes[-1]
 
-    # a is not connected to e, yet finds e's signed capability record through the DHT (the
-    # lookup walks b, c, d towards the key and may connect to e on the way, as Kademlia does).
-    connected = {p["peer_id"] for p in a.api("GET", "/v1/peers").json()["peers"] if p["connected"]}
-    assert connected == {nodes[1].peer_id}
+    # a was only told about b, yet finds e's signed capability record through the DHT. (Kademlia
+    # walks, a's own publications included, connect to the peers they visit, so a may be connected
+    # to c, d or e by then; that the lookup crosses hops is shown in tests/test_dht.py.)
 
     def e_record() -> dict[str, object] | None:
         response = a.api("GET", f"/v1/peers/{e.peer_id}")
