@@ -151,13 +151,10 @@ class CapabilityService:
             expires_at=math.ceil(time.time() + 2 * self._settings.cap_refresh_s),
             body=body,
         )
-        stored = await self.dht.put(record_key(NAMESPACE, KIND, self._key_pair_peer_id()), record.raw)
+        stored = await self.dht.put(record_key(NAMESPACE, KIND, record.peer_id), record.raw)
         self.last_published = body
         log.debug("capability record published", extra={"seq": record.seq, "stored_at": stored})
         return stored
-
-    def _key_pair_peer_id(self) -> ID:
-        return ID.from_pubkey(self._key_pair.public_key)
 
     async def fetch(self, peer_id: ID) -> PeerRecord | None:
         """Fetch ``peer_id``'s record from the network, verify it and record it in the peer table."""
