@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from typing import Any
 
@@ -34,7 +35,8 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = "accel"
 KIND = "cap"
-FETCH_CONCURRENCY = 8
+FETCH_CONCURRENCY = 4
+EARLY_REPUBLISH_S = 2.0
 SWEEP_INTERVAL_S = 1.0
 
 
@@ -232,19 +234,40 @@ class CapabilityService:
 
     async def _publish_loop(self) -> None:
         while True:
+            stored = 0
             try:
-                await self.publish()
+                stored = await self.publish()
             except Exception:  # keep publishing on the next tick
                 log.exception("publishing capability record failed")
             self._republish = trio.Event()
-            with trio.move_on_after(self._settings.cap_refresh_s):
+            # Until some peer holds the record (at start, nobody does), retry soon rather than
+            # leaving it local-only for a whole refresh period.
+            wait = (
+                self._settings.cap_refresh_s
+                if stored
+                else min(EARLY_REPUBLISH_S, self._settings.cap_refresh_s)
+            )
+            with trio.move_on_after(wait):
                 await self._republish.wait()
 
     async def _refresh_loop(self) -> None:
-        """Re-verify known peers' records at the rate they are republished."""
+        """Re-verify connected peers' records once per refresh period, spread over the period.
+
+        Only connected peers: refreshing every known peer would be O(N^2) lookups per period across
+        the network; other peers are looked up on demand (find, show) and expire by themselves.
+        """
         while True:
-            await trio.sleep(self._settings.cap_refresh_s)
-            await self.fetch_many(await self.known_peer_ids())
+            peers = [p for p in self._network.host.get_connected_peers() if str(p) != self._network.peer_id]
+            spacing = self._settings.cap_refresh_s / max(1, len(peers))
+            await trio.sleep(random.uniform(0, spacing))  # noqa: S311 - jitter, not security
+            for peer_id in peers:
+                try:
+                    await self.fetch(peer_id)
+                except Exception:  # one peer's failure must not stop the others
+                    log.exception("capability refresh failed", extra={"peer_id": str(peer_id)})
+                await trio.sleep(spacing)
+            if not peers:
+                await trio.sleep(self._settings.cap_refresh_s)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -95,7 +95,7 @@ class P2PSection(_Section):
         "each record is valid for twice this.",
     )
     presence_interval_s: float = Field(
-        default=10.0,
+        default=30.0,
         ge=0.5,
         le=3600,
         description="How often this node gossips a signed heartbeat on /accel/presence/1 (s); "

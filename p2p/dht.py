@@ -34,6 +34,7 @@ K = 20  # replication / lookup width (Kademlia's k)
 ALPHA = 3  # concurrent queries per lookup round
 QUERY_TIMEOUT_S = 3.0
 SEED_INTERVAL_S = 0.5
+LOOKUP_DEADLINE_S = 5.0
 
 
 def record_key(namespace: str, kind: str, peer_id: ID) -> str:
@@ -155,13 +156,25 @@ class RecordDHT:
                 nursery.start_soon(store, peer_id)
         return stored
 
-    async def get(self, key: str, *, quorum: int = 3) -> SignedRecord | None:
+    async def get(
+        self, key: str, *, quorum: int = 3, owner_first: bool = True, deadline_s: float = LOOKUP_DEADLINE_S
+    ) -> SignedRecord | None:
         """The freshest valid record under ``key`` found on the network (never a local copy).
 
-        Stops once ``quorum`` valid copies have been seen or the walk has queried the k closest
-        peers it could find; returns the copy with the highest sequence number.
+        The peer named in the key holds its own latest record, so it is asked first when its
+        addresses are known: one query instead of a walk. Otherwise (or if it does not answer)
+        the walk stops once ``quorum`` valid copies were seen, the k closest peers it could find
+        were queried, or ``deadline_s`` passed; the copy with the highest sequence number wins.
         """
-        _, values = await self._lookup(key, collect=True, quorum=quorum)
+        _, owner = parse_record_key(key, self.namespace)
+        if owner_first and owner != self.host.get_id() and self._reachable(owner):
+            with trio.move_on_after(QUERY_TIMEOUT_S):
+                value = await self._query_value(owner, key)
+                if value is not None:
+                    return self.validator.decode(key, value)
+        values: list[bytes] = []
+        with trio.move_on_after(deadline_s):
+            await self._lookup(key, collect=True, quorum=quorum, into=values)
         records = []
         for value in values:
             try:
@@ -170,7 +183,37 @@ class RecordDHT:
                 continue
         return max(records, key=lambda r: r.seq, default=None)
 
-    async def _lookup(self, key: str, *, collect: bool, quorum: int = 0) -> tuple[list[ID], list[bytes]]:
+    def _reachable(self, peer_id: ID) -> bool:
+        if peer_id in self.host.get_connected_peers():
+            return True
+        try:
+            return bool(self.host.get_peerstore().addrs(peer_id))
+        except Exception:  # py-libp2p raises for peers it has no addresses of
+            return False
+
+    async def _query_value(self, peer_id: ID, key: str) -> bytes | None:
+        """Ask one peer for ``key``; its valid value, or None."""
+        try:
+            result = await self.kad.value_store._get_from_peer(
+                peer_id, key.encode("utf-8"), return_record=True
+            )
+        except Exception as exc:  # unreachable or misbehaving peer
+            log.debug("DHT query failed", extra={"peer_id": str(peer_id), "error": str(exc)})
+            return None
+        if isinstance(result, tuple):  # only when closer peers are asked for, which we do not
+            result = result[0]
+        value = result if isinstance(result, bytes) or result is None else getattr(result, "value", None)
+        if not value:
+            return None
+        try:
+            self.validator.validate(key, value)
+        except RecordError:
+            return None
+        return bytes(value)
+
+    async def _lookup(
+        self, key: str, *, collect: bool, quorum: int = 0, into: list[bytes] | None = None
+    ) -> tuple[list[ID], list[bytes]]:
         key_bytes = key.encode("utf-8")
         me = self.host.get_id()
         candidates: set[ID] = set(self.kad.routing_table.find_local_closest_peers(key_bytes, K))
@@ -178,7 +221,7 @@ class RecordDHT:
         candidates.discard(me)
         queried: set[ID] = set()
         responded: set[ID] = set()
-        values: list[bytes] = []
+        values: list[bytes] = [] if into is None else into
 
         async def query(peer_id: ID) -> None:
             with trio.move_on_after(QUERY_TIMEOUT_S):

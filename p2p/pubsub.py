@@ -29,7 +29,7 @@ RELAY_RATE_PER_TOPIC = 100.0
 class PubSub:
     """A GossipSub router plus the pubsub service that drives it."""
 
-    def __init__(self, host: IHost, *, heartbeat_interval_s: int = 1) -> None:
+    def __init__(self, host: IHost, *, heartbeat_interval_s: int = 5) -> None:
         self.router = GossipSub(
             [PROTOCOL_ID_V12, PROTOCOL_ID_V11],
             degree=6,
