@@ -9,15 +9,15 @@ import trio
 from multiaddr import Multiaddr
 
 from p2p.bitswap.protocol import (
-    RAW,
-    Cid,
     FrameReader,
     ProtocolError,
     encode_uvarint,
+    parse_cid,
     parse_message,
     want_message,
 )
 from p2p.bitswap.service import BitswapService, FetchError
+from p2p.content.cid import CID, RAW
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity
 
@@ -28,7 +28,7 @@ def blocks(n: int, size: int = 256 * 1024) -> dict[bytes, bytes]:
     out = {}
     for _ in range(n):
         data = os.urandom(size)
-        out[Cid.for_block(1, RAW, data).raw] = data
+        out[CID.compute(data, RAW, 1).encode()] = data
     return out
 
 
@@ -47,13 +47,13 @@ async def test_fetch_verified_blocks_from_two_providers() -> None:
             await nursery.start(service.run)
         for i in (0, 1):
             await dial(hosts[2], hosts[i].get_id(), addrs[i][0], timeout_s=5)
-        wanted = [Cid.parse(raw) for raw in everything]
+        wanted = [CID.decode(raw) for raw in everything]
         got = {}
         with trio.fail_after(30):
             async for cid, data in services[2].fetch(
                 wanted, [hosts[1].get_id(), hosts[0].get_id()], timeout_s=5
             ):
-                got[cid.raw] = data
+                got[cid.encode()] = data
         assert got == everything  # a's blocks asked of b first came back via DONT_HAVE -> a
         assert services[0].blocks_sent + services[1].blocks_sent == len(everything)
         nursery.cancel_scope.cancel()
@@ -71,23 +71,23 @@ async def test_tampered_blocks_are_discarded_and_the_fetch_fails_clearly() -> No
         await nursery.start(fetcher.run)
         await dial(hosts[1], hosts[0].get_id(), addrs[0][0], timeout_s=5)
         with pytest.raises(FetchError, match="not available"), trio.fail_after(20):
-            async for _ in fetcher.fetch([Cid.parse(c) for c in good], [hosts[0].get_id()], timeout_s=1):
+            async for _ in fetcher.fetch([CID.decode(c) for c in good], [hosts[0].get_id()], timeout_s=1):
                 raise AssertionError("a tampered block was accepted")
         assert fetcher.penalties[hosts[0].get_id()] >= 1
         nursery.cancel_scope.cancel()
 
 
 def test_frame_reader_bounds_and_reassembles() -> None:
-    cid = Cid.for_block(1, RAW, b"hello")
+    cid = CID.compute(b"hello", RAW, 1)
     message = want_message([cid])
     reader = FrameReader()
     assert reader.feed(message[:3]) == []
     (frame,) = reader.feed(message[3:])
     incoming = parse_message(frame)
-    assert [(w.raw, have) for w, have, _ in incoming.wants] == [(cid.raw, False)]
+    assert [(w, have) for w, have, _ in incoming.wants] == [(cid, False)]
     with pytest.raises(ProtocolError, match="exceeds"):
         FrameReader().feed(encode_uvarint(64 * 1024 * 1024))
     with pytest.raises(ProtocolError):
         parse_message(b"\x0a\xff\xff\xff")
     with pytest.raises(ProtocolError):
-        Cid.parse(b"\x01\x55\x13\x20" + bytes(32))  # not sha2-256
+        parse_cid(b"\x01\x55\x13\x20" + bytes(32))  # not sha2-256

@@ -14,7 +14,6 @@ import trio
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from p2p.bitswap.protocol import Cid as WireCid
 from p2p.bitswap.service import BitswapService
 from p2p.content import CID, BlockStore, import_file, read_bytes
 from p2p.host import HostSettings, build_host, dial, run_host
@@ -69,10 +68,8 @@ async def test_node_fetches_from_kubo(tmp_path: Path) -> None:
             await dial(host, kubo_id, kubo_addr, timeout_s=10)
             with trio.fail_after(60):
                 while missing := blocks.missing(root):
-                    async for cid, block in bitswap.fetch(
-                        [WireCid.parse(c.encode()) for c in missing], [kubo_id]
-                    ):
-                        blocks.put(CID.decode(cid.raw), block)
+                    async for cid, block in bitswap.fetch(missing, [kubo_id]):
+                        blocks.put(cid, block)
             assert read_bytes(root, blocks.get) == data
             nursery.cancel_scope.cancel()
     finally:

@@ -30,7 +30,6 @@ from accel_node.models.errors import ManifestError, ModelError
 from accel_node.models.manifest import Manifest, ManifestFile, TensorSpec, sign_manifest, verify_package
 from accel_node.models.trust import TrustStore
 from accel_node.store import AsyncStore
-from p2p.bitswap.protocol import Cid as WireCid
 from p2p.bitswap.service import BitswapService, FetchError
 from p2p.content import CID, BlockStore, ContentError, export_file, import_bytes, import_file, read_bytes
 from p2p.dht import RecordDHT
@@ -231,10 +230,10 @@ class ModelService:
         done = 0
         while missing := await trio.to_thread.run_sync(self.blocks.missing, root):
             for start in range(0, len(missing), FETCH_BATCH):
-                batch = [WireCid.parse(c.encode()) for c in missing[start : start + FETCH_BATCH]]
+                batch = missing[start : start + FETCH_BATCH]
                 try:
-                    async for wire_cid, data in self._bitswap.fetch(batch, providers):
-                        await trio.to_thread.run_sync(self.blocks.put, CID.decode(wire_cid.raw), data)
+                    async for cid, data in self._bitswap.fetch(batch, providers):
+                        await trio.to_thread.run_sync(self.blocks.put, cid, data)
                         done += 1
                         if on_progress is not None:
                             on_progress(done, len(data))

@@ -25,7 +25,6 @@ from trio_typing import TaskStatus
 
 from p2p.bitswap.protocol import (
     PROTOCOLS,
-    Cid,
     FrameReader,
     Incoming,
     ProtocolError,
@@ -33,6 +32,7 @@ from p2p.bitswap.protocol import (
     parse_message,
     want_message,
 )
+from p2p.content.cid import CID
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ BlockGetter = Callable[[bytes], bytes | None]
 class _Want:
     """A block we are waiting for: who was asked, how often, until when."""
 
-    cid: Cid
+    cid: CID
     provider: int
     attempts: int
     deadline: float
@@ -66,7 +66,7 @@ class BitswapService:
         self._get_block = get_block
         self._out: dict[ID, INetStream] = {}
         self._out_locks: dict[ID, trio.Lock] = {}
-        self._waiting: dict[bytes, trio.MemorySendChannel[tuple[ID, Cid, bytes | None]]] = {}
+        self._waiting: dict[bytes, trio.MemorySendChannel[tuple[ID, CID, bytes | None]]] = {}
         self.penalties: Counter[ID] = Counter()
         self.blocks_sent = 0
         self.blocks_received = 0
@@ -104,8 +104,8 @@ class BitswapService:
         if message.wants:
             await self._answer_wants(peer, message.wants)
 
-    def _deliver(self, peer: ID, cid: Cid, data: bytes | None) -> None:
-        channel = self._waiting.get(cid.raw)
+    def _deliver(self, peer: ID, cid: CID, data: bytes | None) -> None:
+        channel = self._waiting.get(cid.encode())
         if channel is None:
             if data is not None:
                 # Not something we asked for (or bytes that hash to no wanted CID): discard.
@@ -115,12 +115,12 @@ class BitswapService:
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             channel.send_nowait((peer, cid, data))
 
-    async def _answer_wants(self, peer: ID, wants: list[tuple[Cid, bool, bool]]) -> None:
-        found: list[tuple[Cid, bytes]] = []
-        haves: list[Cid] = []
-        dont_haves: list[Cid] = []
+    async def _answer_wants(self, peer: ID, wants: list[tuple[CID, bool, bool]]) -> None:
+        found: list[tuple[CID, bytes]] = []
+        haves: list[CID] = []
+        dont_haves: list[CID] = []
         for cid, want_have, send_dont_have in wants:
-            data = await trio.to_thread.run_sync(self._get_block, cid.raw)
+            data = await trio.to_thread.run_sync(self._get_block, cid.encode())
             if data is None:
                 if send_dont_have:
                     dont_haves.append(cid)
@@ -128,7 +128,7 @@ class BitswapService:
                 haves.append(cid)
             else:
                 found.append((cid, data))
-        batch: list[tuple[Cid, bytes]] = []
+        batch: list[tuple[CID, bytes]] = []
         size = 0
         for cid, data in found:
             if batch and size + len(data) > MAX_BLOCKS_PER_MESSAGE_BYTES:
@@ -162,33 +162,33 @@ class BitswapService:
                         raise FetchError(f"cannot send to {peer}: {exc}") from exc
 
     async def fetch(
-        self, cids: Sequence[Cid], providers: Sequence[ID], *, timeout_s: float = WANT_TIMEOUT_S
-    ) -> AsyncIterator[tuple[Cid, bytes]]:
+        self, cids: Sequence[CID], providers: Sequence[ID], *, timeout_s: float = WANT_TIMEOUT_S
+    ) -> AsyncIterator[tuple[CID, bytes]]:
         """Yield ``(cid, bytes)`` for every CID, in arrival order, each verified against its CID.
 
         Raises :class:`FetchError` when a block is refused by (or times out at) every provider.
         """
         if not providers:
             raise FetchError("no providers to fetch from")
-        send, receive = trio.open_memory_channel[tuple[ID, Cid, bytes | None]](
+        send, receive = trio.open_memory_channel[tuple[ID, CID, bytes | None]](
             len(cids) * (len(providers) + 1) + 16
         )
         pending: dict[bytes, _Want] = {}
         for i, cid in enumerate(cids):
-            if cid.raw in self._waiting or cid.raw in pending:
+            if cid.encode() in self._waiting or cid.encode() in pending:
                 raise FetchError("the same block is already being fetched")
-            pending[cid.raw] = _Want(cid, i % len(providers), 0, trio.current_time() + timeout_s)
-            self._waiting[cid.raw] = send
+            pending[cid.encode()] = _Want(cid, i % len(providers), 0, trio.current_time() + timeout_s)
+            self._waiting[cid.encode()] = send
         try:
             await self._want(list(pending.values()), providers)
             while pending:
                 with trio.move_on_at(min(w.deadline for w in pending.values())):
                     peer, cid, data = await receive.receive()
-                    want = pending.get(cid.raw)
+                    want = pending.get(cid.encode())
                     if want is None:
                         continue
                     if data is not None and cid.matches(data):
-                        del pending[cid.raw]
+                        del pending[cid.encode()]
                         self.blocks_received += 1
                         yield cid, data
                     elif providers[want.provider] == peer:
@@ -201,14 +201,14 @@ class BitswapService:
                     await self._next_provider(want, providers, timeout_s, reason="timed out")
         finally:
             for cid in cids:
-                if self._waiting.get(cid.raw) is send:
-                    del self._waiting[cid.raw]
+                if self._waiting.get(cid.encode()) is send:
+                    del self._waiting[cid.encode()]
             if pending:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._cancel([w.cid for w in pending.values()], providers)
 
     async def _want(self, wants: Sequence[_Want], providers: Sequence[ID]) -> None:
-        by_peer: dict[int, list[Cid]] = {}
+        by_peer: dict[int, list[CID]] = {}
         for want in wants:
             by_peer.setdefault(want.provider, []).append(want.cid)
         for index, cids in by_peer.items():
@@ -223,14 +223,14 @@ class BitswapService:
         want.attempts += 1
         if want.attempts >= len(providers):
             raise FetchError(
-                f"block {want.cid.raw.hex()} is not available from any of "
+                f"block {want.cid.encode().hex()} is not available from any of "
                 f"{len(providers)} provider(s): {reason}"
             )
         want.provider = (want.provider + 1) % len(providers)
         want.deadline = trio.current_time() + timeout_s
         await self._want([want], providers)
 
-    async def _cancel(self, cids: list[Cid], providers: Sequence[ID]) -> None:
+    async def _cancel(self, cids: list[CID], providers: Sequence[ID]) -> None:
         for peer in providers:
             try:
                 await self._send(peer, want_message(cids, cancel=True))
