@@ -46,6 +46,7 @@ from typing import Any
 
 import httpx
 import psutil
+from benchlib import percentile, source_revision
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0
@@ -181,16 +182,6 @@ def wait_all_ready(children: list[Child], timeout: float = READY_TIMEOUT_S) -> N
 
 # --------------------------------------------------------------------------------------------
 # Statistics
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    """The ``q``-quantile (0..1) of already sorted values, linearly interpolated."""
-    if not sorted_values:
-        return float("nan")
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def median(values: list[float]) -> float:
@@ -417,26 +408,6 @@ def measure_api(daemon: Child, args: argparse.Namespace) -> dict[str, Any]:
     api["ratio_rps"] = s["rps"] / h["rps"]
     api["ratio_server_cpu"] = s["server_cpu_us"] / h["server_cpu_us"]
     return api
-
-
-def source_revision() -> str:
-    """The git commit of the benchmarked tree, ``+dirty`` with uncommitted changes to tracked files."""
-    try:
-        rev = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (not a git checkout)"
-    return f"{rev}+dirty" if dirty else rev
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
