@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
 MAX_BLOCKS_PER_MESSAGE_BYTES = 1024 * 1024
 WANT_TIMEOUT_S = 10.0
+PENALTY_LIMIT = 3  # bad blocks or protocol errors after which a peer is no longer asked
 
 
 class FetchError(Exception):
@@ -110,6 +111,7 @@ class BitswapService:
             if data is not None:
                 # Not something we asked for (or bytes that hash to no wanted CID): discard.
                 self.penalties[peer] += 1
+                log.warning("discarded a block nobody asked for", extra={"peer_id": str(peer)})
             return
         # A full or closed channel means that fetch has ended; the block is simply not needed.
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
@@ -168,8 +170,7 @@ class BitswapService:
 
         Raises :class:`FetchError` when a block is refused by (or times out at) every provider.
         """
-        if not providers:
-            raise FetchError("no providers to fetch from")
+        providers = self._usable(providers)
         send, receive = trio.open_memory_channel[tuple[ID, CID, bytes | None]](
             len(cids) * (len(providers) + 1) + 16
         )
@@ -206,6 +207,17 @@ class BitswapService:
             if pending:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._cancel([w.cid for w in pending.values()], providers)
+
+    def _usable(self, providers: Sequence[ID]) -> list[ID]:
+        """The providers not penalised too often for bad blocks or malformed messages."""
+        if not providers:
+            raise FetchError("no providers to fetch from")
+        usable = [p for p in providers if self.penalties[p] < PENALTY_LIMIT]
+        if not usable:
+            raise FetchError(
+                f"every provider ({len(providers)}) was penalised for sending bad blocks or messages"
+            )
+        return usable
 
     async def _want(self, wants: Sequence[_Want], providers: Sequence[ID]) -> None:
         by_peer: dict[int, list[CID]] = {}
