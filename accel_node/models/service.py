@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -134,7 +133,7 @@ class ModelService:
         for block_cid, data in package_blocks.items():
             await trio.to_thread.run_sync(self.blocks.put, block_cid, data)
         cid = str(result.root)
-        await self._install(cid, manifest, source_dir=directory)
+        await self._install(cid, manifest, local=True)
         await self._announce(cid, manifest)
         log.info("model published", extra={"cid": cid, "model": model_name, "version": version})
         return await self.show(cid)
@@ -162,31 +161,28 @@ class ModelService:
 
     # -- fetching ----------------------------------------------------------------------------
 
-    async def fetch(
-        self, cid_text: str, *, on_progress: Callable[[int, int], None] | None = None
-    ) -> dict[str, Any]:
+    async def fetch(self, cid_text: str) -> dict[str, Any]:
         """Fetch, verify and install the model named by ``cid_text`` (resumable)."""
-        try:
-            root = CID.parse(cid_text)
-        except ContentError as exc:
-            raise ManifestError(f"invalid model CID {cid_text!r}: {exc}") from exc
+        root = _parse_model_cid(cid_text)
         cid = str(root.to_v1())
         lock = self._fetch_locks.setdefault(cid, trio.Lock())
         async with lock:
             await trio.to_thread.run_sync(self.blocks.pin, root)  # protects partial progress from gc
             try:
                 providers = await self._providers_of(root)
-                await self._fetch_dag(root, providers, on_progress)
+                await self._fetch_dag(root, providers)
                 package = await trio.to_thread.run_sync(
                     lambda: read_bytes(root, self.blocks.get, max_size=self._limits.max_manifest_bytes)
                 )
                 manifest = await self._verify(package)
                 for f in manifest.files:
-                    await self._fetch_dag(CID.parse(f.cid), providers, on_progress)
-                await self._install(cid, manifest, source_dir=None)
+                    await self._fetch_dag(CID.parse(f.cid), providers)
+                await self._install(cid, manifest, local=False)
             except BaseException:
-                if not await self._installed(cid):
-                    await trio.to_thread.run_sync(self.blocks.unpin, root)
+                # Shielded: a cancelled fetch must still release its pin on a model it did not install.
+                with trio.CancelScope(shield=True):
+                    if not await self._installed(cid):
+                        await trio.to_thread.run_sync(self.blocks.unpin, root)
                 raise
         await self._announce(cid, manifest)
         return await self.show(cid)
@@ -223,26 +219,20 @@ class ModelService:
             raise ModelError(f"no peer provides {root}; connect to one that holds it")
         return found
 
-    async def _fetch_dag(
-        self, root: CID, providers: list[ID], on_progress: Callable[[int, int], None] | None
-    ) -> None:
+    async def _fetch_dag(self, root: CID, providers: list[ID]) -> None:
         """Fetch every missing block under ``root``, level by level, verified as it arrives."""
-        done = 0
         while missing := await trio.to_thread.run_sync(self.blocks.missing, root):
             for start in range(0, len(missing), FETCH_BATCH):
                 batch = missing[start : start + FETCH_BATCH]
                 try:
                     async for cid, data in self._bitswap.fetch(batch, providers):
                         await trio.to_thread.run_sync(self.blocks.put, cid, data)
-                        done += 1
-                        if on_progress is not None:
-                            on_progress(done, len(data))
                 except FetchError as exc:
                     raise ModelError(f"fetching {root} failed: {exc}") from exc
 
     # -- installing and listing --------------------------------------------------------------
 
-    async def _install(self, cid: str, manifest: Manifest, *, source_dir: Path | None) -> None:
+    async def _install(self, cid: str, manifest: Manifest, *, local: bool) -> None:
         """Materialise verified files under HOME/models/<cid>/ and record the model."""
         target = self.models_dir / cid
 
@@ -269,7 +259,7 @@ class ModelService:
             self._store.sync.record_model,
             cid,
             manifest.to_map(),
-            local=source_dir is not None,
+            local=local,
         )
         await self._store.call(
             self._store.sync.record_model_version, manifest.publisher, manifest.name, manifest.version
@@ -327,8 +317,12 @@ class ModelNotFoundError(ModelError):
     """The node holds no model with that CID."""
 
 
-def _normal(cid: str) -> str:
+def _parse_model_cid(text: str) -> CID:
     try:
-        return str(CID.parse(cid).to_v1())
+        return CID.parse(text)
     except ContentError as exc:
-        raise ManifestError(f"invalid model CID {cid!r}: {exc}") from exc
+        raise ManifestError(f"invalid model CID {text!r}: {exc}") from exc
+
+
+def _normal(cid: str) -> str:
+    return str(_parse_model_cid(cid).to_v1())
