@@ -60,6 +60,18 @@ class NodeMetrics:
             registry=self.registry,
         )
 
+        self.peer_penalties = Counter(
+            "accel_node_peer_penalties",
+            "Penalties given to peers for provably bad data or messages, by reason",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.peer_exclusions = Counter(
+            "accel_node_peer_exclusions",
+            "Times a peer reached the penalty limit and was excluded for a while",
+            registry=self.registry,
+        )
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_at
 

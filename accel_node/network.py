@@ -2,7 +2,8 @@
 
 The libp2p host itself is built and run by ``p2p.host``; this service adds what the node needs on
 top of it: keeping bootstrap peers connected, measuring round-trip times, and recording every peer
-it meets in the store.
+it meets in the store, and the penalty box of peers caught sending bad data (persisted in the peer
+table, so a restart does not forgive them).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from accel_node.store import AsyncStore
 from p2p.addrs import parse_peer_addr
 from p2p.errors import DialError, PingError
 from p2p.host import dial, listening_addrs
+from p2p.penalties import PeerPenalty, PenaltyBox
 from p2p.perf import PERF_PROTOCOL, PerfResult, handle_perf_stream, measure_peer
 from p2p.ping import Pinger
 
@@ -53,6 +55,9 @@ class PeerNetwork:
         host.set_stream_handler(PERF_PROTOCOL, handle_perf_stream)
         self._perf_lock = trio.Lock()
         self._own_addrs: tuple[float, list[str]] | None = None
+        self.penalties = PenaltyBox(listener=self._on_penalty)
+        # Penalties are given from synchronous protocol code; a task persists them in order.
+        self._penalty_send, self._penalty_receive = trio.open_memory_channel[tuple[str, PeerPenalty]](1024)
 
     @property
     def peer_id(self) -> str:
@@ -68,13 +73,47 @@ class PeerNetwork:
         return list(self._own_addrs[1])
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        await self._restore_penalties()
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._persist_penalties)
             nursery.start_soon(self._ping_loop)
             for addr in self._settings.bootstrap:
                 nursery.start_soon(self._keep_connected, addr)
             if self._settings.perf_interval_s > 0:
                 nursery.start_soon(self._perf_loop)
             task_status.started()
+
+    def _on_penalty(self, peer: ID, reason: str, state: PeerPenalty) -> None:
+        self._metrics.peer_penalties.labels(reason=reason).inc()
+        if state.count == self.penalties.limit:
+            self._metrics.peer_exclusions.inc()
+            log.warning("peer excluded after penalties", extra={"peer_id": str(peer), "reason": reason})
+        try:
+            self._penalty_send.send_nowait((str(peer), state))
+        except trio.WouldBlock:  # a flood of penalties: the in-memory box still holds them all
+            log.warning("penalty not persisted (queue full)", extra={"peer_id": str(peer)})
+
+    async def _persist_penalties(self) -> None:
+        async for peer_id, state in self._penalty_receive:
+            await self._store.call(
+                self._store.sync.record_penalty,
+                peer_id,
+                count=state.count,
+                at=state.last_at,
+                exclusions=state.exclusions,
+                reason=state.last_reason,
+            )
+
+    async def _restore_penalties(self) -> None:
+        for record in await self._store.list_peers():
+            if record.penalised_at is not None:
+                self.penalties.restore(
+                    ID.from_base58(record.peer_id),
+                    PeerPenalty(
+                        record.penalties, record.penalised_at, record.penalty_exclusions,
+                        record.penalty_reason or "",
+                    ),
+                )  # fmt: skip
 
     async def connect(self, addr_text: str, *, source: str = "dial") -> ID:
         """Dial ``addr_text`` (``.../p2p/<peer-id>``), measure its latency and record it."""

@@ -113,7 +113,7 @@ class Node:
             name=name,
         )
         blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes)
-        bitswap = BitswapService(host, partial(local_block, blocks))
+        bitswap = BitswapService(host, partial(local_block, blocks), network.penalties)
         trust = TrustStore(store, KeyFiles(self.home.root / "keys"))
         models = ModelService(
             home=self.home.root,

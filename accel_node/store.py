@@ -96,11 +96,23 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     )  # fmt: skip
 
 
+def _migration_5(db: sqlite_utils.Database) -> None:
+    peers = db.table("peers")
+    for column, kind in (
+        ("penalties", int),  # penalties since last forgiven (see p2p.penalties)
+        ("penalised_at", float),
+        ("penalty_exclusions", int),
+        ("penalty_reason", str),
+    ):
+        peers.add_column(column, kind)
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -124,6 +136,10 @@ class PeerRecord:
     hb_expires_at: float | None = None
     load: dict[str, Any] | None = None
     perf: dict[str, Any] | None = None
+    penalties: int = 0
+    penalised_at: float | None = None
+    penalty_exclusions: int = 0
+    penalty_reason: str | None = None
 
     def live(self, now: float) -> bool:
         """Whether a signed record (capability or heartbeat) of this peer is still valid."""
@@ -254,6 +270,19 @@ class Store:
             },
         )
         return None
+
+    def record_penalty(self, peer_id: str, *, count: int, at: float, exclusions: int, reason: str) -> None:
+        """Persist a peer's penalty state (the in-memory box is the authority while running)."""
+        self._ensure_peer(peer_id, [], "penalty")
+        self.db.table("peers").update(
+            peer_id,
+            {
+                "penalties": count,
+                "penalised_at": at,
+                "penalty_exclusions": exclusions,
+                "penalty_reason": reason,
+            },
+        )
 
     def record_perf(self, peer_id: str, perf: dict[str, Any]) -> None:
         self.db.table("peer_perf").upsert({"peer_id": peer_id, **perf}, pk="peer_id")
@@ -400,6 +429,10 @@ def _peer(row: dict[str, Any]) -> PeerRecord:
         hb_expires_at=row.get("hb_expires_at"),
         load=_json(row.get("load")),
         perf=perf,
+        penalties=row.get("penalties") or 0,
+        penalised_at=row.get("penalised_at"),
+        penalty_exclusions=row.get("penalty_exclusions") or 0,
+        penalty_reason=row.get("penalty_reason"),
     )
 
 

@@ -73,7 +73,7 @@ async def test_tampered_blocks_are_discarded_and_the_fetch_fails_clearly() -> No
         with pytest.raises(FetchError, match="not available"), trio.fail_after(20):
             async for _ in fetcher.fetch([CID.decode(c) for c in good], [hosts[0].get_id()], timeout_s=1):
                 raise AssertionError("a tampered block was accepted")
-        assert fetcher.penalties[hosts[0].get_id()] >= 1
+        assert fetcher.penalties.count(hosts[0].get_id()) >= 1
         # After repeated bad blocks the peer is no longer asked at all.
         for _ in range(3):
             with pytest.raises(FetchError), trio.fail_after(20):

@@ -39,6 +39,9 @@ def peer_view(network: PeerNetwork, record: PeerRecord | None, peer_id: ID) -> s
         last_heartbeat_at=record.hb_at if record else None,
         load=record.load if record else None,
         perf=record.perf if record else None,
+        penalties=network.penalties.count(peer_id),
+        excluded=network.penalties.excluded(peer_id),
+        penalty_reason=network.penalties.state(peer_id).last_reason or None,
     )
 
 

@@ -41,6 +41,11 @@ class Peer(BaseModel):
     perf: dict[str, Any] | None = Field(
         default=None, description="Last /accel/perf/1.0.0 measurement: rtt_ms, upload_mbps, download_mbps"
     )
+    penalties: int = Field(
+        default=0, description="Penalties for provably bad data (bad blocks, malformed messages), unforgiven"
+    )
+    excluded: bool = Field(default=False, description="Whether protocols currently refuse to ask this peer")
+    penalty_reason: str | None = Field(default=None, description="Reason of the latest penalty")
 
 
 class Peers(BaseModel):

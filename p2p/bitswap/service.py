@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,13 +32,13 @@ from p2p.bitswap.protocol import (
     want_message,
 )
 from p2p.content.cid import CID
+from p2p.penalties import PenaltyBox
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
 MAX_BLOCKS_PER_MESSAGE_BYTES = 1024 * 1024
 WANT_TIMEOUT_S = 10.0
-PENALTY_LIMIT = 3  # bad blocks or protocol errors after which a peer is no longer asked
 
 
 class FetchError(Exception):
@@ -62,13 +61,13 @@ class _Want:
 class BitswapService:
     """Serves ``get_block(cid_bytes)`` to peers and fetches blocks for us."""
 
-    def __init__(self, host: IHost, get_block: BlockGetter) -> None:
+    def __init__(self, host: IHost, get_block: BlockGetter, penalties: PenaltyBox | None = None) -> None:
         self.host = host
         self._get_block = get_block
         self._out: dict[ID, INetStream] = {}
         self._out_locks: dict[ID, trio.Lock] = {}
         self._waiting: dict[bytes, trio.MemorySendChannel[tuple[ID, CID, bytes | None]]] = {}
-        self.penalties: Counter[ID] = Counter()
+        self.penalties = penalties or PenaltyBox()
         self.blocks_sent = 0
         self.blocks_received = 0
 
@@ -91,7 +90,7 @@ class BitswapService:
                 for frame in reader.feed(data):
                     await self._handle_message(peer, parse_message(frame))
         except ProtocolError as exc:
-            self.penalties[peer] += 1
+            self.penalties.penalise(peer, "malformed-message")
             log.info("bitswap protocol error", extra={"peer_id": str(peer), "error": str(exc)})
             await stream.reset()
         except Exception as exc:  # the stream broke; the peer may open another
@@ -110,7 +109,7 @@ class BitswapService:
         if channel is None:
             if data is not None:
                 # Not something we asked for (or bytes that hash to no wanted CID): discard.
-                self.penalties[peer] += 1
+                self.penalties.penalise(peer, "bad-block")
                 log.warning("discarded a block nobody asked for", extra={"peer_id": str(peer)})
             return
         # A full or closed channel means that fetch has ended; the block is simply not needed.
@@ -212,7 +211,7 @@ class BitswapService:
         """The providers not penalised too often for bad blocks or malformed messages."""
         if not providers:
             raise FetchError("no providers to fetch from")
-        usable = [p for p in providers if self.penalties[p] < PENALTY_LIMIT]
+        usable = [p for p in providers if not self.penalties.excluded(p)]
         if not usable:
             raise FetchError(
                 f"every provider ({len(providers)}) was penalised for sending bad blocks or messages"
