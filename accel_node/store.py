@@ -107,12 +107,47 @@ def _migration_5(db: sqlite_utils.Database) -> None:
         peers.add_column(column, kind)
 
 
+def _migration_6(db: sqlite_utils.Database) -> None:
+    db.table("model_analysis").create(
+        {"cid": str, "dims": str, "data": str, "created_at": float},
+        pk=("cid", "dims"),  # dims: canonical JSON of the symbolic dims the figures were evaluated at
+        not_null={"data", "created_at"},
+    )
+    db.table("model_variants").create(
+        {"cid": str, "parent": str, "variant": str, "accuracy": str, "size": int, "created_at": float},
+        pk="cid",
+        not_null={"parent", "variant", "size", "created_at"},
+    )
+    db.table("model_variants").create_index(["parent", "variant"], unique=True)
+    db.table("measurements").create(
+        {
+            "id": int,
+            "model_cid": str,
+            "variant": str,
+            "batch": int,
+            "threads": int,
+            "seq_len": int,
+            "latency_ms": float,  # median
+            "latency_p90_ms": float,
+            "throughput": float,  # items (rows) per second
+            "peak_rss_bytes": int,
+            "fingerprint": str,  # hardware fingerprint of the machine that measured
+            "source": str,  # bench | live
+            "created_at": float,
+        },
+        pk="id",
+        not_null={"model_cid", "variant", "batch", "latency_ms", "throughput", "source", "created_at"},
+    )
+    db.table("measurements").create_index(["model_cid", "variant", "batch"])
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
     _migration_5,
+    _migration_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -396,6 +431,57 @@ class Store:
 
     def delete_model(self, cid: str) -> None:
         self.db.execute("DELETE FROM models WHERE cid = ?", [cid])
+
+    # -- model analysis, precision variants, measurements ------------------------------------
+
+    def save_analysis(self, cid: str, dims: dict[str, int], data: dict[str, Any]) -> None:
+        key = json.dumps(dims, sort_keys=True)
+        row = {"cid": cid, "dims": key, "data": json.dumps(data), "created_at": time.time()}
+        self.db.table("model_analysis").upsert(row, pk=("cid", "dims"))
+
+    def get_analysis(self, cid: str, dims: dict[str, int]) -> dict[str, Any] | None:
+        key = json.dumps(dims, sort_keys=True)
+        query = "SELECT data FROM model_analysis WHERE cid = ? AND dims = ?"
+        row = self.db.execute(query, [cid, key]).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def save_variant(
+        self, cid: str, *, parent: str, variant: str, accuracy: dict[str, Any], size: int
+    ) -> None:
+        row = {
+            "cid": cid,
+            "parent": parent,
+            "variant": variant,
+            "accuracy": json.dumps(accuracy),
+            "size": size,
+            "created_at": time.time(),
+        }
+        self.db.execute("DELETE FROM model_variants WHERE parent = ? AND variant = ?", [parent, variant])
+        self.db.table("model_variants").upsert(row, pk="cid")
+
+    def list_variants(self, parent: str) -> list[dict[str, Any]]:
+        rows = self.db.query("SELECT * FROM model_variants WHERE parent = ? ORDER BY variant", [parent])
+        return [{**r, "accuracy": _json(r["accuracy"])} for r in rows]
+
+    def get_variant(self, parent: str, variant: str) -> dict[str, Any] | None:
+        return next((v for v in self.list_variants(parent) if v["variant"] == variant), None)
+
+    def record_measurements(self, rows: list[dict[str, Any]]) -> None:
+        now = time.time()
+        self.db.table("measurements").insert_all(
+            [{"created_at": now, **row} for row in rows], alter=False, pk="id"
+        )
+
+    def list_measurements(self, model_cid: str | None = None, *, limit: int = 1000) -> list[dict[str, Any]]:
+        where, args = ("WHERE model_cid = ?", [model_cid]) if model_cid else ("", [])
+        return list(
+            self.db.query(f"SELECT * FROM measurements {where} ORDER BY id DESC LIMIT ?", [*args, limit])  # noqa: S608
+        )
+
+    def delete_model_data(self, cid: str) -> None:
+        """Forget what was derived from a removed model (analysis, variants); measurements stay."""
+        self.db.execute("DELETE FROM model_analysis WHERE cid = ?", [cid])
+        self.db.execute("DELETE FROM model_variants WHERE parent = ?", [cid])
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close the connection."""

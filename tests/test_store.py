@@ -60,3 +60,36 @@ async def test_async_store_runs_off_the_event_loop_thread(tmp_path: Path) -> Non
     await store.close()
     # The WAL was checkpointed into the main file on close.
     assert not (tmp_path / "node.db-wal").exists() or (tmp_path / "node.db-wal").stat().st_size == 0
+
+
+def test_analysis_variants_and_measurements_round_trip(tmp_path: Path) -> None:
+    store = Store(tmp_path / "node.db")
+    store.save_analysis("bafyparent", {"seq": 128, "batch": 1}, {"flops": 42})
+    assert store.get_analysis("bafyparent", {"batch": 1, "seq": 128}) == {"flops": 42}  # key order irrelevant
+    assert store.get_analysis("bafyparent", {"batch": 2, "seq": 128}) is None
+
+    store.save_variant("bafyint8a", parent="bafyparent", variant="int8", accuracy={"max_abs": 0.1}, size=10)
+    # Re-deriving a variant replaces the old record (one variant of each kind per parent).
+    store.save_variant("bafyint8b", parent="bafyparent", variant="int8", accuracy={"max_abs": 0.2}, size=11)
+    assert [(v["cid"], v["accuracy"]) for v in store.list_variants("bafyparent")] == [
+        ("bafyint8b", {"max_abs": 0.2})
+    ]
+
+    store.record_measurements(
+        [
+            {"model_cid": "bafyparent", "variant": "fp32", "batch": b, "threads": 2, "latency_ms": 1.0 * b,
+             "throughput": 1000.0, "source": "bench"}
+            for b in (1, 2, 4)
+        ]
+    )  # fmt: skip
+    rows = store.list_measurements("bafyparent")
+    assert [r["batch"] for r in rows] == [4, 2, 1]  # newest first
+    assert store.list_measurements("other") == []
+
+    store.delete_model_data("bafyparent")
+    assert (
+        store.list_variants("bafyparent") == []
+        and store.get_analysis("bafyparent", {"seq": 128, "batch": 1}) is None
+    )
+    assert len(store.list_measurements()) == 3  # measurements are history: kept
+    store.close()
