@@ -1,0 +1,12 @@
+"""The inference runtime: ONNX Runtime sessions, dynamic batching, precision variants, benchmarks.
+
+- ``errors``: runtime failures, each with the HTTP status the API answers with.
+- ``tensors``: request/response codecs (JSON, .npz, .npy; never pickle), signature validation,
+  the seeded synthetic input generator.
+- ``sessions``: ORT sessions (providers, options) and the memory-budgeted LRU ``SessionCache``.
+- ``batcher``: the per-(model, variant) queue and dynamic batcher.
+- ``variants``: int8 / fp16 variants and their accuracy delta against fp32.
+- ``measure``: benchmark sweeps (latency, throughput, peak RSS).
+- ``metrics``: Prometheus metrics on the node's registry.
+- ``service``: ``InferenceService``, what the API calls, and ``RuntimeSettings``.
+"""
