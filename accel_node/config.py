@@ -194,14 +194,31 @@ class ProfileSection(_Section):
 class IpfsSection(_Section):
     """[ipfs]: where model content is stored and how it travels."""
 
-    backend: Literal["embedded"] = Field(
+    backend: Literal["embedded", "kubo"] = Field(
         default="embedded",
-        description="Content backend: embedded = on-disk block store in the node home + Bitswap over libp2p. "
-        "(A Kubo RPC backend is not available yet.)",
+        description="Content backend: embedded = on-disk block store in the node home + Bitswap over libp2p; "
+        "kubo = a Kubo (IPFS) node at kubo_api publishes and fetches the blocks (the node still keeps "
+        "verified copies in its block store).",
+    )
+    kubo_api: str = Field(
+        default="/ip4/127.0.0.1/tcp/5001",
+        description="Multiaddr of the Kubo RPC API used by backend = kubo: /ip4/<addr>/tcp/<port> "
+        "(or /ip6, /dns4, /dns6, /dns; optionally ending in /http or /https).",
     )
     store_max_bytes: int = Field(
         default=50 * 1024**3, ge=1024**2, description="Upper bound of the block store's size (bytes)."
     )
+
+    @field_validator("kubo_api")
+    @classmethod
+    def _check_kubo_api(cls, value: str) -> str:
+        from p2p.content.kubo_rpc import api_url
+
+        try:
+            api_url(value)
+        except InvalidAddressError as exc:
+            raise ValueError(str(exc)) from exc
+        return value
 
 
 class ModelsSection(_Section):
@@ -215,6 +232,64 @@ class ModelsSection(_Section):
     )
     publish_ttl_days: float = Field(
         default=365.0, gt=0, le=3650, description="Manifests this node publishes expire after this many days."
+    )
+
+
+class RuntimeSection(_Section):
+    """[runtime]: ONNX Runtime sessions, dynamic batching and request limits of the inference service."""
+
+    intra_op_threads: int = Field(
+        default=0, ge=0, le=256, description="ORT intra-op threads per session; 0 = one per physical core."
+    )
+    inter_op_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="ORT inter-op threads (parallel execution when > 1); 0 = default.",
+    )
+    graph_optimization: Literal["disable", "basic", "extended", "all"] = Field(
+        default="all", description="ORT graph optimisation level: disable, basic, extended or all."
+    )
+    memory_budget_bytes: int = Field(
+        default=2 * 1024**3,
+        ge=1 << 20,
+        description="Cached sessions are evicted (least recently used first) beyond this estimated memory.",
+    )
+    max_batch: int = Field(default=32, ge=1, le=4096, description="Most rows merged into one batch.")
+    max_wait_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description="How long a request may wait for others to batch with while a worker is free (ms); "
+        "0 batches only what queues while workers are busy.",
+    )
+    max_queue: int = Field(
+        default=256, ge=1, le=100_000, description="Waiting requests per model and variant; beyond it: 429."
+    )
+    request_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=3600,
+        description="Default per-request timeout, queueing included (s); then 504.",
+    )
+    concurrency: int = Field(
+        default=1, ge=1, le=64, description="ORT runs executing at once on this node, all models together."
+    )
+    max_body_bytes: int = Field(default=64 * 1024**2, ge=1024, description="Largest inference request body.")
+    max_json_bytes: int = Field(
+        default=4 * 1024**2, ge=1024, description="Largest JSON inference request body."
+    )
+    max_elements: int = Field(
+        default=16 * 1024**2, ge=1, description="Most tensor elements in a binary request."
+    )
+    max_json_elements: int = Field(
+        default=1024**2, ge=1, description="Most tensor elements in a JSON request."
+    )
+    sample_rate: float = Field(
+        default=0.01, ge=0, le=1, description="Fraction of executed batches stored as live measurements."
+    )
+    resolve_cache_s: float = Field(
+        default=5.0, ge=0, le=3600, description="How long a model's path and signature are cached (s)."
     )
 
 
@@ -240,6 +315,7 @@ class Config(_Section):
     profile: ProfileSection = Field(default_factory=ProfileSection)
     ipfs: IpfsSection = Field(default_factory=IpfsSection)
     models: ModelsSection = Field(default_factory=ModelsSection)
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     log: LogSection = Field(default_factory=LogSection)
 
 

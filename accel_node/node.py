@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from functools import partial
 
 import trio
+from libp2p.abc import IHost
 from libp2p.crypto.keys import KeyPair
 from trio_typing import TaskStatus
 
@@ -29,15 +30,20 @@ from accel_node.config import Config
 from accel_node.hardware import HardwareService
 from accel_node.home import NodeHome
 from accel_node.metrics import NodeMetrics
+from accel_node.models.backend import ContentBackend, EmbeddedBackend, KuboBackend
 from accel_node.models.keys import KeyFiles
 from accel_node.models.service import Limits, ModelService, local_block
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
 from accel_node.presence import PresenceService
+from accel_node.runtime.library import ModelLibrary
+from accel_node.runtime.metrics import RuntimeMetrics
+from accel_node.runtime.service import InferenceService, RuntimeSettings
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_listen_addr
 from p2p.bitswap.service import BitswapService
 from p2p.content import BlockStore
+from p2p.content.kubo_rpc import KuboRpcClient
 from p2p.dht import RecordDHT
 from p2p.host import HostSettings, build_host, run_host
 from p2p.identity import peer_id_of
@@ -115,16 +121,17 @@ class Node:
         blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes)
         bitswap = BitswapService(host, partial(local_block, blocks), network.penalties)
         trust = TrustStore(store, KeyFiles(self.home.root / "keys"))
+        backend = self._content_backend(host=host, blocks=blocks, bitswap=bitswap, dht=dht)
         models = ModelService(
             home=self.home.root,
-            host=host,
             store=store,
             blocks=blocks,
-            bitswap=bitswap,
-            dht=dht,
+            backend=backend,
             trust=trust,
             limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
         )
+        library = ModelLibrary(home=self.home.root, models=models, store=store, hardware=hardware)
+        inference = self._inference(library)
         presence = PresenceService(
             key_pair=key_pair,
             pubsub=pubsub,
@@ -141,6 +148,8 @@ class Node:
                 store=store,
                 trust=trust,
                 models=models,
+                inference=inference,
+                library=library,
                 config=cfg,
                 metrics=self.metrics,
                 token=token,
@@ -171,6 +180,8 @@ class Node:
             await nursery.start(capabilities.run)
             await nursery.start(presence.run)
             await nursery.start(bitswap.run)
+            await nursery.start(backend.run)
+            await nursery.start(inference.run)
             if cfg.p2p.mdns:
                 nursery.start_soon(run_mdns, host, network.connect_discovered)
             binds = await nursery.start(api_task)
@@ -193,6 +204,23 @@ class Node:
             with trio.move_on_after(cfg.node.shutdown_grace_s + 1.0):
                 await api_done.wait()
             nursery.cancel_scope.cancel()
+
+    def _content_backend(
+        self, *, host: IHost, blocks: BlockStore, bitswap: BitswapService, dht: RecordDHT
+    ) -> ContentBackend:
+        """Where model blocks come from and go to: a Kubo node over RPC, or our own Bitswap + DHT."""
+        if self.config.ipfs.backend == "kubo":
+            return KuboBackend(kubo=KuboRpcClient(self.config.ipfs.kubo_api), blocks=blocks)
+        return EmbeddedBackend(host=host, bitswap=bitswap, dht=dht)
+
+    def _inference(self, library: ModelLibrary) -> InferenceService:
+        return InferenceService(
+            RuntimeSettings(**self.config.runtime.model_dump()),
+            resolve=library.resolve,
+            variant_path=library.variant_path,
+            record=library.record,
+            metrics=RuntimeMetrics(self.metrics.registry),
+        )
 
     async def _watch_signals(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in signals:

@@ -143,3 +143,93 @@ def test_fetch_resumes_after_kill_9(start_daemon: Callable[..., Daemon], tmp_pat
         model_dir / "vocab" / "tokens.bin"
     ).read_bytes()
     assert stored_blocks() >= kept
+
+
+def test_fetch_progress_is_reported_while_it_runs(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    import threading
+
+    import httpx
+
+    a = start_daemon("a", wait=False)
+    b = start_daemon("b", wait=False)
+    a.wait_ready()
+    b.wait_ready()
+    assert b.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    public_key = a.cli("keys", "new", "acme").stdout.strip()
+    assert b.cli("trust", "add", public_key, "--name", "acme").returncode == 0
+    model_dir = write_model(tmp_path / "big", extra_bytes=24 * 1024 * 1024)
+    published = cli_json(a, "models", "publish", str(model_dir), "--key", "acme")
+    cid = str(published["cid"])
+    total = sum(f["size"] for f in published["manifest"]["files"])  # type: ignore[index]
+
+    outcome: dict[str, object] = {}
+    finished = threading.Event()
+
+    def fetch() -> None:  # the CLI with its progress bar (polling the same endpoint)
+        outcome["result"] = b.cli("models", "fetch", cid, timeout=120)
+        finished.set()
+
+    threading.Thread(target=fetch, daemon=True).start()
+    seen: list[dict[str, object]] = []
+    with httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {b.token()}"}, timeout=30) as api:
+        while not finished.is_set():
+            seen += [p for p in api.get("/v1/models/fetches").json()["fetches"] if p["cid"] == cid]
+            time.sleep(0.02)
+        final = api.get(f"/v1/models/fetches/{cid}").json()
+        assert api.get("/v1/models/fetches").json()["fetches"] == []
+        assert api.get("/v1/models/fetches/" + str(published["cid"])[:-2] + "aa").status_code in (404, 422)
+        assert api.get("/v1/models/fetches/not-a-cid").status_code == 422
+    result = outcome["result"]
+    assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
+    assert cid in result.stdout  # type: ignore[attr-defined]
+
+    # Finished: every byte of every file, and exactly the blocks b lacked (the manifest, the model,
+    # 96 leaves of 256 KiB and their parent).
+    assert final["phase"] == "done" and final["running"] is False and final["error"] is None
+    assert final["bytes_done"] == final["bytes_total"] == total
+    assert final["blocks_done"] == 1 + 1 + 96 + 1
+    # While it ran (the providers look-up alone takes a while, so some snapshots are seen): the
+    # total is the files' size once known, and the bytes only grow, within it.
+    assert seen, "no in-progress snapshot observed"
+    assert all(p["running"] for p in seen)
+    done = [int(p["bytes_done"]) for p in seen]  # type: ignore[call-overload]
+    assert done == sorted(done)
+    for p in seen:
+        if p["bytes_total"] is not None:
+            assert p["bytes_total"] == total and 0 <= int(p["bytes_done"]) <= total  # type: ignore[call-overload]
+        if p["phase"] in ("verifying", "installing"):  # every block is in: every byte is done
+            assert p["bytes_done"] == total
+
+
+def test_progress_counts_bytes_already_stored(tmp_path: Path) -> None:
+    """A resumed fetch starts at the bytes it already has; the end is exactly the file's size."""
+    from accel_node.models.progress import FetchProgress, file_bytes, present_bytes
+    from p2p.content import CID, BlockStore, import_bytes
+
+    data = random.Random(5).randbytes(3 * 1024 * 1024 + 5)
+    result, blocks = import_bytes(data)
+    store = BlockStore(tmp_path / "ipfs", max_bytes=1 << 30, fsync=False)
+    assert present_bytes(store, result.root, len(data)) == 0
+    store.put(result.root, blocks[result.root])
+    leaves = [cid for cid in blocks if cid != result.root]
+    for cid in leaves[:5]:
+        store.put(cid, blocks[cid])
+    assert present_bytes(store, result.root, len(data)) == 5 * 256 * 1024
+
+    progress = FetchProgress(str(result.root))
+    assert progress.bytes_total is None
+    progress.start_files([len(data)], [present_bytes(store, result.root, len(data))])
+    progress.begin_file(0)
+    assert progress.bytes_done == 5 * 256 * 1024
+    assert progress.snapshot()["bytes_total"] == len(data)
+    for cid in leaves[5:7]:
+        progress.block_stored(file_bytes(cid, blocks[cid]))
+    assert progress.bytes_done == 7 * 256 * 1024 and progress.blocks_done == 2
+    assert file_bytes(result.root, blocks[result.root]) == 0  # an internal node carries no file bytes
+    progress.file_done(0)
+    progress.finish()
+    snapshot = progress.snapshot()
+    assert snapshot["bytes_done"] == snapshot["bytes_total"] == len(data) and snapshot["phase"] == "done"
+    assert CID.parse(snapshot["cid"]) == result.root

@@ -1,12 +1,14 @@
 """The FastAPI application of the control API.
 
 Handlers stay thin: they validate input (pydantic), call a service and render its result; they
-live in one router per concern (``routes_node``, ``routes_peers``, ``routes_hardware``). Errors a
+live in one router per concern (``routes_node``, ``routes_peers``, ``routes_hardware``, ``routes_keys``,
+``routes_models``, ``routes_infer``). Errors a
 caller can cause map to 4xx with a ``detail`` message; a peer that cannot be reached maps to 502.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -17,11 +19,13 @@ from accel_node import __version__
 from accel_node.api.context import ApiContext
 from accel_node.api.middleware import AuthMetricsMiddleware
 from accel_node.api.routes_hardware import hardware_routes
+from accel_node.api.routes_infer import infer_routes
 from accel_node.api.routes_keys import key_routes
 from accel_node.api.routes_models import model_routes
 from accel_node.api.routes_node import node_routes
 from accel_node.api.routes_peers import peer_routes
 from accel_node.errors import UsageError
+from accel_node.runtime.errors import InputError, QueueFull, RuntimeFailure
 from p2p.errors import DialError, InvalidAddressError
 
 OPEN_PATHS = ("/healthz",)
@@ -40,6 +44,17 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(hardware_routes(ctx))
     app.include_router(key_routes(ctx))
     app.include_router(model_routes(ctx))
+    app.include_router(infer_routes(ctx))
+
+    @app.exception_handler(RuntimeFailure)
+    async def runtime_failure(_: Request, exc: RuntimeFailure) -> JSONResponse:
+        headers = {}
+        if isinstance(exc, QueueFull):
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        body: dict[str, Any] = {"detail": str(exc)}
+        if isinstance(exc, InputError) and exc.input_name is not None:
+            body["input"] = exc.input_name
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(InvalidAddressError)
     async def invalid_address(_: Request, exc: InvalidAddressError) -> JSONResponse:

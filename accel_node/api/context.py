@@ -11,6 +11,8 @@ from accel_node.metrics import NodeMetrics
 from accel_node.models.service import ModelService
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
+from accel_node.runtime.library import ModelLibrary
+from accel_node.runtime.service import InferenceService
 from accel_node.store import AsyncStore
 
 
@@ -24,6 +26,8 @@ class ApiContext:
     store: AsyncStore
     trust: TrustStore
     models: ModelService
+    inference: InferenceService
+    library: ModelLibrary
     config: Config
     metrics: NodeMetrics
     token: str

@@ -1,4 +1,4 @@
-"""Routes about models: publish, fetch, list, show, remove, pin."""
+"""Routes about models: publish, fetch (and its progress), list, show, remove, pin."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from accel_node.api.context import ApiContext
 from accel_node.models.errors import ModelError
-from accel_node.models.service import ModelNotFoundError
+from accel_node.models.service import ModelNotFoundError, normal_cid
 
 
 class PublishRequest(BaseModel):
@@ -43,6 +43,23 @@ class ModelList(BaseModel):
     models: list[ModelView]
 
 
+class FetchProgressView(BaseModel):
+    cid: str = Field(description="The model's manifest CID (CIDv1, base32)")
+    phase: str = Field(description="providers, manifest, blocks, verifying, installing, then done or failed")
+    running: bool
+    blocks_done: int = Field(description="Blocks fetched and stored by this fetch")
+    bytes_done: int = Field(description="File bytes held so far (those present before the fetch included)")
+    bytes_total: int | None = Field(description="Sum of the manifest's file sizes; null until it is known")
+    files: int
+    started_at: float
+    finished_at: float | None
+    error: str | None
+
+
+class FetchProgressList(BaseModel):
+    fetches: list[FetchProgressView]
+
+
 def model_routes(ctx: ApiContext) -> APIRouter:
     router = APIRouter(tags=["models"])
     models = ctx.models
@@ -69,6 +86,22 @@ def model_routes(ctx: ApiContext) -> APIRouter:
         422 with the reason when it is refused (signature, publisher, expiry, rollback, limits...)."""
         return await guarded(models.fetch(body.cid))
 
+    @router.get("/v1/models/fetches", response_model=FetchProgressList)
+    async def list_fetches() -> FetchProgressList:
+        """Fetches in progress on this node."""
+        return FetchProgressList(fetches=[FetchProgressView(**p) for p in models.fetches.running()])
+
+    @router.get("/v1/models/fetches/{cid}", response_model=FetchProgressView)
+    async def show_fetch(cid: str) -> FetchProgressView:
+        """Progress of the fetch of ``cid``: running, or one of the last ones finished (404 if none)."""
+        try:
+            progress = models.fetches.get(normal_cid(cid))
+        except ModelError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        if progress is None:
+            raise HTTPException(404, f"no fetch of {cid} is running or recently finished on this node")
+        return FetchProgressView(**progress)
+
     @router.get("/v1/models", response_model=ModelList)
     async def list_models() -> ModelList:
         """Models held by this node."""
@@ -81,8 +114,11 @@ def model_routes(ctx: ApiContext) -> APIRouter:
 
     @router.delete("/v1/models/{cid}", response_model=ModelView)
     async def remove(cid: str) -> ModelView:
-        """Remove a model: its files, pins and unreferenced blocks."""
-        return await guarded(models.remove(cid))
+        """Remove a model: its files, pins, unreferenced blocks, sessions, variants and analyses."""
+        view = await guarded(models.show(cid))
+        await ctx.library.forget(view.cid)
+        await ctx.inference.forget(view.cid)
+        return await guarded(models.remove(view.cid))
 
     @router.post("/v1/models/{cid}/pin", response_model=ModelView)
     async def pin(cid: str) -> ModelView:

@@ -42,8 +42,23 @@ class ApiClient:
         self._http.close()
 
     def request(self, method: str, path: str, json: Any = None, params: dict[str, Any] | None = None) -> Any:
+        return self.send(method, path, json=json, params=params).json()
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: bytes | None = None,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """The raw response of a request (raises ApiError with the daemon's detail on 4xx/5xx)."""
         try:
-            response = self._http.request(method, path, json=json, params=params)
+            response = self._http.request(
+                method, path, json=json, content=content, params=params, headers=headers
+            )
         except httpx.TransportError as exc:
             raise DaemonNotRunningError(f"cannot reach the daemon at {self.url}: {exc}") from exc
         if response.status_code >= 400:
@@ -52,7 +67,7 @@ class ApiClient:
             except ValueError:
                 detail = response.text
             raise ApiError(response.status_code, f"{detail} (HTTP {response.status_code})")
-        return response.json()
+        return response
 
     def get(self, path: str) -> Any:
         return self.request("GET", path)

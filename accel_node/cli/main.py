@@ -14,12 +14,14 @@ from typing import Any
 import click
 
 from accel_node import __version__
-from accel_node.cli import render
+from accel_node.cli import render, serving
 from accel_node.errors import AccelNodeError, UsageError
 from accel_node.home import HOME_ENV, NodeHome, default_home_path
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+FETCH_POLL_S = 0.2
+FETCH_TIMEOUT_S = 7 * 86400.0
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
@@ -346,11 +348,63 @@ def models_publish(
 @json_option
 @click.pass_context
 def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
-    """Fetch a model by CID from peers, verify it and install it (resumable)."""
-    with _client(ctx) as api, render.progress(enabled=not as_json) as bar:
-        bar.add_task(f"fetching {cid}", total=None)
-        model = api.post("/v1/models/fetch", {"cid": cid})
-    render.show(model, as_json=as_json, human=render.model_detail)
+    """Fetch a model by CID from peers, verify it and install it (resumable).
+
+    The fetch itself is one API call, made on a worker thread while this thread polls
+    GET /v1/models/fetches/CID every 0.2 s and draws a progress bar (bytes, total, speed).
+    """
+    import threading
+    import time
+
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from accel_node.cli.client import ApiClient
+    from accel_node.errors import ApiError
+
+    home = _settings(ctx).home
+    outcome: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:  # a long read timeout: the answer comes when the whole model is installed
+            with ApiClient(home, timeout_s=FETCH_TIMEOUT_S) as api:
+                outcome["model"] = api.post("/v1/models/fetch", {"cid": cid})
+        except Exception as exc:  # handed to the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=fetch, name="models-fetch", daemon=True)
+    bar = Progress(
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        DownloadColumn(),  # decimal units, like TransferSpeedColumn
+        TransferSpeedColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
+        transient=True,
+    )
+    with _client(ctx) as api, bar:
+        task = bar.add_task("providers", total=None)
+        begun = time.time() - 1.0  # older than this: a previous fetch of the same model
+        worker.start()
+        while worker.is_alive():
+            worker.join(FETCH_POLL_S)
+            if as_json or not worker.is_alive():
+                continue
+            try:
+                progress = api.get(f"/v1/models/fetches/{cid}")
+            except ApiError:
+                continue  # not begun yet (404), or a bad CID that the fetch itself reports
+            if progress["started_at"] < begun:
+                continue
+            bar.update(
+                task,
+                description=progress["phase"],
+                completed=progress["bytes_done"],
+                total=progress["bytes_total"],
+            )
+    if "error" in outcome:
+        raise outcome["error"]
+    render.show(outcome["model"], as_json=as_json, human=render.model_detail)
 
 
 @models.command("ls")
@@ -432,6 +486,12 @@ def config_example() -> None:
     from accel_node.config import render_example
 
     sys.stdout.write(render_example())
+
+
+cli.add_command(serving.infer)
+cli.add_command(serving.bench)
+models.add_command(serving.models_analysis)
+models.add_command(serving.models_variants)
 
 
 def main(argv: list[str] | None = None) -> None:

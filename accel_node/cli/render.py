@@ -204,6 +204,46 @@ def hardware(data: Mapping[str, Any]) -> None:
     console.print(table)
 
 
+def bench_table(points: Sequence[Mapping[str, Any]]) -> None:
+    table = Table(title=f"{len(points)} benchmark point(s)", title_justify="left")
+    for column in ("variant", "batch", "threads", "p50 ms", "p90 ms", "items/s", "peak RSS MiB"):
+        table.add_column(column, justify="right")
+    for p in points:
+        table.add_row(
+            p["variant"],
+            str(p["batch"]),
+            str(p["threads"]),
+            _num(p["latency_ms_p50"], "{:.2f}"),
+            _num(p["latency_ms_p90"], "{:.2f}"),
+            _num(p["throughput_items_s"], "{:.0f}"),
+            _num(p["peak_rss_bytes"] / 2**20 if p.get("peak_rss_bytes") else None, "{:.0f}"),
+        )
+    console.print(table)
+
+
+def analysis(data: Mapping[str, Any]) -> None:
+    params, flops, activations = data["parameters"], data["flops"], data["activations"]
+    key_values(
+        "model analysis",
+        {
+            "dims": json.dumps(data.get("dim_values")),
+            "parameters": f"{params['count']:,} ({params['bytes']:,} bytes)",
+            "FLOPs": f"{flops['total']:,.0f}",
+            "FLOPs (polynomial in dims)": json.dumps(flops["polynomial"]["total"]),
+            "activation peak": f"{activations['peak_bytes']:,} bytes",
+            "opsets": json.dumps(data.get("opsets")),
+        },
+    )
+    table = Table(title="FLOPs by operator type", title_justify="left")
+    table.add_column("operator")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("nodes", justify="right")
+    histogram = data.get("op_histogram") or {}
+    for op, count in sorted(flops["by_op"].items(), key=lambda kv: -kv[1]):
+        table.add_row(escape(op), f"{count:,.0f}", str(histogram.get(op, "")))
+    console.print(table)
+
+
 @contextlib.contextmanager
 def progress(*, enabled: bool) -> Iterator[Progress]:
     """A progress bar on stderr (disabled for --json output)."""

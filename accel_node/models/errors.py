@@ -30,5 +30,10 @@ class RollbackError(ModelError):
     """The manifest's version is lower than one already accepted for that name and publisher."""
 
 
+class BackendError(ModelError):
+    """The content backend failed: Kubo's RPC API is unreachable, answered with an error, or sent
+    a block that does not match its CID."""
+
+
 class PublisherKeyError(UsageError):
     """A publisher key name or public key given by the user is invalid or unknown."""

@@ -1,8 +1,10 @@
-"""Publishing and fetching signed models over the embedded IPFS backend.
+"""Publishing and fetching signed models.
 
-Embedded backend: blocks live in the node's on-disk block store (``HOME/ipfs``), travel over
-Bitswap, and are announced as provider records in the DHT. A fetch is resumable: every verified
-block is stored as it arrives, and a restarted fetch only asks for what is still missing.
+Blocks live in the node's on-disk block store (``HOME/ipfs``), the verified cache of every model;
+a content backend (:mod:`accel_node.models.backend`: Bitswap + DHT, or a Kubo node) moves them to
+and from the network. A fetch is resumable: every verified block is stored as it arrives, and a
+restarted fetch only asks for what is still missing. Its progress
+(:mod:`accel_node.models.progress`) can be read while it runs.
 
 Nothing is made loadable before everything checked out: the manifest is verified (size, structure,
 trusted publisher, signature, expiry, rollback), every block against its CID, every file against
@@ -22,21 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from libp2p.abc import IHost
-from libp2p.peer.id import ID
 
+from accel_node.models.backend import BlockSource, ContentBackend
 from accel_node.models.errors import ManifestError, ModelError
 from accel_node.models.manifest import Manifest, ManifestFile, TensorSpec, sign_manifest, verify_package
+from accel_node.models.progress import FetchProgress, FetchTracker, file_bytes, present_bytes
 from accel_node.models.trust import TrustStore
 from accel_node.store import AsyncStore
-from p2p.bitswap.service import BitswapService, FetchError
 from p2p.content import CID, BlockStore, ContentError, export_file, import_bytes, import_file, read_bytes
-from p2p.dht import RecordDHT
 
 log = logging.getLogger(__name__)
 
 FETCH_BATCH = 64
-PROVIDER_LOOKUP_S = 5.0
 ONNX_DTYPES = {  # onnx.TensorProto element types
     1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool",
     10: "float16", 11: "float64", 16: "bfloat16",
@@ -89,29 +88,27 @@ class ModelService:
         self,
         *,
         home: Path,
-        host: IHost,
         store: AsyncStore,
         blocks: BlockStore,
-        bitswap: BitswapService,
-        dht: RecordDHT,
+        backend: ContentBackend,
         trust: TrustStore,
         limits: Limits,
     ) -> None:
         self.models_dir = home / "models"
-        self._host = host
         self._store = store
         self.blocks = blocks
-        self._bitswap = bitswap
-        self._dht = dht
+        self.backend = backend
         self._trust = trust
         self._limits = limits
         self._fetch_locks: dict[str, trio.Lock] = {}
+        self.fetches = FetchTracker()
 
     # -- publishing --------------------------------------------------------------------------
 
     async def publish(self, directory: Path, key_name: str, *, name: str | None, version: int | None,
                       ttl_s: float) -> dict[str, Any]:  # fmt: skip
-        """Add every file of ``directory``, sign a manifest with key ``key_name``, add and announce it."""
+        """Add every file of ``directory``, sign a manifest with key ``key_name``, publish it through
+        the backend (for Kubo: put, pin, provide; if that fails nothing is recorded), install it."""
         key = self._trust.signing_key(key_name)
         directory = await trio.to_thread.run_sync(directory.resolve)
         files = await trio.to_thread.run_sync(self._add_directory, directory)
@@ -133,8 +130,8 @@ class ModelService:
         for block_cid, data in package_blocks.items():
             await trio.to_thread.run_sync(self.blocks.put, block_cid, data)
         cid = str(result.root)
+        await self.backend.publish([result.root, *(CID.parse(f.cid) for f in manifest.files)])
         await self._install(cid, manifest, local=True)
-        await self._announce(cid, manifest)
         log.info("model published", extra={"cid": cid, "model": model_name, "version": version})
         return await self.show(cid)
 
@@ -152,13 +149,6 @@ class ModelService:
             raise ManifestError(f"{directory} holds no files")
         return files
 
-    async def _announce(self, cid: str, manifest: Manifest) -> None:
-        for key in [cid, *(f.cid for f in manifest.files)]:
-            try:
-                await self._dht.kad.provide(key)
-            except Exception as exc:  # announcing is best effort; peers can still be asked directly
-                log.warning("providing content in the DHT failed", extra={"cid": key, "error": str(exc)})
-
     # -- fetching ----------------------------------------------------------------------------
 
     async def fetch(self, cid_text: str) -> dict[str, Any]:
@@ -167,24 +157,36 @@ class ModelService:
         cid = str(root.to_v1())
         lock = self._fetch_locks.setdefault(cid, trio.Lock())
         async with lock:
+            progress = self.fetches.begin(cid)
             await trio.to_thread.run_sync(self.blocks.pin, root)  # protects partial progress from gc
             try:
-                providers = await self._providers_of(root)
-                await self._fetch_dag(root, providers)
+                source = await self.backend.source(root)
+                progress.phase = "manifest"
+                await self._fetch_dag(root, source, progress)
                 package = await trio.to_thread.run_sync(
                     lambda: read_bytes(root, self.blocks.get, max_size=self._limits.max_manifest_bytes)
                 )
                 manifest = await self._verify(package)
-                for f in manifest.files:
-                    await self._fetch_dag(CID.parse(f.cid), providers)
-                await self._install(cid, manifest, local=False)
-            except BaseException:
+                files = [(CID.parse(f.cid), f.size) for f in manifest.files]
+                present = await trio.to_thread.run_sync(
+                    lambda: [present_bytes(self.blocks, file_cid, size) for file_cid, size in files]
+                )
+                progress.start_files([size for _, size in files], present)
+                for index, (file_cid, _) in enumerate(files):
+                    progress.begin_file(index)
+                    await self._fetch_dag(file_cid, source, progress)
+                    progress.file_done(index)
+                progress.phase = "verifying"
+                await self._install(cid, manifest, local=False, progress=progress)
+            except BaseException as exc:
+                self.fetches.end(progress, str(exc) or type(exc).__name__)
                 # Shielded: a cancelled fetch must still release its pin on a model it did not install.
                 with trio.CancelScope(shield=True):
                     if not await self._installed(cid):
                         await trio.to_thread.run_sync(self.blocks.unpin, root)
                 raise
-        await self._announce(cid, manifest)
+            self.fetches.end(progress)
+        await self.backend.announce([root, *(file_cid for file_cid, _ in files)])
         return await self.show(cid)
 
     async def _verify(self, package: bytes) -> Manifest:
@@ -202,37 +204,30 @@ class ModelService:
         # On the store's own thread: the trust and version look-ups read the database.
         return await self._store.call(verify)
 
-    async def _providers_of(self, root: CID) -> list[ID]:
-        """Peers to ask for ``root``'s DAG: DHT provider records first, then connected peers."""
-        found: list[ID] = []
-        try:
-            with trio.move_on_after(PROVIDER_LOOKUP_S):
-                for info in await self._dht.kad.find_providers(str(root)):
-                    if info.peer_id == self._host.get_id() or info.peer_id in found:
-                        continue  # find_providers can return duplicates
-                    self._host.get_peerstore().add_addrs(info.peer_id, info.addrs, 600)
-                    found.append(info.peer_id)
-        except Exception as exc:  # the DHT is one source of providers among two
-            log.debug("provider lookup failed", extra={"cid": str(root), "error": str(exc)})
-        found += [p for p in self._host.get_connected_peers() if p not in found]
-        if not found:
-            raise ModelError(f"no peer provides {root}; connect to one that holds it")
-        return found
+    async def _fetch_dag(self, root: CID, source: BlockSource, progress: FetchProgress) -> None:
+        """Fetch every missing block under ``root``, level by level. Each block is checked against
+        its CID by the source and again by the block store, and stored at once (so a fetch resumes)."""
 
-    async def _fetch_dag(self, root: CID, providers: list[ID]) -> None:
-        """Fetch every missing block under ``root``, level by level, verified as it arrives."""
+        async def put(cid: CID, data: bytes) -> None:
+            def store() -> tuple[bool, int]:
+                return self.blocks.put(cid, data), file_bytes(cid, data)
+
+            try:
+                stored, nbytes = await trio.to_thread.run_sync(store)
+            except ContentError as exc:
+                raise ModelError(f"storing block {cid} of {root} failed: {exc}") from exc
+            if stored:
+                progress.block_stored(nbytes)
+
         while missing := await trio.to_thread.run_sync(self.blocks.missing, root):
             for start in range(0, len(missing), FETCH_BATCH):
-                batch = missing[start : start + FETCH_BATCH]
-                try:
-                    async for cid, data in self._bitswap.fetch(batch, providers):
-                        await trio.to_thread.run_sync(self.blocks.put, cid, data)
-                except FetchError as exc:
-                    raise ModelError(f"fetching {root} failed: {exc}") from exc
+                await source.fetch(missing[start : start + FETCH_BATCH], put)
 
     # -- installing and listing --------------------------------------------------------------
 
-    async def _install(self, cid: str, manifest: Manifest, *, local: bool) -> None:
+    async def _install(
+        self, cid: str, manifest: Manifest, *, local: bool, progress: FetchProgress | None = None
+    ) -> None:
         """Materialise verified files under HOME/models/<cid>/ and record the model."""
         target = self.models_dir / cid
 
@@ -248,6 +243,8 @@ class ModelService:
                     if size != f.size or _sha256_file(dest) != f.sha256:
                         raise ManifestError(f"{f.path} does not match the manifest's size and sha256")
                     self.blocks.pin(CID.parse(f.cid))
+                if progress is not None:
+                    progress.phase = "installing"
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(staging, target)
             finally:
@@ -272,7 +269,7 @@ class ModelService:
         return [self._view(row) for row in await self._store.call(self._store.sync.list_models)]
 
     async def show(self, cid: str) -> dict[str, Any]:
-        row = await self._store.call(self._store.sync.get_model, _normal(cid))
+        row = await self._store.call(self._store.sync.get_model, normal_cid(cid))
         if row is None:
             raise ModelNotFoundError(f"no model {cid} on this node")
         return self._view(row)
@@ -324,5 +321,6 @@ def _parse_model_cid(text: str) -> CID:
         raise ManifestError(f"invalid model CID {text!r}: {exc}") from exc
 
 
-def _normal(cid: str) -> str:
+def normal_cid(cid: str) -> str:
+    """The canonical text of a model CID (CIDv1, base32); :class:`ManifestError` if it is not one."""
     return str(_parse_model_cid(cid).to_v1())

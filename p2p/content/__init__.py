@@ -3,7 +3,8 @@
 The CIDs computed here are the ones ``ipfs add --cid-version=1 --raw-leaves`` prints (256 KiB
 chunks, balanced DAG of at most 174 links per node, sha2-256, CIDv1 base32), so the same model
 file added by Kubo or by a node has the same address. Nothing here does I/O on the network and
-nothing is async: callers run the CPU- and disk-bound work in a worker thread.
+nothing is async (callers run the CPU- and disk-bound work in a worker thread), except the Kubo RPC
+client, which is trio-native.
 
 Modules:
 - ``errors``: this package's error taxonomy (all subclasses of ``p2p.errors.P2PError``).
@@ -13,6 +14,8 @@ Modules:
 - ``reader``: the verifying, bounded reader (``read_file``, ``read_bytes``, ``export_file``).
 - ``blockstore``: :class:`BlockStore`, blocks on disk with atomic writes, verification on read,
   a size bound, recursive pins and garbage collection.
+- ``kubo_rpc``: :class:`KuboRpcClient`, an async client of a Kubo node's ``/api/v0`` (add, cat,
+  block get/put, pin, provide) with bounded reads and every fetched block verified.
 """
 
 from p2p.content.blockstore import BlockStore
@@ -25,10 +28,14 @@ from p2p.content.errors import (
     CorruptBlockError,
     FileTooLargeError,
     InvalidCIDError,
+    KuboRpcError,
+    KuboUnavailableError,
     MalformedBlockError,
+    ResponseTooLargeError,
     StoreFullError,
     UnsupportedError,
 )
+from p2p.content.kubo_rpc import AddResult, KuboPeer, KuboRpcClient, api_url
 from p2p.content.reader import export_file, read_bytes, read_file
 from p2p.content.unixfs import (
     CHUNK_SIZE,
@@ -49,6 +56,7 @@ __all__ = [
     "LINKS_PER_NODE",
     "RAW",
     "SHA2_256",
+    "AddResult",
     "Block",
     "BlockNotFoundError",
     "BlockStore",
@@ -60,9 +68,15 @@ __all__ = [
     "ImportOptions",
     "ImportResult",
     "InvalidCIDError",
+    "KuboPeer",
+    "KuboRpcClient",
+    "KuboRpcError",
+    "KuboUnavailableError",
     "MalformedBlockError",
+    "ResponseTooLargeError",
     "StoreFullError",
     "UnsupportedError",
+    "api_url",
     "compute_cid",
     "export_file",
     "import_blocks",

@@ -51,3 +51,15 @@ class StoreFullError(ContentError):
 
 class BlockStoreError(ContentError):
     """A block store's directory or pin file is unusable (bad layout, malformed pin file, ...)."""
+
+
+class KuboRpcError(ContentError):
+    """A call to a Kubo (IPFS) node's RPC API failed: an HTTP error, a timeout or a malformed answer."""
+
+
+class KuboUnavailableError(KuboRpcError):
+    """No Kubo RPC API answers at the configured address (connection refused, unreachable host)."""
+
+
+class ResponseTooLargeError(KuboRpcError):
+    """A Kubo RPC answer is larger than the caller allowed; the rest of it was not read."""

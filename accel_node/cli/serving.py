@@ -1,0 +1,166 @@
+"""CLI commands about serving: ``infer``, ``bench``, ``models analysis``, ``models variants``.
+
+They talk to the daemon like every other command; ``infer`` sends tensors as ``.npy``/``.npz``
+bodies (or JSON) and writes the outputs the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from accel_node.cli import render
+from accel_node.cli.client import ApiClient
+from accel_node.errors import UsageError
+
+LONG_TIMEOUT_S = 3600.0
+MEDIA = {".npy": "application/x-npy", ".npz": "application/x-npz", ".json": "application/json"}
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def _client(ctx: click.Context, timeout_s: float = LONG_TIMEOUT_S) -> ApiClient:
+    return ApiClient(ctx.find_root().obj.home, timeout_s=timeout_s)
+
+
+def _int_list(value: str, option: str) -> list[int]:
+    try:
+        items = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError as exc:
+        raise UsageError(f"{option} takes comma-separated integers, got {value!r}") from exc
+    if not items:
+        raise UsageError(f"{option} needs at least one value")
+    return items
+
+
+def _media(path: Path, option: str) -> str:
+    media = MEDIA.get(path.suffix.lower())
+    if media is None:
+        raise UsageError(f"{option} must end in .npy, .npz or .json, got {path.name!r}")
+    return media
+
+
+@click.command()
+@click.argument("cid")
+@click.option(
+    "--input",
+    "input_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Input tensors: .npy (single-input models), .npz (name -> array) or .json.",
+)
+@click.option("--output", "output_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write outputs here (.npy, .npz or .json); default: print them as JSON.")  # fmt: skip
+@click.option("--variant", default="fp32", show_default=True, help="fp32, int8 or fp16 (built variants).")
+@click.option("--threads", type=click.IntRange(0, 256), help="Intra-op threads for this request.")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.pass_context
+def infer(
+    ctx: click.Context,
+    cid: str,
+    *,
+    input_path: Path,
+    output_path: Path | None,
+    variant: str,
+    threads: int | None,
+    timeout_s: float | None,
+) -> None:
+    """Run model CID on the tensors in --input through the daemon."""
+    accept = _media(output_path, "--output") if output_path else "application/json"
+    params: dict[str, Any] = {"variant": variant}
+    if threads is not None:
+        params["threads"] = threads
+    if timeout_s is not None:
+        params["timeout_s"] = timeout_s
+    with _client(ctx) as api:
+        response = api.send(
+            "POST",
+            f"/v1/infer/{cid}",
+            content=input_path.read_bytes(),
+            params=params,
+            headers={"Content-Type": _media(input_path, "--input"), "Accept": accept},
+        )
+    if output_path is None:
+        sys.stdout.write(response.text + "\n")
+        return
+    output_path.write_bytes(response.content)
+    render.line(
+        f"wrote {output_path} ({len(response.content)} bytes, {response.headers.get('content-type')})"
+    )
+
+
+@click.command()
+@click.argument("cid")
+@click.option("--batches", default="1,2,4,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option(
+    "--threads", default="0", show_default=True, help="Comma-separated intra-op threads (0: all cores)."
+)
+@click.option("--variants", default="fp32", show_default=True, help="Comma-separated: fp32, int8, fp16.")
+@click.option("--repeats", default=20, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--seq-len", default=128, show_default=True, type=click.IntRange(1, 65536),
+              help="Value of dynamic non-batch dims (sequence length).")  # fmt: skip
+@json_option
+@click.pass_context
+def bench(
+    ctx: click.Context,
+    cid: str,
+    *,
+    batches: str,
+    threads: str,
+    variants: str,
+    repeats: int,
+    seq_len: int,
+    as_json: bool,
+) -> None:
+    """Benchmark model CID over batches x threads x variants; every point is stored."""
+    body = {
+        "batches": _int_list(batches, "--batches"),
+        "threads": _int_list(threads, "--threads"),
+        "variants": [v.strip() for v in variants.split(",") if v.strip()],
+        "repeats": repeats,
+        "seq_len": seq_len,
+    }
+    with render.progress(enabled=not as_json) as bar, _client(ctx) as api:
+        bar.add_task("benchmarking", total=None)
+        data = api.post(f"/v1/models/{cid}/bench", body)
+    render.show(data, as_json=as_json, human=lambda d: render.bench_table(d["points"]))
+
+
+@click.command("analysis")
+@click.argument("cid")
+@click.option("--dim", "dims", multiple=True, metavar="NAME=N", help="Symbolic dim value, e.g. seq=256.")
+@json_option
+@click.pass_context
+def models_analysis(ctx: click.Context, cid: str, dims: tuple[str, ...], as_json: bool) -> None:
+    """Parameters, FLOPs per operator type, activation memory and I/O of model CID."""
+    params: dict[str, Any] = {}
+    for item in dims:
+        name, _, value = item.partition("=")
+        if not name or not value.isdigit():
+            raise UsageError(f"--dim takes NAME=N, got {item!r}")
+        params[name] = int(value)
+    with _client(ctx, timeout_s=300) as api:
+        data = api.request("GET", f"/v1/models/{cid}/analysis", params=params)
+    render.show(data, as_json=as_json, human=render.analysis)
+
+
+@click.command("variants")
+@click.argument("cid")
+@click.option("--build", type=click.Choice(["int8", "fp16"]), help="Build this variant first.")
+@json_option
+@click.pass_context
+def models_variants(ctx: click.Context, cid: str, build: str | None, as_json: bool) -> None:
+    """List (or --build) precision variants of model CID with their accuracy deltas."""
+    with _client(ctx) as api:
+        if build:
+            api.post(f"/v1/models/{cid}/variants", {"variant": build})
+        data = api.get(f"/v1/models/{cid}/variants")
+    if as_json:
+        render.emit_json(data)
+        return
+    for v in data["variants"]:
+        render.line(f"{v['variant']:5} {v['cid']}  {v['size']} B  accuracy {json.dumps(v['accuracy'])}")
