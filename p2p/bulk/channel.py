@@ -1,0 +1,147 @@
+"""A bulk channel: framed messages over a direct TCP socket, after the handshake.
+
+Thin trio wrapper around :mod:`p2p.bulk.framing`: sends are vectored (``sendmsg`` of the header
+and the caller's buffers, so a plain frame's payload is never copied), receives go straight into
+the frame's buffer for large bodies. One task may send while another receives; concurrent sends
+(or receives) are serialised by a lock each, so frames never interleave.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from types import TracebackType
+
+import trio
+from libp2p.peer.id import ID
+
+from p2p.bulk.errors import BulkError, ChannelClosed
+from p2p.bulk.framing import Buffer, Frame, FrameDecoder, FrameEncoder
+from p2p.bulk.handshake import Mode
+
+DATA = 0
+"""The default frame type; the meaning of types is up to each purpose's protocol."""
+
+
+class Channel:
+    """One side of an established channel to ``peer_id`` for ``purpose``."""
+
+    def __init__(
+        self,
+        stream: trio.SocketStream,
+        *,
+        peer_id: ID,
+        purpose: str,
+        mode: Mode,
+        cipher: str | None,
+        encoder: FrameEncoder,
+        decoder: FrameDecoder,
+    ) -> None:
+        self.peer_id = peer_id
+        self.purpose = purpose
+        self.mode: Mode = mode
+        self.cipher = cipher
+        self._stream = stream
+        self._sock = stream.socket
+        self._encoder = encoder
+        self._decoder = decoder
+        self._send_lock = trio.Lock()
+        self._recv_lock = trio.Lock()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    @property
+    def encrypted(self) -> bool:
+        return self.mode == "encrypted"
+
+    @property
+    def max_send_payload(self) -> int:
+        """The largest payload the peer accepts in one frame."""
+        return self._encoder.max_payload
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def send(self, payload: Buffer, *, frame_type: int = DATA) -> None:
+        """Send one frame. Raises :class:`FrameError` if ``payload`` exceeds the peer's limit."""
+        await self.send_parts((payload,), frame_type=frame_type)
+
+    async def send_parts(self, parts: Sequence[Buffer], *, frame_type: int = DATA) -> None:
+        """Send one frame whose payload is the concatenation of ``parts`` (not joined when plain)."""
+        async with self._send_lock:
+            buffers = self._encoder.encode_parts(frame_type, parts)
+            try:
+                await self._write(buffers)
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise BulkError(f"bulk channel to {self.peer_id} broke while sending: {exc}") from exc
+            self.bytes_sent += sum(memoryview(p).nbytes for p in parts)
+
+    async def _write(self, buffers: list[Buffer]) -> None:
+        views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        while views:
+            sent = await self._sock.sendmsg(views) if len(views) > 1 else await self._sock.send(views[0])
+            while sent:
+                if sent >= len(views[0]):
+                    sent -= len(views[0])
+                    views.pop(0)
+                else:
+                    views[0] = views[0][sent:]
+                    sent = 0
+
+    async def send_eof(self) -> None:
+        """Close our sending side; the peer's :meth:`receive` then raises :class:`ChannelClosed`."""
+        async with self._send_lock:
+            try:
+                await self._stream.send_eof()
+            except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise BulkError(f"bulk channel to {self.peer_id} broke: {exc}") from exc
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def receive(self) -> Frame:
+        """The next frame. :class:`ChannelClosed` at a clean end, :class:`FrameError` for bad input."""
+        async with self._recv_lock:
+            while (frame := self._decoder.next_frame()) is None:
+                await self._read_more()
+            self.bytes_received += len(frame.payload)
+            return frame
+
+    async def receive_view(self) -> tuple[int, memoryview]:
+        """The next frame as ``(type, payload)`` without copying the payload out of the channel's
+        receive buffer: the view is valid only until the next receive on this channel."""
+        async with self._recv_lock:
+            while (item := self._decoder.next_view()) is None:
+                await self._read_more()
+            self.bytes_received += len(item[1])
+            return item
+
+    async def _read_more(self) -> None:
+        buffer = self._decoder.get_buffer()
+        try:
+            received = await self._sock.recv_into(buffer)
+        except (OSError, trio.ClosedResourceError) as exc:
+            raise BulkError(f"bulk channel to {self.peer_id} broke while receiving: {exc}") from exc
+        if received == 0:
+            self._decoder.eof()
+            raise ChannelClosed(f"{self.peer_id} closed the bulk channel")
+        self._decoder.buffer_updated(received)
+
+    def __aiter__(self) -> Channel:
+        return self
+
+    async def __anext__(self) -> Frame:
+        try:
+            return await self.receive()
+        except ChannelClosed:
+            raise StopAsyncIteration from None
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()

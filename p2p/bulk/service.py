@@ -1,0 +1,475 @@
+"""The bulk service: direct TCP channels between libp2p-authenticated peers.
+
+py-libp2p streams (Noise + yamux) carry 100-160 MB/s on loopback here, about 1/20 of a raw socket,
+so model blocks and activations travel on a separate TCP connection whose endpoint and secret are
+agreed over ``/accel/bulk/1.0.0``, an ordinary (Noise-authenticated) libp2p stream. The protocol is
+in :mod:`p2p.bulk.handshake`; this module runs it:
+
+- server: grants tickets on the libp2p protocol for purposes that have a handler, accepts TCP
+  connections on its port, redeems the ticket within ``handshake_timeout_s`` (or closes the socket)
+  and runs ``handler(channel, peer_id)`` in its own nursery; a failing handler is logged, never
+  fatal to the service. Pending handshakes and open channels are bounded; connections over the
+  bounds are closed at once.
+- client: :meth:`BulkService.open` asks the peer for a ticket, dials the TCP port at the IP the
+  libp2p connection already reaches the peer at, proves the ticket, checks the server's proof and
+  yields the :class:`~p2p.bulk.channel.Channel`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from multiaddr import Multiaddr
+from trio_typing import TaskStatus
+
+from p2p.bulk.channel import Channel
+from p2p.bulk.errors import BulkError, HandshakeError, RefusedError
+from p2p.bulk.framing import CIPHERS, DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameEncoder, check_max_payload
+from p2p.bulk.handshake import (
+    CONTROL_LENGTH,
+    HELLO_SIZE,
+    MAX_CONTROL_MESSAGE,
+    REPLY_SIZE,
+    ChannelRequest,
+    Mode,
+    Refusal,
+    TicketBook,
+    TicketGrant,
+    Transcript,
+    check_client_mac,
+    check_purpose,
+    check_server_reply,
+    choose_cipher,
+    client_hello,
+    decode_response,
+    derive_keys,
+    encode_response,
+    new_nonce,
+    parse_client_hello,
+    server_reply,
+)
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_ID = TProtocol("/accel/bulk/1.0.0")
+Handler = Callable[[Channel, ID], Awaitable[None]]
+_ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+@dataclass(frozen=True)
+class _Route:
+    handler: Handler
+    require_encryption: bool
+
+
+async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        if not chunk:
+            raise HandshakeError(f"connection closed after {len(data)} of {size} handshake bytes")
+        data += chunk
+    return bytes(data)
+
+
+async def _read_control(stream: INetStream) -> bytes:
+    """A u16-length-prefixed control message from a libp2p stream, at most MAX_CONTROL_MESSAGE bytes."""
+    data = b""
+    need = CONTROL_LENGTH.size
+    header_done = False
+    while True:
+        while len(data) < need:
+            chunk = await stream.read(need - len(data))
+            if not chunk:
+                raise HandshakeError("stream closed before the end of a control message")
+            data += chunk
+        if header_done:
+            return data[CONTROL_LENGTH.size :]
+        (length,) = CONTROL_LENGTH.unpack(data)
+        if length > MAX_CONTROL_MESSAGE:
+            raise HandshakeError(f"control message of {length} bytes exceeds {MAX_CONTROL_MESSAGE}")
+        need += length
+        header_done = True
+
+
+def _ips_of(addrs: Sequence[Multiaddr]) -> list[str]:
+    ips: list[str] = []
+    for addr in addrs:
+        names = [p.name for p in addr.protocols()]
+        if names and names[0] in ("ip4", "ip6"):
+            ip = str(addr.value_for_protocol(names[0]))
+            if ip not in ips:
+                ips.append(ip)
+    return ips
+
+
+_WILDCARDS = {"ip4": "0.0.0.0", "ip6": "::"}  # noqa: S104 - compared with, not bound here
+
+
+def _bindable(ips: Sequence[str]) -> list[str]:
+    """``ips`` without the addresses a wildcard of the same family already covers."""
+    unique = list(dict.fromkeys(ips))
+    covered = {family for family, wildcard in _WILDCARDS.items() if wildcard in unique}
+    return [
+        ip for ip in unique if ip in _WILDCARDS.values() or ("ip6" if ":" in ip else "ip4") not in covered
+    ]
+
+
+def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return str(exc) or type(exc).__name__
+
+
+class BulkService:
+    """Grants, accepts and opens bulk channels for ``host``; see the module docstring.
+
+    ``listen_ips`` default to the IPs of the host's listen addresses (``0.0.0.0`` stays a wildcard);
+    all are bound on one port (``port=0``: a random free one). ``max_payload`` is the largest frame
+    payload this side accepts (the peer learns it in the handshake).
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        *,
+        listen_ips: Sequence[str] | None = None,
+        port: int = 0,
+        ticket_ttl_s: float = 10.0,
+        handshake_timeout_s: float = 5.0,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_pending_handshakes: int = 64,
+        max_channels: int = 256,
+        max_tickets_per_peer: int = 32,
+        ciphers: Sequence[str] = CIPHERS,
+    ) -> None:
+        self.host = host
+        self.max_payload = check_max_payload(max_payload)
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_pending_handshakes = max_pending_handshakes
+        self.max_channels = max_channels
+        unknown = [c for c in ciphers if c not in CIPHERS]
+        if unknown or not ciphers:
+            raise ValueError(f"ciphers must be a non-empty subset of {CIPHERS}, got {list(ciphers)}")
+        self.ciphers = tuple(ciphers)
+        self._listen_ips = list(listen_ips) if listen_ips is not None else None
+        self._requested_port = port
+        self._tickets = TicketBook(ttl_s=ticket_ttl_s, max_per_peer=max_tickets_per_peer)
+        self._routes: dict[str, _Route] = {}
+        self._nursery: trio.Nursery | None = None
+        self._port = 0
+        self._pending = 0
+        self.active_channels = 0
+        self.refused_connections = 0
+
+    # -- configuration --------------------------------------------------------------------------
+
+    def set_handler(self, purpose: str, handler: Handler, *, require_encryption: bool = False) -> None:
+        """Serve channels opened for ``purpose`` with ``await handler(channel, peer_id)``.
+
+        The channel is closed when the handler returns. ``require_encryption`` refuses plain
+        channels for this purpose (activations, anything private).
+        """
+        self._routes[check_purpose(purpose)] = _Route(handler, require_encryption)
+
+    def remove_handler(self, purpose: str) -> None:
+        self._routes.pop(purpose, None)
+
+    @property
+    def port(self) -> int:
+        """The TCP port channels are accepted on (0 until :meth:`run` has started)."""
+        return self._port
+
+    # -- server ---------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen until cancelled; reports the TCP port once ready. Start it after the host."""
+        listeners = await self._listen()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener)
+                self.host.set_stream_handler(PROTOCOL_ID, self._handle_request)
+                log.info("bulk channels listening", extra={"port": self._port})
+                task_status.started(self._port)
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
+            self._port = 0
+            self.host.remove_stream_handler(PROTOCOL_ID)
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await listener.aclose()
+
+    async def _listen(self) -> list[trio.SocketListener]:
+        ips = _bindable(
+            self._listen_ips if self._listen_ips is not None else _ips_of(self.host.get_transport_addrs())
+        )
+        if not ips:
+            raise BulkError("no IP address to listen on (the host has no ip4/ip6 listen address)")
+        for _attempt in range(5):
+            listeners: list[trio.SocketListener] = []
+            port = self._requested_port
+            try:
+                for ip in ips:
+                    listeners += await trio.open_tcp_listeners(port, host=ip)
+                    port = listeners[0].socket.getsockname()[1]
+            except OSError as exc:
+                for listener in listeners:
+                    await listener.aclose()
+                if self._requested_port or exc.errno != errno.EADDRINUSE:
+                    raise BulkError(f"cannot listen for bulk channels on {ips} port {port}: {exc}") from exc
+                continue  # the random port of the first IP is taken on another: try another one
+            self._port = port
+            return listeners
+        raise BulkError(f"could not find one free port on all of {ips}")
+
+    async def _accept_loop(self, listener: trio.SocketListener) -> None:
+        assert self._nursery is not None
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_RETRY_ERRNOS:
+                    raise
+                log.warning("bulk accept failed; retrying", extra={"error": str(exc)})
+                await trio.sleep(0.1)
+                continue
+            if self._pending >= self.max_pending_handshakes or self.active_channels >= self.max_channels:
+                self.refused_connections += 1
+                await stream.aclose()
+                continue
+            self._pending += 1
+            self._nursery.start_soon(self._serve_connection, stream)
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        channel: Channel | None = None
+        route: _Route | None = None
+        try:
+            with trio.move_on_after(self.handshake_timeout_s):
+                channel, route = await self._accept_handshake(stream)
+            if channel is None:
+                self.refused_connections += 1
+                log.info("bulk handshake timed out", extra={"timeout_s": self.handshake_timeout_s})
+        except Exception as exc:  # refused ticket, broken socket, ...: drop it, keep serving
+            self.refused_connections += 1
+            log.info("bulk handshake refused", extra={"error": _describe(exc)})
+        finally:
+            self._pending -= 1
+        if channel is None or route is None:
+            await stream.aclose()
+            return
+        self.active_channels += 1
+        try:
+            await route.handler(channel, channel.peer_id)
+        except Exception as exc:  # a handler's failure ends its channel, never the service
+            log.info(
+                "bulk handler failed",
+                extra={"purpose": channel.purpose, "peer_id": str(channel.peer_id), "error": _describe(exc)},
+            )
+        finally:
+            self.active_channels -= 1
+            await channel.aclose()
+
+    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, _Route]:
+        ticket_id, client_nonce, mac = parse_client_hello(await _read_exactly(stream, HELLO_SIZE))
+        ticket = self._tickets.redeem(ticket_id, trio.current_time())
+        route = self._routes.get(ticket.purpose)
+        if route is None:
+            raise HandshakeError(f"purpose {ticket.purpose!r} is no longer served")
+        transcript = Transcript(
+            ticket_id=ticket_id,
+            server=self.host.get_id().to_bytes(),
+            client=ticket.client,
+            purpose=ticket.purpose,
+            mode=ticket.mode,
+            cipher=ticket.cipher,
+            client_nonce=client_nonce,
+        )
+        check_client_mac(ticket.secret, transcript, mac)
+        server_nonce = new_nonce()
+        await stream.send_all(server_reply(ticket.secret, transcript, server_nonce))
+        send_key = recv_key = None
+        if ticket.mode == "encrypted":
+            recv_key, send_key = derive_keys(ticket.secret, transcript, server_nonce)
+        channel = Channel(
+            stream,
+            peer_id=ID(ticket.client),
+            purpose=ticket.purpose,
+            mode=ticket.mode,
+            cipher=ticket.cipher,
+            encoder=FrameEncoder(max_payload=ticket.client_max_payload, cipher=ticket.cipher, key=send_key),
+            decoder=FrameDecoder(max_payload=self.max_payload, cipher=ticket.cipher, key=recv_key),
+        )
+        return channel, route
+
+    async def _handle_request(self, stream: INetStream) -> None:
+        """``/accel/bulk/1.0.0``: one request, one response (a ticket or a refusal)."""
+        peer = stream.muxed_conn.peer_id
+        try:
+            with trio.fail_after(self.handshake_timeout_s):
+                request = ChannelRequest.decode(await _read_control(stream))
+                await stream.write(encode_response(self._grant(peer, request)))
+            await stream.close()
+        except Exception as exc:  # a malformed request or a broken stream: reset and move on
+            log.info("bulk channel request failed", extra={"peer_id": str(peer), "error": _describe(exc)})
+            try:
+                await stream.reset()
+            except Exception as reset_exc:  # already broken
+                log.debug("bulk stream reset failed", extra={"error": str(reset_exc)})
+
+    def _refusal_reason(self, request: ChannelRequest) -> str | None:
+        if self._nursery is None or not self._port:
+            return "not accepting bulk channels"
+        if self.active_channels >= self.max_channels:
+            return f"busy: {self.active_channels} bulk channels open"
+        route = self._routes.get(request.purpose)
+        if route is None:
+            return f"no handler for purpose {request.purpose!r}"
+        if route.require_encryption and request.mode != "encrypted":
+            return f"purpose {request.purpose!r} requires an encrypted channel"
+        return None
+
+    def _grant(self, peer: ID, request: ChannelRequest) -> TicketGrant | Refusal:
+        reason = self._refusal_reason(request)
+        if reason is not None:
+            return Refusal(reason)
+        cipher = None
+        if request.mode == "encrypted":
+            cipher = choose_cipher([c for c in request.ciphers if c in self.ciphers])
+            if cipher is None:
+                offered, ours = list(request.ciphers), list(self.ciphers)
+                return Refusal(f"no common cipher (offered {offered}, we have {ours})")
+        try:
+            ticket = self._tickets.issue(peer.to_bytes(), request, cipher, trio.current_time())
+        except RefusedError as exc:
+            return Refusal(str(exc))
+        return TicketGrant(
+            port=self._port,
+            ticket_id=ticket.ticket_id,
+            secret=ticket.secret,
+            cipher=cipher,
+            max_payload=self.max_payload,
+            ttl_s=self._tickets.ttl_s,
+        )
+
+    # -- client ---------------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def open(
+        self, peer_id: ID, purpose: str, *, encrypted: bool = True, timeout_s: float = 10.0
+    ) -> AsyncIterator[Channel]:
+        """A channel to ``peer_id`` for ``purpose``, closed when the block exits.
+
+        Needs a libp2p connection to the peer (or its address in the peerstore). Raises
+        :class:`RefusedError` when the peer refuses (no handler, mode not allowed, too busy) and
+        :class:`HandshakeError` for anything else that keeps the channel from being established
+        within ``timeout_s``.
+        """
+        check_purpose(purpose)
+        mode: Mode = "encrypted" if encrypted else "plain"
+        try:
+            with trio.fail_after(timeout_s):
+                channel = await self._connect(peer_id, purpose, mode)
+        except trio.TooSlowError:
+            raise HandshakeError(
+                f"timed out after {timeout_s:g} s opening a {mode} bulk channel to {peer_id}"
+            ) from None
+        try:
+            yield channel
+        finally:
+            await channel.aclose()
+
+    async def _connect(self, peer_id: ID, purpose: str, mode: Mode) -> Channel:
+        request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
+        grant, ip = await self._request_ticket(peer_id, request)
+        try:
+            stream = await trio.open_tcp_stream(ip, grant.port)
+        except OSError as exc:
+            raise HandshakeError(f"cannot connect to {peer_id}'s bulk port {ip}:{grant.port}: {exc}") from exc
+        try:
+            transcript = Transcript(
+                ticket_id=grant.ticket_id,
+                server=peer_id.to_bytes(),
+                client=self.host.get_id().to_bytes(),
+                purpose=purpose,
+                mode=mode,
+                cipher=grant.cipher,
+                client_nonce=new_nonce(),
+            )
+            await stream.send_all(client_hello(grant.secret, transcript))
+            try:
+                reply = await _read_exactly(stream, REPLY_SIZE)
+            except HandshakeError as exc:
+                raise HandshakeError(f"{peer_id} refused the bulk channel ticket ({exc})") from None
+            server_nonce = check_server_reply(grant.secret, transcript, reply)
+            send_key = recv_key = None
+            if mode == "encrypted":
+                send_key, recv_key = derive_keys(grant.secret, transcript, server_nonce)
+            return Channel(
+                stream,
+                peer_id=peer_id,
+                purpose=purpose,
+                mode=mode,
+                cipher=grant.cipher,
+                encoder=FrameEncoder(max_payload=grant.max_payload, cipher=grant.cipher, key=send_key),
+                decoder=FrameDecoder(max_payload=self.max_payload, cipher=grant.cipher, key=recv_key),
+            )
+        except BaseException as exc:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+            if isinstance(exc, OSError | trio.BrokenResourceError):
+                raise HandshakeError(f"bulk channel handshake with {peer_id} broke: {exc}") from exc
+            raise
+
+    async def _request_ticket(self, peer_id: ID, request: ChannelRequest) -> tuple[TicketGrant, str]:
+        try:
+            stream = await self.host.new_stream(peer_id, [PROTOCOL_ID])
+        except Exception as exc:  # py-libp2p raises a wide, unstable set of error types
+            raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {_describe(exc)}") from exc
+        try:
+            await stream.write(request.encode())
+            raw = await _read_control(stream)
+            address = stream.get_remote_address()
+            await stream.close()
+        except HandshakeError:
+            await _quiet_reset(stream)
+            raise
+        except Exception as exc:
+            await _quiet_reset(stream)
+            raise HandshakeError(f"bulk channel request to {peer_id} failed: {_describe(exc)}") from exc
+        response = decode_response(raw)
+        if isinstance(response, Refusal):
+            raise RefusedError(
+                f"{peer_id} refused a {request.mode} bulk channel for {request.purpose!r}: {response.reason}"
+            )
+        if response.cipher is None and request.mode == "encrypted":
+            raise HandshakeError(f"{peer_id} granted an encrypted channel without a cipher")
+        ip = address[0] if address else self._peerstore_ip(peer_id)
+        return response, ip
+
+    def _peerstore_ip(self, peer_id: ID) -> str:
+        try:
+            addrs = self.host.get_peerstore().addrs(peer_id)
+        except Exception:  # py-libp2p raises PeerStoreError for unknown peers
+            addrs = []
+        ips = _ips_of(addrs)
+        if not ips:
+            raise HandshakeError(f"no IP address known for {peer_id}")
+        return ips[0]
+
+
+async def _quiet_reset(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception as exc:  # already broken; nothing to add
+        log.debug("bulk stream reset failed", extra={"error": str(exc)})
