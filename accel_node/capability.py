@@ -13,6 +13,8 @@ import logging
 import math
 import random
 import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import psutil
@@ -70,6 +72,16 @@ class Load(_Body):
     utilisation: float = Field(ge=0, le=1)
 
 
+class ShardEntry(_Body):
+    """A pipeline stage this node serves (see accel_node.shard)."""
+
+    model: str = Field(max_length=128)
+    stage: int = Field(ge=0, le=1024)
+    plan: str = Field(max_length=128)
+    queue_depth: int = Field(default=0, ge=0)
+    busy: float = Field(default=0.0, ge=0, le=1)
+
+
 class CapabilityBody(_Body):
     """The body of a capability record (unknown fields from newer peers are ignored)."""
 
@@ -78,13 +90,23 @@ class CapabilityBody(_Body):
     addrs: list[str] = Field(max_length=32)
     hw: HardwareSummary
     models: list[str] = Field(default_factory=list, max_length=1024)
+    shards: list[ShardEntry] = Field(default_factory=list, max_length=256)
     load: Load
 
 
-def current_load() -> Load:
-    """This node's load: no inference queue exists yet, so the depth is 0; CPU use is measured."""
+@dataclass
+class Offer:
+    """What this node offers right now; the services that know fill these in (the node wires them)."""
+
+    models: Callable[[], Awaitable[list[str]]] | None = None
+    queue_depth: Callable[[], int] = lambda: 0
+    shards: Callable[[], list[ShardEntry]] = list
+
+
+def current_load(queue_depth: int = 0) -> Load:
+    """This node's load: requests waiting for inference, and measured CPU use."""
     utilisation = psutil.cpu_percent(interval=None) / 100.0
-    return Load(queue_depth=0, utilisation=min(1.0, max(0.0, utilisation)))
+    return Load(queue_depth=queue_depth, utilisation=min(1.0, max(0.0, utilisation)))
 
 
 def matches(
@@ -125,18 +147,25 @@ class CapabilityService:
         self._seq = 0
         self._republish = trio.Event()
         self.last_published: dict[str, Any] | None = None
+        self.offer = Offer()
         hardware.on_profile.append(lambda _profile: self._republish.set())
         psutil.cpu_percent(interval=None)  # prime the counter; the first reading is meaningless
 
-    def body(self) -> CapabilityBody:
+    async def body(self) -> CapabilityBody:
+        models = await self.offer.models() if self.offer.models is not None else []
         return CapabilityBody(
             name=self._name,
             version=__version__,
             addrs=self._network.own_addrs()[:32],
             hw=HardwareSummary.model_validate(self._hardware.summary()),
-            models=[],
-            load=current_load(),
+            models=models[:1024],
+            shards=self.offer.shards()[:256],
+            load=current_load(self.offer.queue_depth()),
         )
+
+    def republish_soon(self) -> None:
+        """Publish a fresh record now (e.g. this node started or stopped serving a stage)."""
+        self._republish.set()
 
     def _next_seq(self) -> int:
         # Milliseconds since the epoch keep sequence numbers increasing across restarts.
@@ -145,7 +174,7 @@ class CapabilityService:
 
     async def publish(self) -> int:
         """Sign and publish a fresh record; returns how many peers stored it."""
-        body = self.body().model_dump(mode="json")
+        body = (await self.body()).model_dump(mode="json")
         record = sign_record(
             self._key_pair,
             kind=KIND,

@@ -293,6 +293,35 @@ class RuntimeSection(_Section):
     )
 
 
+class ShardSection(_Section):
+    """[shard]: sharded (pipeline) inference across peers."""
+
+    bulk_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="TCP port of direct bulk channels (activations, blocks); 0 = random.",
+    )
+    spot_check_p: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Probability that a request re-runs one stage on a second replica.",
+    )
+    micro_batch: int = Field(
+        default=0,
+        ge=0,
+        le=4096,
+        description="Rows per micro-batch in the pipeline; 0 = the whole batch at once.",
+    )
+    compress_fp16: bool = Field(
+        default=False, description="Send float32 activations as float16 between stages."
+    )
+    hop_timeout_s: float = Field(
+        default=10.0, gt=0, le=600, description="Per remaining stage: how long one attempt may take (s)."
+    )
+
+
 class LogSection(_Section):
     """[log]: logging."""
 
@@ -316,6 +345,7 @@ class Config(_Section):
     ipfs: IpfsSection = Field(default_factory=IpfsSection)
     models: ModelsSection = Field(default_factory=ModelsSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    shard: ShardSection = Field(default_factory=ShardSection)
     log: LogSection = Field(default_factory=LogSection)
 
 

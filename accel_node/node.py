@@ -14,8 +14,10 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import trio
 from libp2p.abc import IHost
@@ -39,9 +41,13 @@ from accel_node.presence import PresenceService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
+from accel_node.shard.router import ShardRouter
+from accel_node.shard.server import StageServer
+from accel_node.shard.service import ShardService
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_listen_addr
 from p2p.bitswap.service import BitswapService
+from p2p.bulk import BlockFetcher, BulkService, serve_blocks
 from p2p.content import BlockStore
 from p2p.content.kubo_rpc import KuboRpcClient
 from p2p.dht import RecordDHT
@@ -51,6 +57,15 @@ from p2p.mdns import run_mdns
 from p2p.pubsub import PubSub
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Services:
+    host: IHost
+    network: PeerNetwork
+    context: ApiContext
+    starters: list[Callable[..., Awaitable[Any]]]
+    name: str
 
 
 class Node:
@@ -96,7 +111,8 @@ class Node:
                 await store.close()
                 log.info("node stopped", extra={"peer_id": peer_id})
 
-    async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
+    def _build(self, store: AsyncStore, key_pair: KeyPair, token: str) -> _Services:
+        """Every service, wired together from config (nothing runs yet)."""
         cfg = self.config
         listen = [parse_listen_addr(a) for a in cfg.p2p.listen_addrs]
         host = build_host(
@@ -120,13 +136,14 @@ class Node:
         )
         blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes)
         bitswap = BitswapService(host, partial(local_block, blocks), network.penalties)
+        bulk = BulkService(host, port=cfg.shard.bulk_port)
+        serve_blocks(bulk, partial(local_block, blocks))  # the fast path next to Bitswap
         trust = TrustStore(store, KeyFiles(self.home.root / "keys"))
-        backend = self._content_backend(host=host, blocks=blocks, bitswap=bitswap, dht=dht)
         models = ModelService(
             home=self.home.root,
             store=store,
             blocks=blocks,
-            backend=backend,
+            backend=self._content_backend(host=host, blocks=blocks, bitswap=bitswap, dht=dht, bulk=bulk),
             trust=trust,
             limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
         )
@@ -140,22 +157,92 @@ class Node:
             settings=cfg.p2p,
             metrics=self.metrics,
         )
-        app = create_app(
-            ApiContext(
-                network=network,
-                capability=capabilities,
-                hardware=hardware,
-                store=store,
-                trust=trust,
-                models=models,
-                inference=inference,
-                library=library,
-                config=cfg,
-                metrics=self.metrics,
-                token=token,
-                name=name,
-            )
+        server = StageServer(
+            bulk,
+            penalties=network.penalties,
+            intra_op_threads=cfg.runtime.intra_op_threads,
+            hop_timeout_s=cfg.shard.hop_timeout_s,
         )
+        shards = ShardService(
+            key_pair=key_pair,
+            dht=dht,
+            network=network,
+            store=store,
+            models=models,
+            library=library,
+            hardware=hardware,
+            capabilities=capabilities,
+            server=server,
+            router=ShardRouter(
+                bulk,
+                local_server=server,
+                penalties=network.penalties,
+                spot_check_p=cfg.shard.spot_check_p,
+                hop_timeout_s=cfg.shard.hop_timeout_s,
+                intra_op_threads=cfg.runtime.intra_op_threads,
+            ),
+            settings=cfg.shard,
+        )
+        self._offer(capabilities, presence, models, inference, shards)
+        context = ApiContext(
+            network=network,
+            capability=capabilities,
+            hardware=hardware,
+            store=store,
+            trust=trust,
+            models=models,
+            inference=inference,
+            library=library,
+            shards=shards,
+            config=cfg,
+            metrics=self.metrics,
+            token=token,
+            name=name,
+        )
+        # Started in this order, each ready before the next (see the module docstring).
+        starters: list[Callable[..., Awaitable[Any]]] = [
+            partial(run_host, host, listen, auto_connect=cfg.p2p.auto_connect),
+            dht.run,
+            pubsub.run,
+            network.run,
+            hardware.run,
+            capabilities.run,
+            presence.run,
+            bitswap.run,
+            bulk.run,
+            models.backend.run,
+            inference.run,
+            server.run,
+            shards.router.run,
+            shards.run,
+        ]
+        return _Services(host=host, network=network, context=context, starters=starters, name=name)
+
+    @staticmethod
+    def _offer(
+        capabilities: capability.CapabilityService,
+        presence: PresenceService,
+        models: ModelService,
+        inference: InferenceService,
+        shards: ShardService,
+    ) -> None:
+        """What the capability record and heartbeats say this node offers (models, load, stages)."""
+
+        async def installed() -> list[str]:
+            return [str(m["cid"]) for m in await models.list()]
+
+        def queue_depth() -> int:
+            return sum(int(b["queue_depth"]) for b in inference.stats()["batchers"].values())
+
+        capabilities.offer.models = installed
+        capabilities.offer.queue_depth = queue_depth
+        capabilities.offer.shards = shards.entries
+        presence.queue_depth = queue_depth
+
+    async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
+        cfg = self.config
+        services = self._build(store, key_pair, token)
+        app = create_app(services.context)
         api_done = trio.Event()
 
         async def api_task(*, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
@@ -171,19 +258,12 @@ class Node:
             finally:
                 api_done.set()
 
+        network = services.network
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(run_host, host, listen, auto_connect=cfg.p2p.auto_connect))
-            await nursery.start(dht.run)
-            await nursery.start(pubsub.run)
-            await nursery.start(network.run)
-            await nursery.start(hardware.run)
-            await nursery.start(capabilities.run)
-            await nursery.start(presence.run)
-            await nursery.start(bitswap.run)
-            await nursery.start(backend.run)
-            await nursery.start(inference.run)
+            for start in services.starters:
+                await nursery.start(start)
             if cfg.p2p.mdns:
-                nursery.start_soon(run_mdns, host, network.connect_discovered)
+                nursery.start_soon(run_mdns, services.host, network.connect_discovered)
             binds = await nursery.start(api_task)
             url = client_url(binds[0], cfg.api.host)
             self.home.write_api_info(
@@ -196,7 +276,7 @@ class Node:
                     "peer_id": network.peer_id,
                     "api": url,
                     "addrs": network.own_addrs(),
-                    "node_name": name,
+                    "node_name": services.name,
                 },
             )
             await self._stopping.wait()
@@ -206,12 +286,15 @@ class Node:
             nursery.cancel_scope.cancel()
 
     def _content_backend(
-        self, *, host: IHost, blocks: BlockStore, bitswap: BitswapService, dht: RecordDHT
+        self, *, host: IHost, blocks: BlockStore, bitswap: BitswapService, dht: RecordDHT, bulk: BulkService
     ) -> ContentBackend:
-        """Where model blocks come from and go to: a Kubo node over RPC, or our own Bitswap + DHT."""
+        """Where model blocks come from and go to: a Kubo node over RPC, or our own bulk channels and
+        Bitswap with providers from the DHT."""
         if self.config.ipfs.backend == "kubo":
             return KuboBackend(kubo=KuboRpcClient(self.config.ipfs.kubo_api), blocks=blocks)
-        return EmbeddedBackend(host=host, bitswap=bitswap, dht=dht)
+        penalties = bitswap.penalties
+        fetcher = BlockFetcher(bulk, on_bad_block=lambda peer: penalties.penalise(peer, "bad-block"))
+        return EmbeddedBackend(host=host, bitswap=bitswap, dht=dht, fetcher=fetcher)
 
     def _inference(self, library: ModelLibrary) -> InferenceService:
         return InferenceService(

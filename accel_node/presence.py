@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import trio
 from libp2p.crypto.keys import KeyPair
@@ -62,6 +63,7 @@ class PresenceService:
         self._settings = settings
         self._metrics = metrics
         self._seq = int(time.time() * 1000)
+        self.queue_depth: Callable[[], int] = lambda: 0  # the node wires the inference queue in
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         subscription = await self._pubsub.subscribe(TOPIC)
@@ -72,7 +74,7 @@ class PresenceService:
 
     def heartbeat(self) -> bytes:
         self._seq = max(self._seq + 1, int(time.time() * 1000))
-        body = Heartbeat(load=current_load(), addrs=self._network.own_addrs()[:32])
+        body = Heartbeat(load=current_load(self.queue_depth()), addrs=self._network.own_addrs()[:32])
         record = sign_record(
             self._key_pair,
             kind=KIND,

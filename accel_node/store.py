@@ -141,6 +141,20 @@ def _migration_6(db: sqlite_utils.Database) -> None:
     db.table("measurements").create_index(["model_cid", "variant", "batch"])
 
 
+def _migration_7(db: sqlite_utils.Database) -> None:
+    db.table("shard_plans").create(
+        {"plan_cid": str, "model_cid": str, "raw": bytes, "planner": str, "created_at": float},
+        pk="plan_cid",
+        not_null={"model_cid", "raw", "planner", "created_at"},
+    )
+    db.table("shard_plans").create_index(["model_cid"])
+    db.table("shard_served").create(
+        {"plan_cid": str, "stage": int, "model_cid": str, "started_at": float},
+        pk=("plan_cid", "stage"),
+        not_null={"model_cid", "started_at"},
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_1,
     _migration_2,
@@ -148,6 +162,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -482,6 +497,31 @@ class Store:
         """Forget what was derived from a removed model (analysis, variants); measurements stay."""
         self.db.execute("DELETE FROM model_analysis WHERE cid = ?", [cid])
         self.db.execute("DELETE FROM model_variants WHERE parent = ?", [cid])
+
+    # -- shard plans and served stages --------------------------------------------------------
+
+    def save_plan(self, plan_cid: str, *, model_cid: str, raw: bytes, planner: str) -> None:
+        row = {"plan_cid": plan_cid, "model_cid": model_cid, "raw": raw, "planner": planner,
+               "created_at": time.time()}  # fmt: skip
+        self.db.table("shard_plans").upsert(row, pk="plan_cid")
+
+    def get_plan(self, plan_cid: str) -> dict[str, Any] | None:
+        rows = list(self.db.query("SELECT * FROM shard_plans WHERE plan_cid = ?", [plan_cid]))
+        return rows[0] if rows else None
+
+    def list_plans(self, model_cid: str | None = None) -> list[dict[str, Any]]:
+        where, args = ("WHERE model_cid = ?", [model_cid]) if model_cid else ("", [])
+        return list(self.db.query(f"SELECT * FROM shard_plans {where} ORDER BY created_at DESC", args))  # noqa: S608
+
+    def set_served(self, plan_cid: str, stage: int, *, model_cid: str, served: bool) -> None:
+        if served:
+            row = {"plan_cid": plan_cid, "stage": stage, "model_cid": model_cid, "started_at": time.time()}
+            self.db.table("shard_served").upsert(row, pk=("plan_cid", "stage"))
+        else:
+            self.db.execute("DELETE FROM shard_served WHERE plan_cid = ? AND stage = ?", [plan_cid, stage])
+
+    def list_served(self) -> list[dict[str, Any]]:
+        return list(self.db.query("SELECT * FROM shard_served ORDER BY model_cid, plan_cid, stage"))
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close the connection."""

@@ -24,8 +24,16 @@ from accel_node.api.routes_keys import key_routes
 from accel_node.api.routes_models import model_routes
 from accel_node.api.routes_node import node_routes
 from accel_node.api.routes_peers import peer_routes
+from accel_node.api.routes_shard import shard_routes
 from accel_node.errors import UsageError
 from accel_node.runtime.errors import InputError, QueueFull, RuntimeFailure
+from accel_node.shard.errors import ShardError
+from accel_node.shard.wire import (
+    ShardRequestError,
+    ShardRouteError,
+    ShardTimeoutError,
+    ShardVerificationError,
+)
 from p2p.errors import DialError, InvalidAddressError
 
 OPEN_PATHS = ("/healthz",)
@@ -45,6 +53,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(key_routes(ctx))
     app.include_router(model_routes(ctx))
     app.include_router(infer_routes(ctx))
+    app.include_router(shard_routes(ctx))
+
+    @app.exception_handler(ShardError)
+    async def shard_failure(_: Request, exc: ShardError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=shard_status(exc))
 
     @app.exception_handler(RuntimeFailure)
     async def runtime_failure(_: Request, exc: RuntimeFailure) -> JSONResponse:
@@ -84,3 +97,16 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(AuthMetricsMiddleware, token=ctx.token, metrics=ctx.metrics, open_paths=OPEN_PATHS)
     return app
+
+
+def shard_status(exc: ShardError) -> int:
+    """HTTP status of a sharded-inference failure."""
+    if isinstance(exc, ShardRequestError):
+        return 400
+    if isinstance(exc, ShardRouteError):
+        return 503  # no capable peer serves a stage (now)
+    if isinstance(exc, ShardVerificationError):
+        return 502
+    if isinstance(exc, ShardTimeoutError):
+        return 504
+    return 422  # plans that do not fit, bad stage numbers, ...

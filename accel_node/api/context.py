@@ -13,6 +13,7 @@ from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.service import InferenceService
+from accel_node.shard.service import ShardService
 from accel_node.store import AsyncStore
 
 
@@ -28,6 +29,7 @@ class ApiContext:
     models: ModelService
     inference: InferenceService
     library: ModelLibrary
+    shards: ShardService
     config: Config
     metrics: NodeMetrics
     token: str

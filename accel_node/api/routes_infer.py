@@ -8,7 +8,9 @@ large ones (see :mod:`accel_node.runtime.tensors`; never pickle). The answer has
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import os
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
 
 import trio
 from fastapi import APIRouter, HTTPException, Query, Request, Response
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from accel_node.api.context import ApiContext
 from accel_node.runtime.errors import PayloadTooLarge, RuntimeFailure
 from accel_node.runtime.tensors import decode_request, encode_response, media_type, response_media_type
+from accel_node.shard.errors import ShardError
 
 LARGE_BODY = 256 * 1024  # decode bodies above this size off the event loop
 MAX_DIMS = 16
@@ -54,6 +57,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+async def _unless_disconnected(
+    request: Request, compute: Callable[[], Awaitable[dict[str, Any]]]
+) -> dict[str, Any] | None:
+    """``compute()``, cancelled (None) if the client goes away first."""
+    outputs: dict[str, Any] | None = None
+    failure: RuntimeFailure | ShardError | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
+        try:  # caught in the body: a nursery would wrap it in an ExceptionGroup
+            outputs = await compute()
+        except (RuntimeFailure, ShardError) as exc:
+            failure = exc
+        nursery.cancel_scope.cancel()
+    if failure is not None:
+        raise failure
+    return outputs
+
+
 async def _cancel_on_disconnect(request: Request, scope: trio.CancelScope) -> None:
     """The body has been read: the next ASGI message can only be the client going away."""
     while True:
@@ -85,12 +106,18 @@ def infer_routes(ctx: ApiContext) -> APIRouter:
     async def infer(
         cid: str,
         request: Request,
+        *,
         variant: Annotated[str, Query(max_length=16)] = "fp32",
         threads: Annotated[int | None, Query(ge=0, le=256)] = None,
         timeout_s: Annotated[float | None, Query(gt=0, le=3600)] = None,
+        mode: Annotated[
+            Literal["auto", "local", "sharded"],
+            Query(description="auto: locally when the model fits this node's memory budget, else sharded"),
+        ] = "auto",
+        plan: Annotated[str | None, Query(max_length=256, description="Shard plan CID (sharded)")] = None,
     ) -> Response:
         """Run the model on the request's tensors (JSON, .npz or .npy body); dynamic batching merges
-        concurrent requests."""
+        concurrent requests. Sharded: through the stages of a plan served by peers."""
         settings = inference.settings
         body = await _read_body(request, settings.max_body_bytes)
         ref = await inference.model(cid, variant)
@@ -100,19 +127,20 @@ def infer_routes(ctx: ApiContext) -> APIRouter:
             return decode_request(body, content_type, ref.signature, settings.limits)
 
         inputs = await trio.to_thread.run_sync(decode) if len(body) > LARGE_BODY else decode()
-        outputs: dict[str, Any] | None = None
-        failure: RuntimeFailure | None = None
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(_cancel_on_disconnect, request, nursery.cancel_scope)
-            try:  # caught in the body: a nursery would wrap it in an ExceptionGroup
-                outputs = await inference.infer(
-                    cid, inputs, variant=variant, threads=threads, timeout_s=timeout_s
-                )
-            except RuntimeFailure as exc:
-                failure = exc
-            nursery.cancel_scope.cancel()
-        if failure is not None:
-            raise failure
+        sharded = mode == "sharded" or plan is not None
+        if mode == "auto" and not sharded:
+            # A stat of a local file: microseconds, cheaper than a thread hop on every request.
+            sharded = os.stat(ref.path).st_size > settings.memory_budget_bytes
+        if sharded and variant != "fp32":
+            raise HTTPException(400, "sharded inference runs the fp32 model; drop the variant")
+
+        async def compute() -> dict[str, Any]:
+            if sharded:
+                timeout = timeout_s or settings.request_timeout_s
+                return await ctx.shards.infer(cid, inputs, plan_cid=plan, timeout_s=timeout)
+            return await inference.infer(cid, inputs, variant=variant, threads=threads, timeout_s=timeout_s)
+
+        outputs = await _unless_disconnected(request, compute)
         if outputs is None:  # the client went away; nobody reads this
             return Response(status_code=499)
         kind = response_media_type(request.headers.get("accept"), media_type(content_type), len(outputs))

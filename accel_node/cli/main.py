@@ -490,6 +490,7 @@ def config_example() -> None:
 
 cli.add_command(serving.infer)
 cli.add_command(serving.bench)
+cli.add_command(serving.shard)
 models.add_command(serving.models_analysis)
 models.add_command(serving.models_variants)
 

@@ -244,6 +244,34 @@ def analysis(data: Mapping[str, Any]) -> None:
     console.print(table)
 
 
+def shard_plan(plan: Mapping[str, Any]) -> None:
+    line(f"plan {plan['plan']} of model {plan['model']}")
+    table = Table(title=f"{len(plan['stages'])} stage(s)", title_justify="left")
+    for column in ("stage", "cid", "GFLOP", "params MiB", "peer"):
+        table.add_column(column, overflow="fold")
+    placement = plan.get("placement") or []
+    for stage in plan["stages"]:
+        peer = placement[stage["index"]] if stage["index"] < len(placement) else ""
+        peers = ", ".join(stage.get("peers", [])) or peer
+        table.add_row(
+            str(stage["index"]),
+            stage["cid"],
+            f"{stage['flops'] / 1e9:.3f}",
+            f"{stage['param_bytes'] / 2**20:.1f}",
+            peers,
+        )
+    console.print(table)
+
+
+def shards(data: Mapping[str, Any]) -> None:
+    if not data["plans"]:
+        line("no shard plans")
+    for plan in data["plans"]:
+        shard_plan(plan)
+    for served in data["served"]:
+        line(f"serving here: stage {served['stage']} of plan {served['plan']}")
+
+
 @contextlib.contextmanager
 def progress(*, enabled: bool) -> Iterator[Progress]:
     """A progress bar on stderr (disabled for --json output)."""

@@ -58,6 +58,14 @@ def _media(path: Path, option: str) -> str:
 @click.option("--variant", default="fp32", show_default=True, help="fp32, int8 or fp16 (built variants).")
 @click.option("--threads", type=click.IntRange(0, 256), help="Intra-op threads for this request.")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=0, min_open=True), help="Seconds.")
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "local", "sharded"]),
+    default="auto",
+    show_default=True,
+    help="auto: locally when the model fits the node's memory budget, else through a shard plan's peers.",
+)
+@click.option("--plan", help="Shard plan CID (implies --mode sharded; default: the newest plan).")
 @click.pass_context
 def infer(
     ctx: click.Context,
@@ -68,10 +76,14 @@ def infer(
     variant: str,
     threads: int | None,
     timeout_s: float | None,
+    mode: str,
+    plan: str | None,
 ) -> None:
     """Run model CID on the tensors in --input through the daemon."""
     accept = _media(output_path, "--output") if output_path else "application/json"
-    params: dict[str, Any] = {"variant": variant}
+    params: dict[str, Any] = {"variant": variant, "mode": mode}
+    if plan:
+        params["plan"] = plan
     if threads is not None:
         params["threads"] = threads
     if timeout_s is not None:
@@ -164,3 +176,55 @@ def models_variants(ctx: click.Context, cid: str, build: str | None, as_json: bo
         return
     for v in data["variants"]:
         render.line(f"{v['variant']:5} {v['cid']}  {v['size']} B  accuracy {json.dumps(v['accuracy'])}")
+
+
+@click.group()
+def shard() -> None:
+    """Sharded inference: plans, stages served here, who serves what."""
+
+
+@shard.command("plan")
+@click.argument("cid")
+@click.option("--stages", required=True, type=click.IntRange(1, 64), help="Number of pipeline stages.")
+@click.option("--peers", help="Comma-separated peer ids in stage order ('self' = this node).")
+@json_option
+@click.pass_context
+def shard_plan(ctx: click.Context, cid: str, stages: int, peers: str | None, as_json: bool) -> None:
+    """Partition model CID into stages balanced to the peers' measured throughput; prints the plan."""
+    body: dict[str, Any] = {"cid": cid, "stages": stages}
+    if peers:
+        body["peers"] = [p.strip() for p in peers.split(",") if p.strip()]
+    with _client(ctx) as api:
+        plan = api.post("/v1/shards/plan", body)
+    render.show(plan, as_json=as_json, human=render.shard_plan)
+
+
+@shard.command("serve")
+@click.argument("cid")
+@click.option("--stage", required=True, type=click.IntRange(0, 1024), help="Stage index to serve.")
+@click.option("--plan", help="Plan CID (fetched from peers if not held here); default: the newest plan.")
+@json_option
+@click.pass_context
+def shard_serve(ctx: click.Context, cid: str, stage: int, plan: str | None, as_json: bool) -> None:
+    """Serve one stage of model CID (held here) and announce it."""
+    body: dict[str, Any] = {"cid": cid, "stage": stage}
+    if plan:
+        body["plan"] = plan
+    with _client(ctx) as api:
+        result = api.post("/v1/shards/serve", body)
+    render.show(
+        result,
+        as_json=as_json,
+        human=lambda r: render.line(f"serving stage {r['stage']} of plan {r['plan']} ({r['stage_cid']})"),
+    )
+
+
+@shard.command("ls")
+@click.option("--cid", help="Only plans of this model.")
+@json_option
+@click.pass_context
+def shard_ls(ctx: click.Context, cid: str | None, as_json: bool) -> None:
+    """Shard plans known here, their stages and the peers serving each."""
+    with _client(ctx) as api:
+        data = api.request("GET", "/v1/shards", params={"cid": cid} if cid else None)
+    render.show(data, as_json=as_json, human=render.shards)

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import cast
 
 import trio
 from libp2p.abc import IHost
@@ -32,6 +34,7 @@ from trio_typing import TaskStatus
 
 from accel_node.models.errors import BackendError, ModelError
 from p2p.bitswap.service import BitswapService, FetchError
+from p2p.bulk import BlockFetcher, BlocksNotFoundError, BulkError
 from p2p.content import CID, DAG_PB, BlockStore, ContentError
 from p2p.content.dagpb import decode_pbnode
 from p2p.content.kubo_rpc import KuboRpcClient
@@ -40,6 +43,7 @@ from p2p.dht import RecordDHT
 log = logging.getLogger(__name__)
 
 PROVIDER_LOOKUP_S = 5.0
+BITSWAP_BATCH = 64  # wants per Bitswap round
 KUBO_PARALLEL = 8
 """Blocks moved to or from Kubo at once (each is one HTTP request on a kept-alive connection)."""
 KUBO_BLOCK_TIMEOUT_S = 60.0
@@ -94,10 +98,42 @@ class _BitswapSource(BlockSource):
 
     async def fetch(self, cids: Sequence[CID], put: BlockSink) -> None:
         try:
-            async for cid, data in self.bitswap.fetch(cids, self.providers):
-                await put(cid, data)
+            for start in range(0, len(cids), BITSWAP_BATCH):
+                async for cid, data in self.bitswap.fetch(
+                    cids[start : start + BITSWAP_BATCH], self.providers
+                ):
+                    await put(cid, data)
         except FetchError as exc:
             raise ModelError(f"fetching blocks failed: {exc}") from exc
+
+
+@dataclass
+class _BulkSource(BlockSource):
+    """Blocks over direct bulk channels from the providers that speak ``blocks/1`` (accel-node
+    peers); whatever they do not deliver comes over Bitswap (Kubo peers speak only Bitswap)."""
+
+    fetcher: BlockFetcher
+    fallback: _BitswapSource
+    no_bulk: set[ID] = field(default_factory=set)
+
+    async def fetch(self, cids: Sequence[CID], put: BlockSink) -> None:
+        peers = [p for p in self.fallback.providers if p not in self.no_bulk]
+        got: set[CID] = set()
+        if peers:
+            try:
+                stream = cast(AsyncGenerator[tuple[CID, bytes], None], self.fetcher.fetch(cids, peers))
+                async with aclosing(stream) as blocks:
+                    async for cid, data in blocks:
+                        await put(cid, data)
+                        got.add(cid)
+            except BlocksNotFoundError as exc:
+                log.debug("blocks not found over bulk channels", extra={"missing": len(exc.missing)})
+            except BulkError as exc:  # e.g. a peer without the protocol: Bitswap only from now on
+                log.debug("bulk block fetch failed; falling back to Bitswap", extra={"error": str(exc)})
+                self.no_bulk.update(peers)
+        remaining = [c for c in cids if c not in got]
+        if remaining:
+            await self.fallback.fetch(remaining, put)
 
 
 class EmbeddedBackend(ContentBackend):
@@ -105,13 +141,20 @@ class EmbeddedBackend(ContentBackend):
 
     name = "embedded"
 
-    def __init__(self, *, host: IHost, bitswap: BitswapService, dht: RecordDHT) -> None:
+    def __init__(
+        self, *, host: IHost, bitswap: BitswapService, dht: RecordDHT, fetcher: BlockFetcher | None = None
+    ) -> None:
         self._host = host
         self._bitswap = bitswap
         self._dht = dht
+        self._fetcher = fetcher
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()  # Bitswap itself is run by the node (it serves with either backend)
+        # Bitswap and the bulk block server are run by the node (they serve with either backend).
+        if self._fetcher is None:
+            task_status.started()
+            return
+        await self._fetcher.run(task_status=task_status)
 
     async def publish(self, roots: Sequence[CID]) -> None:
         await self.announce(roots)
@@ -126,7 +169,8 @@ class EmbeddedBackend(ContentBackend):
                 )
 
     async def source(self, root: CID) -> BlockSource:
-        return _BitswapSource(self._bitswap, await self._providers_of(root))
+        bitswap = _BitswapSource(self._bitswap, await self._providers_of(root))
+        return bitswap if self._fetcher is None else _BulkSource(self._fetcher, bitswap)
 
     async def _providers_of(self, root: CID) -> list[ID]:
         """Peers to ask for ``root``'s DAG: DHT provider records first, then connected peers."""

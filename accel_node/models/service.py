@@ -35,7 +35,7 @@ from p2p.content import CID, BlockStore, ContentError, export_file, import_bytes
 
 log = logging.getLogger(__name__)
 
-FETCH_BATCH = 64
+FETCH_BATCH = 1024  # blocks per request to the backend's source (which batches further)
 ONNX_DTYPES = {  # onnx.TensorProto element types
     1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 8: "string", 9: "bool",
     10: "float16", 11: "float64", 16: "bfloat16",
@@ -222,6 +222,31 @@ class ModelService:
         while missing := await trio.to_thread.run_sync(self.blocks.missing, root):
             for start in range(0, len(missing), FETCH_BATCH):
                 await source.fetch(missing[start : start + FETCH_BATCH], put)
+
+    # -- other content (shard plans, ...) ---------------------------------------------------------
+
+    async def add_content(self, data: bytes) -> str:
+        """Add ``data`` as pinned content, publish it through the backend; returns its CID."""
+        result, blocks = import_bytes(data)
+
+        def store() -> None:
+            for block_cid, block in blocks.items():
+                self.blocks.put(block_cid, block)
+            self.blocks.pin(result.root)
+
+        await trio.to_thread.run_sync(store)
+        await self.backend.publish([result.root])
+        return str(result.root)
+
+    async def get_content(self, cid_text: str, *, max_size: int) -> bytes:
+        """The bytes named by ``cid_text``: from the block store, else fetched (verified) and pinned."""
+        root = _parse_model_cid(cid_text)
+        await trio.to_thread.run_sync(self.blocks.pin, root)
+        try:
+            await self._fetch_dag(root, await self.backend.source(root), FetchProgress(str(root)))
+            return await trio.to_thread.run_sync(lambda: read_bytes(root, self.blocks.get, max_size=max_size))
+        except ContentError as exc:
+            raise ModelError(f"content {root}: {exc}") from exc
 
     # -- installing and listing --------------------------------------------------------------
 

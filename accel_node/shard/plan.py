@@ -382,6 +382,20 @@ def verify_plan(
 ) -> ShardPlan:
     """:func:`decode_plan`, then re-extract the stages of ``model`` at the plan's cuts and dims and refuse
     the plan unless every stage matches (CID, node range, boundary tensors and figures)."""
+    return verified_stages(
+        raw, model, expect_model_cid=expect_model_cid, expect_planner=expect_planner, max_bytes=max_bytes
+    )[0]
+
+
+def verified_stages(
+    raw: bytes,
+    model: onnx.ModelProto,
+    *,
+    expect_model_cid: str | None = None,
+    expect_planner: ID | None = None,
+    max_bytes: int = MAX_PLAN_BYTES,
+) -> tuple[ShardPlan, list[Stage]]:
+    """:func:`verify_plan` that also returns the re-extracted stages (their bytes are the plan's)."""
     plan = decode_plan(
         raw, expect_model_cid=expect_model_cid, expect_planner=expect_planner, max_bytes=max_bytes
     )
@@ -403,4 +417,4 @@ def verify_plan(
         if claimed != actual:
             fields = [f for f in claimed.to_map() if claimed.to_map()[f] != actual.to_map()[f]]
             raise PlanError(f"plan stage {claimed.index} differs from the model's in {', '.join(fields)}")
-    return plan
+    return plan, list(stages)

@@ -1,0 +1,428 @@
+"""The stage server: runs the pipeline stages this node holds and pushes activations to the next stage.
+
+Protocol (bulk purpose ``shard/1``, encrypted channels only; messages in :mod:`accel_node.shard.wire`):
+
+1. An upstream (the router, or the previous stage) sends ``RUN`` for (model, stage) with the frame of
+   the stage's start boundary, the remaining route (per later stage, its replicas best first), the
+   reply-to peer and the time left.
+2. The server checks the frame against the stage (:class:`~accel_node.shard.runner.StageRunner`), runs
+   ONNX Runtime on a worker thread (at most ``concurrency`` runs at once, a :class:`trio.CapacityLimiter`),
+   and then
+   - pushes a ``RUN`` for the next stage, with its output frame, to the first *usable* replica of the
+     next stage; or, when the route is empty (the last stage, or a spot check asking for this stage's
+     output), sends ``RESULT`` to the reply-to peer on ``shard-result/1``;
+   - answers its upstream with ``ACK`` only once the rest of the chain has delivered (each hop ACKs when
+     its downstream ACKed; the requester ACKs the RESULT), or with ``FAIL`` and a code.
+3. Fail-over: a FAIL, a broken channel or a timeout from replica r backs r off (:class:`ReplicaHealth`)
+   and the server replays its own output (the last good boundary, kept until ACKed) to the next
+   replica; when no replica is left it FAILs upstream with ``exhausted`` naming the stage, so the
+   requester can re-place it.
+
+Channels to next hops are reused (:class:`~accel_node.shard.links.LinkPool`): many requests are
+multiplexed on one channel by tag, so every stage works on a different micro-batch at the same time.
+A malformed or oversize message is answered with ``FAIL malformed`` (the sender is penalised in the
+:class:`~p2p.penalties.PenaltyBox`) and the server keeps serving. :meth:`StageServer.loads` gives the
+figures to announce (queue depth, in flight, busy fraction).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+from libp2p.peer.id import ID
+from trio_typing import TaskStatus
+
+from accel_node.shard.health import ReplicaHealth
+from accel_node.shard.links import LinkPool, MessageChannel
+from accel_node.shard.runner import StageInputError, StageRunFailed, StageRunner, StageSpec
+from accel_node.shard.wire import (
+    DEFAULT_LIMITS,
+    EXHAUSTED,
+    FAILED,
+    INVALID,
+    MALFORMED,
+    TIMEOUT,
+    UNDELIVERABLE,
+    UNKNOWN_STAGE,
+    Kind,
+    Message,
+    ShardLinkError,
+    ShardWireError,
+    WireLimits,
+    ack,
+    fail,
+    reject,
+)
+from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
+from p2p.penalties import PenaltyBox
+
+log = logging.getLogger(__name__)
+
+SHARD_PURPOSE = "shard/1"
+RESULT_PURPOSE = "shard-result/1"
+MAX_TTL_S = 3600.0
+Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+@dataclass(frozen=True)
+class StageLoad:
+    """Load of one served stage (what a node announces with it)."""
+
+    model: str
+    stage: int
+    queued: int  # checked requests waiting for an ONNX Runtime slot
+    running: int  # ONNX Runtime runs in progress
+    in_flight: int  # RUNs accepted and not yet answered (includes those waiting on later stages)
+    busy_fraction: float  # share of the last `busy_window_s` this stage kept the ORT slots busy
+    served: int  # RUNs answered with ACK
+    failed: int  # RUNs answered with FAIL
+    replays: int  # outputs sent again to another replica of the next stage
+
+
+@dataclass
+class _Served:
+    model: str
+    stage: int
+    runner: StageRunner
+    slots: trio.Semaphore
+    queued: int = 0
+    running: int = 0
+    in_flight: int = 0
+    served: int = 0
+    failed: int = 0
+    replays: int = 0
+    busy: deque[tuple[float, float]] = field(default_factory=deque)
+    active: dict[int, float] = field(default_factory=dict)
+
+
+class StageServer:
+    """Serves pipeline stages over ``bulk``; see the module docstring.
+
+    ``penalties`` (the node's box) receives malformed messages and malformed answers; ``health`` backs off
+    next-hop replicas that fail (both default to private instances). ``hop_timeout_s`` bounds one attempt
+    per remaining stage (an attempt waits for the whole rest of the chain).
+    """
+
+    def __init__(
+        self,
+        bulk: BulkService,
+        *,
+        penalties: PenaltyBox | None = None,
+        health: ReplicaHealth | None = None,
+        concurrency: int = 1,
+        intra_op_threads: int = 0,
+        graph_optimization: str = "all",
+        providers: Sequence[str] | None = None,
+        limits: WireLimits = DEFAULT_LIMITS,
+        max_in_flight: int = 64,
+        hop_timeout_s: float = 10.0,
+        open_timeout_s: float = 5.0,
+        busy_window_s: float = 10.0,
+        link_idle_s: float = 300.0,
+    ) -> None:
+        if concurrency < 1 or max_in_flight < 1:
+            raise ValueError("concurrency and max_in_flight must be >= 1")
+        self.bulk = bulk
+        self.local_id: ID = bulk.host.get_id()
+        self.penalties = penalties
+        self.health = health or ReplicaHealth()
+        self.concurrency = concurrency
+        self.intra_op_threads = intra_op_threads
+        self.graph_optimization = graph_optimization
+        self.providers = list(providers) if providers else None
+        self.limits = limits
+        self.max_in_flight = max_in_flight
+        self.hop_timeout_s = hop_timeout_s
+        self.busy_window_s = busy_window_s
+        self.pool = LinkPool(
+            bulk,
+            limits=limits,
+            open_timeout_s=open_timeout_s,
+            idle_close_s=link_idle_s,
+            on_malformed=self._penalise,
+        )
+        self._limiter = trio.CapacityLimiter(concurrency)
+        self._stages: dict[tuple[str, int], _Served] = {}
+        self._run_ids = 0
+        self.malformed = 0
+        self.result_sink: Callable[[Message, ID], Message] | None = None
+        """Takes RESULTs for this node itself (the node's router sets it: ``ShardRouter(local_server=)``)."""
+
+    # -- lifecycle and stages ---------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept ``shard/1`` channels until cancelled."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.pool.run)
+            self.bulk.set_handler(SHARD_PURPOSE, self._serve_channel, require_encryption=True)
+            try:
+                task_status.started()
+                await trio.sleep_forever()
+            finally:
+                self.bulk.remove_handler(SHARD_PURPOSE)
+
+    async def serve(self, model_cid: str, stage_index: int, model: Path | bytes, spec: StageSpec) -> None:
+        """Load stage ``stage_index`` of ``model_cid`` (its ONNX file or bytes, and its spec) and serve it.
+        Raises :class:`~accel_node.shard.runner.StageLoadError`."""
+        runner = await trio.to_thread.run_sync(
+            lambda: StageRunner.load(
+                model,
+                spec,
+                intra_op_threads=self.intra_op_threads,
+                graph_optimization=self.graph_optimization,
+                providers=self.providers,
+            )
+        )
+        slots = trio.Semaphore(self.max_in_flight)
+        self._stages[(model_cid, stage_index)] = _Served(model_cid, stage_index, runner, slots)
+        log.info("serving shard stage", extra={"model": model_cid, "stage": stage_index})
+
+    def unserve(self, model_cid: str, stage_index: int) -> bool:
+        """Stop serving a stage (requests already running finish). Whether it was served."""
+        return self._stages.pop((model_cid, stage_index), None) is not None
+
+    def served(self) -> list[tuple[str, int]]:
+        """(model CID, stage index) of every stage served."""
+        return sorted(self._stages)
+
+    def loads(self) -> list[StageLoad]:
+        """The load of every served stage."""
+        now = trio.current_time()
+        return [
+            StageLoad(
+                model=s.model,
+                stage=s.stage,
+                queued=s.queued,
+                running=s.running,
+                in_flight=s.in_flight,
+                busy_fraction=self._busy_fraction(s, now),
+                served=s.served,
+                failed=s.failed,
+                replays=s.replays,
+            )
+            for s in self._stages.values()
+        ]
+
+    def _busy_fraction(self, served: _Served, now: float) -> float:
+        start = now - self.busy_window_s
+        while served.busy and served.busy[0][1] < start:
+            served.busy.popleft()
+        spans = [*served.busy, *((t, now) for t in served.active.values())]
+        busy = sum(max(0.0, b - max(a, start)) for a, b in spans)
+        return min(1.0, busy / (self.busy_window_s * self.concurrency))
+
+    def _penalise(self, peer: ID, reason: str) -> None:
+        if self.penalties is not None and peer != self.local_id:
+            self.penalties.penalise(peer, reason)
+
+    # -- the core: one RUN ----------------------------------------------------------------------------
+
+    async def process(self, message: Message, upstream: ID) -> Message:
+        """Handle one RUN from ``upstream``; the ACK or FAIL to answer it with."""
+        served = self._stages.get((message.model, message.stage))
+        if message.kind != Kind.RUN:
+            return reject(message, MALFORMED, f"expected RUN, got {message.kind.name}")
+        if served is None:
+            return reject(
+                message,
+                UNKNOWN_STAGE,
+                f"{self.local_id} does not serve stage {message.stage} of {message.model}",
+            )
+        if message.reply_to is None:
+            return reject(message, MALFORMED, "RUN without a reply-to peer")
+        deadline = trio.current_time() + min(MAX_TTL_S, message.ttl_ms / 1000)
+        served.in_flight += 1
+        try:
+            with trio.move_on_at(deadline):
+                reply = await self._process(served, message, deadline)
+                if reply.kind == Kind.ACK:
+                    served.served += 1
+                else:
+                    served.failed += 1
+                return reply
+            served.failed += 1
+            return reject(message, TIMEOUT, f"stage {message.stage} on {self.local_id} ran out of time")
+        finally:
+            served.in_flight -= 1
+
+    async def _process(self, served: _Served, message: Message, deadline: float) -> Message:
+        try:
+            frame = served.runner.check(message.tensors)
+        except StageInputError as exc:
+            return reject(message, INVALID, str(exc))
+        try:
+            output = await self._compute(served, frame)
+        except StageRunFailed as exc:
+            return reject(message, FAILED, str(exc))
+        if not message.route:
+            return await self._deliver(message, output, deadline)
+        return await self._forward(served, message, output, deadline)
+
+    async def _compute(self, served: _Served, frame: Arrays) -> Arrays:
+        served.queued += 1
+        try:
+            await self._limiter.acquire()
+        finally:
+            served.queued -= 1
+        run_id = self._run_ids = self._run_ids + 1
+        served.running += 1
+        served.active[run_id] = trio.current_time()
+        try:
+            return await trio.to_thread.run_sync(self.run_stage, served.runner, frame)
+        finally:
+            served.busy.append((served.active.pop(run_id), trio.current_time()))
+            served.running -= 1
+            self._limiter.release()
+
+    def run_stage(self, runner: StageRunner, frame: Arrays) -> Arrays:
+        """Compute a checked frame's outgoing frame (runs on a worker thread; a hook for tests)."""
+        return runner.next_frame(frame, runner.compute(frame))
+
+    # -- pushing on -------------------------------------------------------------------------------
+
+    async def _request(self, peer: ID, purpose: str, message: Message, timeout_s: float) -> Message:
+        """Send ``message`` to ``peer`` on a reused link; its ACK/FAIL. A RUN for ourselves stays local."""
+        with trio.fail_after(timeout_s):
+            if peer == self.local_id and purpose == SHARD_PURPOSE:
+                return await self.process(message, self.local_id)
+            if peer == self.local_id and purpose == RESULT_PURPOSE and self.result_sink is not None:
+                return self.result_sink(message, self.local_id)
+            link = await self.pool.get(peer, purpose)
+            return await link.request(message, timeout_s=timeout_s)
+
+    async def _forward(self, served: _Served, message: Message, frame: Arrays, deadline: float) -> Message:
+        nxt = message.stage + 1
+        replicas = message.route[0]
+        for peer in replicas:
+            self.pool.learn_addrs(peer, message.addrs.get(peer, ()))
+        outgoing = replace(message, stage=nxt, route=message.route[1:], tensors=frame, tag=0)
+        reasons: list[str] = []
+        exhausted: list[int] = []
+        attempts = 0
+        for peer in replicas:
+            if not self.health.usable(peer, self.penalties):
+                reasons.append(f"{peer}: skipped ({self.health.why(peer) or 'excluded'})")
+                continue
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                break
+            attempts += 1
+            if attempts > 1:
+                served.replays += 1
+            timeout = min(remaining, self.hop_timeout_s * len(message.route))
+            try:
+                reply = await self._request(
+                    peer, SHARD_PURPOSE, replace(outgoing, ttl_ms=math.floor(remaining * 1000)), timeout
+                )
+            except ShardLinkError as exc:
+                self.health.failed(peer, str(exc))
+                reasons.append(f"{peer}: {exc}")
+                continue
+            except trio.TooSlowError:
+                self.health.failed(peer, f"no answer within {timeout:.3g} s")
+                reasons.append(f"{peer}: no answer within {timeout:.3g} s")
+                continue
+            if reply.kind == Kind.ACK:
+                self.health.succeeded(peer)
+                return ack(message)
+            reasons.append(f"{peer}: {reply.code}: {reply.reason}")
+            if reply.code == EXHAUSTED and reply.stage > nxt:
+                exhausted.append(reply.stage)  # a later stage has no replica: not this replica's fault
+            elif reply.code != INVALID:
+                self.health.failed(peer, f"{reply.code}: {reply.reason}")
+        stage = exhausted[0] if exhausted and len(exhausted) == attempts else nxt
+        reason = f"no replica of stage {stage} delivered: " + "; ".join(reasons)
+        return reject(message, EXHAUSTED, reason, stage=stage)
+
+    async def _deliver(self, message: Message, frame: Arrays, deadline: float) -> Message:
+        reply_to = message.reply_to
+        assert reply_to is not None
+        self.pool.learn_addrs(reply_to, message.addrs.get(reply_to, ()))
+        result = Message(
+            Kind.RESULT,
+            message.request_id,
+            stage=message.stage,
+            model=message.model,
+            micro_batch=message.micro_batch,
+            fp16=message.fp16,
+            tensors=frame,
+        )
+        reason = "no time left"
+        for _attempt in range(2):  # a broken link is reopened once
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                break
+            try:
+                reply = await self._request(reply_to, RESULT_PURPOSE, result, remaining)
+            except ShardLinkError as exc:
+                reason = str(exc)
+                continue
+            except trio.TooSlowError:
+                reason = "the requester did not acknowledge the result in time"
+                break
+            if reply.kind == Kind.ACK:
+                return ack(message)
+            reason = f"{reply.code}: {reply.reason}"
+            break
+        return reject(message, UNDELIVERABLE, f"cannot deliver the result to {reply_to}: {reason}")
+
+    # -- channels from upstreams --------------------------------------------------------------------
+
+    async def _serve_channel(self, channel: Channel, peer: ID) -> None:
+        """``shard/1``: read RUNs, answer each from its own task; cancel them when the channel ends."""
+        messages = MessageChannel(channel, self.limits)
+        async with trio.open_nursery() as nursery:
+            try:
+                await self._read_requests(messages, peer, nursery)
+            finally:
+                nursery.cancel_scope.cancel()
+
+    async def _read_requests(self, messages: MessageChannel, peer: ID, nursery: trio.Nursery) -> None:
+        while True:
+            try:
+                message = await messages.receive()
+            except ShardWireError as exc:
+                self.malformed += 1
+                self._penalise(peer, f"malformed shard message: {exc}")
+                await self._reply(
+                    messages, fail(exc.request_id, exc.tag, stage=0, code=MALFORMED, reason=str(exc))
+                )
+                continue
+            except FrameError as exc:  # over the channel's own limit or forged: the channel is lost
+                self.malformed += 1
+                self._penalise(peer, f"bad shard frame: {exc}")
+                await self._reply(messages, fail(None, None, stage=0, code=MALFORMED, reason=str(exc)))
+                return
+            except (ChannelClosed, BulkError):
+                return
+            served = self._stages.get((message.model, message.stage))
+            if served is None or message.kind != Kind.RUN:
+                await self._reply(messages, await self.process(message, peer))
+                continue
+            await served.slots.acquire()
+            nursery.start_soon(self._answer, messages, peer, message, served.slots)
+
+    async def _answer(
+        self, messages: MessageChannel, peer: ID, message: Message, slots: trio.Semaphore
+    ) -> None:
+        try:
+            reply = await self.process(message, peer)
+        finally:
+            slots.release()
+        await self._reply(messages, reply)
+
+    async def _reply(self, messages: MessageChannel, reply: Message) -> None:
+        try:
+            await messages.send(reply)
+        except (BulkError, ShardWireError) as exc:
+            log.info(
+                "cannot answer a shard request", extra={"peer_id": str(messages.peer_id), "error": str(exc)}
+            )

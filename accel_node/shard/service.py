@@ -1,0 +1,359 @@
+"""Sharded inference on a node: plans, the stages it serves, and requests it routes through peers.
+
+- **Plan** (``plan``): partition a model this node holds into stages balanced to the chosen peers'
+  measured throughput (capability records: ``peak_gflops``) within their free memory, sign the plan
+  with the node key, and add it as content (pinned, provided), so any peer can fetch it by CID.
+- **Serve** (``serve``): fetch a plan by CID, verify it against the local copy of the model (the
+  stages are re-extracted here: a plan whose stage CIDs differ is refused), load the stage into
+  the stage server, announce it in the DHT (``/accel/shard/<model-cid>/<stage>``) and in the
+  capability record (``shards``: plan, stage, load). Served stages are remembered in the store and
+  served again after a restart.
+- **Route** (``infer``): for each stage, replicas are the peers whose verified capability record
+  says they serve that plan's stage (DHT providers first, then every known peer), ranked by load,
+  then RTT; the router pushes activations stage to stage and replays on another replica when one
+  fails (see :mod:`accel_node.shard.router`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import onnx
+import trio
+from libp2p.crypto.keys import KeyPair
+from libp2p.peer.id import ID
+from trio_typing import TaskStatus
+
+from accel_node.capability import CapabilityBody, CapabilityService, ShardEntry
+from accel_node.config import ShardSection
+from accel_node.hardware import HardwareService
+from accel_node.models.service import ModelService, normal_cid
+from accel_node.network import PeerNetwork
+from accel_node.runtime.library import ModelLibrary
+from accel_node.shard import directory
+from accel_node.shard.errors import PlanError, ShardError
+from accel_node.shard.partition import Stage, partition
+from accel_node.shard.plan import (
+    MAX_PLAN_BYTES,
+    ShardPlan,
+    decode_plan,
+    make_plan,
+    sign_plan,
+    verified_stages,
+)
+from accel_node.shard.router import ShardRouter
+from accel_node.shard.server import StageServer
+from accel_node.store import AsyncStore, PeerRecord
+from p2p.dht import RecordDHT
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GFLOPS = 10.0  # a peer that has not profiled yet still gets a (small) share
+MEMORY_SHARE = 0.5  # at most this fraction of a peer's free memory is planned for its stage
+REANNOUNCE_S = 600.0
+ROUTE_TTL_S = 10.0  # routes are looked up again after this; the router skips failed replicas meanwhile
+
+
+class ShardService:
+    """Plans, serving and routing of sharded inference for one node."""
+
+    def __init__(
+        self,
+        *,
+        key_pair: KeyPair,
+        dht: RecordDHT,
+        network: PeerNetwork,
+        store: AsyncStore,
+        models: ModelService,
+        library: ModelLibrary,
+        hardware: HardwareService,
+        capabilities: CapabilityService,
+        server: StageServer,
+        router: ShardRouter,
+        settings: ShardSection,
+    ) -> None:
+        self._key_pair = key_pair
+        self._dht = dht
+        self._network = network
+        self._store = store
+        self._models = models
+        self._library = library
+        self._hardware = hardware
+        self._capabilities = capabilities
+        self.server = server
+        self.router = router
+        self._settings = settings
+        self.local_id: ID = network.host.get_id()
+        self._served: dict[tuple[str, int], str] = {}  # (plan cid, stage) -> model cid
+        self._routes: dict[str, tuple[float, list[list[ID]]]] = {}  # plan cid -> (expiry, route)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for row in await self._store.call(self._store.sync.list_served):
+            try:
+                await self.serve(row["model_cid"], row["stage"], row["plan_cid"])
+            except (ShardError, onnx.checker.ValidationError, OSError) as exc:
+                log.warning("could not serve a remembered stage again", extra={**row, "error": str(exc)})
+        task_status.started()
+        while True:
+            await trio.sleep(REANNOUNCE_S)
+            for (_, stage), model_cid in list(self._served.items()):
+                await directory.announce(self._dht, model_cid, stage)
+
+    def entries(self) -> list[ShardEntry]:
+        """What the capability record says about the stages served here."""
+        loads = {(load.model, load.stage): load for load in self.server.loads()}
+        out = []
+        for (plan_cid, stage), model_cid in sorted(self._served.items()):
+            load = loads.get((plan_cid, stage))
+            out.append(
+                ShardEntry(
+                    model=model_cid,
+                    stage=stage,
+                    plan=plan_cid,
+                    queue_depth=load.queued if load else 0,
+                    busy=min(1.0, load.busy_fraction) if load else 0.0,
+                )
+            )
+        return out
+
+    # -- planning ----------------------------------------------------------------------------
+
+    async def plan(self, cid: str, *, stages: int, peers: Sequence[str] | None = None) -> dict[str, Any]:
+        """Partition model ``cid`` into ``stages`` stages for ``peers`` (default: this node and the
+        connected peers with the highest measured throughput), sign and publish the plan."""
+        model_cid = normal_cid(cid)
+        path, _ = await self._library.resolve(model_cid)
+        chosen = await self._choose_peers(stages, peers)
+        weights = [self._gflops(body) for _, body in chosen]
+        caps = [self._memory_cap(body) for _, body in chosen]
+
+        def cut() -> Any:
+            model = onnx.load(str(path))
+            return partition(model, stages=stages, weights=weights, memory_caps=caps)
+
+        parts = await trio.to_thread.run_sync(cut)
+        plan = make_plan(parts, model_cid=model_cid, planner=self.local_id)
+        raw = sign_plan(plan, self._key_pair)
+        plan_cid = await self._models.add_content(raw)
+        await self._store.call(
+            self._store.sync.save_plan, plan_cid, model_cid=model_cid, raw=raw, planner=plan.planner
+        )
+        log.info("shard plan made", extra={"model": model_cid, "plan": plan_cid, "stages": stages})
+        view = self._plan_view(plan_cid, plan)
+        view["placement"] = [str(peer) for peer, _ in chosen]
+        return view
+
+    async def _choose_peers(
+        self, stages: int, peers: Sequence[str] | None
+    ) -> list[tuple[ID, CapabilityBody | None]]:
+        own = (self.local_id, await self._capabilities.body())
+        records = {r.peer_id: r for r in await self._store.list_peers()}
+        if peers:
+            chosen: list[tuple[ID, CapabilityBody | None]] = []
+            for text in peers:
+                peer = self.local_id if text in ("self", str(self.local_id)) else _peer_id(text)
+                chosen.append(own if peer == self.local_id else (peer, _capability(records.get(str(peer)))))
+            if len(chosen) != stages:
+                raise PlanError(f"{stages} stages need {stages} peers; {len(chosen)} were given")
+            return chosen
+        candidates = [
+            (peer, _capability(records.get(str(peer)))) for peer in self._network.host.get_connected_peers()
+        ]
+        candidates.sort(key=lambda item: -self._gflops(item[1]))
+        if len(candidates) + 1 < stages:
+            raise PlanError(
+                f"{stages} stages need {stages} peers; this node has {len(candidates)} connected peer(s)"
+            )
+        return [own, *candidates][:stages]
+
+    @staticmethod
+    def _gflops(body: CapabilityBody | None) -> float:
+        if body is None or body.hw.peak_gflops is None:
+            return DEFAULT_GFLOPS
+        return max(1.0, body.hw.peak_gflops)
+
+    @staticmethod
+    def _memory_cap(body: CapabilityBody | None) -> int:
+        if body is None:
+            return 1 << 62  # unknown: do not constrain
+        return int(body.hw.mem_free_gb * 1e9 * MEMORY_SHARE)
+
+    # -- serving -----------------------------------------------------------------------------
+
+    async def serve(self, cid: str, stage: int, plan_cid: str) -> dict[str, Any]:
+        """Serve stage ``stage`` of plan ``plan_cid`` (of model ``cid``, held and verified here)."""
+        model_cid = normal_cid(cid)
+        raw = await self._plan_bytes(plan_cid)
+        path, _ = await self._library.resolve(model_cid)
+
+        def verify() -> tuple[ShardPlan, list[Stage]]:
+            return verified_stages(raw, onnx.load(str(path)), expect_model_cid=model_cid)
+
+        plan, stages = await trio.to_thread.run_sync(verify)
+        if not 0 <= stage < len(stages):
+            raise PlanError(f"plan {plan_cid} has {len(stages)} stages; there is no stage {stage}")
+        await self.server.serve(plan_cid, stage, stages[stage].model_bytes, stages[stage])
+        self._served[(plan_cid, stage)] = model_cid
+        await self._store.call(self._store.sync.set_served, plan_cid, stage, model_cid=model_cid, served=True)
+        await directory.announce(self._dht, model_cid, stage)
+        self._capabilities.republish_soon()
+        return {"model": model_cid, "plan": plan_cid, "stage": stage, "stage_cid": plan.stages[stage].cid}
+
+    async def unserve(self, plan_cid: str, stage: int) -> bool:
+        model_cid = self._served.pop((plan_cid, stage), None)
+        self.server.unserve(plan_cid, stage)
+        if model_cid is not None:
+            await self._store.call(
+                self._store.sync.set_served, plan_cid, stage, model_cid=model_cid, served=False
+            )
+            self._capabilities.republish_soon()
+        return model_cid is not None
+
+    async def _plan_bytes(self, plan_cid: str) -> bytes:
+        row = await self._store.call(self._store.sync.get_plan, plan_cid)
+        if row is not None:
+            return bytes(row["raw"])
+        raw = await self._models.get_content(plan_cid, max_size=MAX_PLAN_BYTES)
+        plan = decode_plan(raw)
+        await self._store.call(
+            self._store.sync.save_plan, plan_cid, model_cid=plan.model_cid, raw=raw, planner=plan.planner
+        )
+        return raw
+
+    # -- listing -----------------------------------------------------------------------------
+
+    async def listing(self, *, model_cid: str | None = None, lookup: bool = True) -> dict[str, Any]:
+        """Plans known here, each stage with the peers serving it (from verified capability records)."""
+        plans = []
+        for row in await self._store.call(self._store.sync.list_plans, model_cid):
+            plan = decode_plan(bytes(row["raw"]))
+            view = self._plan_view(row["plan_cid"], plan)
+            if lookup:
+                for stage in view["stages"]:
+                    replicas = await self.replicas(plan, row["plan_cid"], stage["index"])
+                    stage["peers"] = [str(p) for p in replicas]
+            plans.append(view)
+        served = [{"model": m, "plan": p, "stage": s} for (p, s), m in sorted(self._served.items())]
+        return {"plans": plans, "served": served, "loads": [vars(load) for load in self.server.loads()]}
+
+    def _plan_view(self, plan_cid: str, plan: ShardPlan) -> dict[str, Any]:
+        return {
+            "plan": plan_cid,
+            "model": plan.model_cid,
+            "planner": plan.planner,
+            "created": plan.created,
+            "cuts": list(plan.cuts),
+            "dims": plan.dims,
+            "weights": list(plan.weights),
+            "stages": [
+                {
+                    "index": s.index,
+                    "cid": s.cid,
+                    "flops": s.flops,
+                    "param_bytes": s.param_bytes,
+                    "inputs": [t.name for t in s.inputs],
+                    "outputs": [t.name for t in s.outputs],
+                }
+                for s in plan.stages
+            ],
+        }
+
+    # -- routing -----------------------------------------------------------------------------
+
+    async def replicas(self, plan: ShardPlan, plan_cid: str, stage: int) -> list[ID]:
+        """Peers serving ``plan``'s stage ``stage``, best first (load, then round-trip time)."""
+        candidates = await directory.find(self._dht, plan.model_cid, stage)
+        known = {ID.from_base58(r.peer_id) for r in await self._store.list_peers()}
+        candidates += [
+            p for p in known | set(self._network.host.get_connected_peers()) if p not in candidates
+        ]
+        ranked: list[tuple[float, float, ID]] = []
+        if (plan_cid, stage) in self._served:
+            ranked.append((self._queue(plan_cid, stage), 0.0, self.local_id))
+        for peer in candidates:
+            if peer == self.local_id:
+                continue
+            entry = await self._entry(peer, plan_cid, stage)
+            if entry is None:
+                continue
+            rtt = self._network.latency(peer)
+            ranked.append((entry.queue_depth + entry.busy, rtt[0] if rtt else 1e3, peer))
+        ranked.sort(key=lambda item: (item[0], item[1]))
+        return [peer for _, _, peer in ranked]
+
+    def _queue(self, plan_cid: str, stage: int) -> float:
+        for load in self.server.loads():
+            if (load.model, load.stage) == (plan_cid, stage):
+                return load.queued + min(1.0, load.busy_fraction)
+        return 0.0
+
+    async def _entry(self, peer: ID, plan_cid: str, stage: int) -> ShardEntry | None:
+        record = await self._capabilities.fetch(peer)
+        body = _capability(record)
+        if body is None:
+            return None
+        return next((e for e in body.shards if e.plan == plan_cid and e.stage == stage), None)
+
+    async def route(self, plan_cid: str) -> tuple[ShardPlan, list[list[ID]]]:
+        row = await self._store.call(self._store.sync.get_plan, plan_cid)
+        if row is None:
+            raise PlanError(f"no shard plan {plan_cid} on this node")
+        plan = decode_plan(bytes(row["raw"]))
+        route = [await self.replicas(plan, plan_cid, s.index) for s in plan.stages]
+        missing = [i for i, replicas in enumerate(route) if not replicas]
+        if missing:
+            raise ShardError(
+                f"no peer serves stage(s) {', '.join(map(str, missing))} of plan {plan_cid}; "
+                "start them with 'accel-node shard serve'"
+            )
+        return plan, route
+
+    async def latest_plan(self, model_cid: str) -> str:
+        rows = await self._store.call(self._store.sync.list_plans, normal_cid(model_cid))
+        if not rows:
+            raise PlanError(f"no shard plan for model {model_cid}; make one with 'accel-node shard plan'")
+        return str(rows[0]["plan_cid"])
+
+    async def infer(
+        self, cid: str, inputs: Mapping[str, Any], *, plan_cid: str | None = None, timeout_s: float = 30.0
+    ) -> dict[str, Any]:
+        """Run model ``cid`` through the pipeline of ``plan_cid`` (default: the newest plan)."""
+        chosen = plan_cid or await self.latest_plan(cid)
+        cached = self._routes.get(chosen)
+        if cached is not None and cached[0] > trio.current_time():
+            route = cached[1]
+        else:
+            _, route = await self.route(chosen)
+            self._routes[chosen] = (trio.current_time() + ROUTE_TTL_S, route)
+        try:
+            return await self.router.infer(
+                route,
+                chosen,
+                dict(inputs),
+                timeout_s=timeout_s,
+                micro_batch=self._settings.micro_batch or None,
+                compress_fp16=self._settings.compress_fp16,
+            )
+        except ShardError:
+            self._routes.pop(chosen, None)  # look the replicas up again next time
+            raise
+
+
+def _peer_id(text: str) -> ID:
+    try:
+        return ID.from_base58(text)
+    except Exception as exc:
+        raise PlanError(f"invalid peer id {text[:80]!r}") from exc
+
+
+def _capability(record: PeerRecord | None) -> CapabilityBody | None:
+    if record is None or record.capability is None:
+        return None
+    try:
+        return CapabilityBody.model_validate(record.capability)
+    except ValueError:
+        return None
