@@ -134,7 +134,9 @@ class Node:
             metrics=self.metrics,
             name=name,
         )
-        blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes)
+        # Not flushed block by block (that caps fetches at tens of MB/s): the model service syncs once
+        # before a model becomes loadable, and every read is verified.
+        blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes, fsync=False)
         bitswap = BitswapService(host, partial(local_block, blocks), network.penalties)
         bulk = BulkService(host, port=cfg.shard.bulk_port)
         serve_blocks(bulk, partial(local_block, blocks))  # the fast path next to Bitswap

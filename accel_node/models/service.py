@@ -210,7 +210,8 @@ class ModelService:
 
         async def put(cid: CID, data: bytes) -> None:
             def store() -> tuple[bool, int]:
-                return self.blocks.put(cid, data), file_bytes(cid, data)
+                # Every source verified the block against its CID on arrival: not hashed twice.
+                return self.blocks.put(cid, data, verified=True), file_bytes(cid, data)
 
             try:
                 stored, nbytes = await trio.to_thread.run_sync(store)
@@ -270,6 +271,7 @@ class ModelService:
                     self.blocks.pin(CID.parse(f.cid))
                 if progress is not None:
                     progress.phase = "installing"
+                self.blocks.sync()  # blocks and files durable before the model becomes loadable
                 shutil.rmtree(target, ignore_errors=True)
                 os.replace(staging, target)
             finally:

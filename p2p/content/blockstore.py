@@ -10,9 +10,11 @@ Layout under ``root``::
 Why it is built this way:
 
 - Blocks are keyed by CIDv1, so a CIDv0 and a CIDv1 of the same dag-pb block are one file.
-- Writes are atomic: a temporary file in the same directory, ``fsync``, ``rename`` over the final
-  name, ``fsync`` of the directory. A crash leaves either the whole block or nothing (temporaries
-  are swept at open), so a block file that exists is complete.
+- Writes are atomic: a temporary file in the same directory, ``rename`` over the final name. With
+  ``fsync=True`` every block is also flushed (file and directory), which caps a fetch at tens of
+  MB/s; with ``fsync=False`` (what the node uses) the caller flushes once with :meth:`sync` before
+  it relies on the blocks (a model is made loadable only after that). Either way a block torn by a
+  crash fails verification on read, is deleted and fetched again; temporaries are swept at open.
 - Content is checked against the CID both when a block is stored (a wrong block is never kept)
   and when it is read (disks and people tamper). A block that no longer matches is deleted and
   :class:`CorruptBlockError` is raised, so the caller can fetch it again.
@@ -99,8 +101,8 @@ class BlockStore:
                     used += entry.stat(follow_symlinks=False).st_size
         return used
 
-    def _sync_dir(self, path: Path) -> None:
-        if not self._fsync:
+    def _sync_dir(self, path: Path, *, force: bool = False) -> None:
+        if not (self._fsync or force):
             return
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -108,7 +110,7 @@ class BlockStore:
         finally:
             os.close(fd)
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, data: bytes, *, durable: bool = False) -> None:
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}{_TMP_SUFFIX}")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -116,7 +118,7 @@ class BlockStore:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view) :]
-                if self._fsync:
+                if self._fsync or durable:
                     os.fsync(fd)
             finally:
                 os.close(fd)
@@ -125,7 +127,7 @@ class BlockStore:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        self._sync_dir(path.parent)
+        self._sync_dir(path.parent, force=durable)
 
     # -- blocks ---------------------------------------------------------------------------------
 
@@ -138,8 +140,9 @@ class BlockStore:
         """Whether the block is stored (not verified; :meth:`get` verifies)."""
         return self._path(cid).is_file()
 
-    def put(self, cid: CID, data: bytes) -> bool:
-        """Store ``data`` as ``cid`` after checking that it hashes to ``cid``.
+    def put(self, cid: CID, data: bytes, *, verified: bool = False) -> bool:
+        """Store ``data`` as ``cid`` after checking that it hashes to ``cid`` (skipped when the
+        caller has just ``verified`` exactly that, e.g. a fetcher that hashed it on arrival).
 
         Returns False if the block was already stored. Raises :class:`BlockVerificationError`
         for wrong content, :class:`MalformedBlockError` for a block larger than
@@ -148,7 +151,8 @@ class BlockStore:
         """
         if len(data) > MAX_BLOCK_SIZE:
             raise MalformedBlockError(f"block of {len(data)} bytes exceeds {MAX_BLOCK_SIZE}")
-        cid.verify(data)
+        if not verified:
+            cid.verify(data)
         path = self._path(cid)
         with self._lock:
             if path.is_file():
@@ -164,6 +168,10 @@ class BlockStore:
             self._write_atomic(path, data)
             self._used += len(data)
         return True
+
+    def sync(self) -> None:
+        """Flush every block written so far to stable storage (one call instead of one per block)."""
+        os.sync()
 
     def get(self, cid: CID) -> bytes:
         """The verified block ``cid``.
@@ -234,7 +242,8 @@ class BlockStore:
 
     def _save_pins(self) -> None:
         doc = {"version": PINS_VERSION, "pins": sorted(str(c) for c in self._pins)}
-        self._write_atomic(self._pins_path, json.dumps(doc, indent=1).encode() + b"\n")
+        # Always flushed: losing a pin could let gc collect a download in progress.
+        self._write_atomic(self._pins_path, json.dumps(doc, indent=1).encode() + b"\n", durable=True)
 
     def pins(self) -> frozenset[CID]:
         """The recursively pinned roots (as CIDv1)."""
