@@ -8,4 +8,10 @@ Modules:
 - ``addrs``: parsing and validating multiaddrs, expanding wildcard listen addresses.
 - ``host``: building a Noise-only, yamux libp2p host and running it under trio.
 - ``ping``: round-trip measurements over ``/ipfs/ping/1.0.0`` with reused streams.
+- ``records``: the signed, expiring record envelope; ``dht``: the record DHT (Kademlia) with its
+  own iterative lookup; ``pubsub``: GossipSub; ``mdns``: LAN discovery; ``perf``: RTT/throughput.
+- ``penalties``: the penalty box of peers caught sending provably bad data.
+- ``content``: UnixFS importer with Kubo-equal CIDs, reader, on-disk block store, Kubo RPC client.
+- ``bitswap``: Bitswap 1.2.0 (interoperates with Kubo); ``bulk``: direct TCP channels agreed over
+  the authenticated libp2p stream, and content blocks over them.
 """
