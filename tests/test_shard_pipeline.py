@@ -26,6 +26,7 @@ from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from accel_node.shard import Partition, partition
+from accel_node.shard.errors import ShardRequestError, ShardRouteError, ShardWireError
 from accel_node.shard.frames import frames_agree, merge_batches, split_batch
 from accel_node.shard.parts import FIRST, LAST, MORE, MSG, Reassembler, split_frames
 from accel_node.shard.router import ShardRouter
@@ -39,9 +40,6 @@ from accel_node.shard.wire import (
     Encoded,
     Kind,
     Message,
-    ShardRequestError,
-    ShardRouteError,
-    ShardWireError,
     WireLimits,
     decode_message,
     encode_bytes,

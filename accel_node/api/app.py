@@ -27,8 +27,8 @@ from accel_node.api.routes_peers import peer_routes
 from accel_node.api.routes_shard import shard_routes
 from accel_node.errors import UsageError
 from accel_node.runtime.errors import InputError, QueueFull, RuntimeFailure
-from accel_node.shard.errors import ShardError
-from accel_node.shard.wire import (
+from accel_node.shard.errors import (
+    ShardError,
     ShardRequestError,
     ShardRouteError,
     ShardTimeoutError,

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from accel_node.shard.wire import ShardRequestError
+from accel_node.shard.errors import ShardRequestError
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 

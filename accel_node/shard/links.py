@@ -24,17 +24,9 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
+from accel_node.shard.errors import ShardLinkError, ShardWireError
 from accel_node.shard.parts import Reassembler, split_frames
-from accel_node.shard.wire import (
-    DEFAULT_LIMITS,
-    Kind,
-    Message,
-    ShardLinkError,
-    ShardWireError,
-    WireLimits,
-    decode_message,
-    encode_message,
-)
+from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits, decode_message, encode_message
 from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from accel_node.shard.wire import DEFAULT_LIMITS, MAGIC, PREFIX, Encoded, ShardWireError
+from accel_node.shard.errors import ShardWireError
+from accel_node.shard.wire import DEFAULT_LIMITS, MAGIC, PREFIX, Encoded
 
 # Frame types on a bulk channel (the channel's own framing carries type and length).
 MSG, FIRST, MORE, LAST = 0x31, 0x32, 0x33, 0x34

@@ -39,7 +39,15 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
-from accel_node.shard.errors import ShardError
+from accel_node.shard.errors import (
+    ShardError,
+    ShardLinkError,
+    ShardRequestError,
+    ShardRouteError,
+    ShardTimeoutError,
+    ShardVerificationError,
+    ShardWireError,
+)
 from accel_node.shard.frames import frames_agree, merge_batches, split_batch
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
@@ -52,12 +60,6 @@ from accel_node.shard.wire import (
     MALFORMED,
     Kind,
     Message,
-    ShardLinkError,
-    ShardRequestError,
-    ShardRouteError,
-    ShardTimeoutError,
-    ShardVerificationError,
-    ShardWireError,
     WireLimits,
     ack,
     fail,

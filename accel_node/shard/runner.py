@@ -21,7 +21,7 @@ import numpy as np
 from accel_node.runtime.errors import InputError, RuntimeFailure
 from accel_node.runtime.sessions import available_providers, create_session, ort, session_options
 from accel_node.runtime.tensors import SpecLike, validate
-from accel_node.shard.errors import ShardError
+from accel_node.shard.errors import StageInputError, StageLoadError, StageRunFailed
 from accel_node.shard.wire import WIRE_DTYPES
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -39,18 +39,6 @@ class StageSpec(Protocol):
     def carried(self) -> Sequence[SpecLike]: ...
     @property
     def boundary(self) -> Sequence[str]: ...
-
-
-class StageLoadError(ShardError):
-    """A stage model cannot be loaded, or does not match its spec."""
-
-
-class StageInputError(ShardError):
-    """An incoming frame does not fit the stage (names, dtypes, shapes)."""
-
-
-class StageRunFailed(ShardError):
-    """ONNX Runtime failed while running the stage."""
 
 
 def _check_dtypes(specs: Sequence[SpecLike], where: str) -> None:

@@ -40,9 +40,10 @@ import trio
 from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
+from accel_node.shard.errors import ShardLinkError, ShardWireError, StageInputError, StageRunFailed
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
-from accel_node.shard.runner import StageInputError, StageRunFailed, StageRunner, StageSpec
+from accel_node.shard.runner import StageRunner, StageSpec
 from accel_node.shard.wire import (
     DEFAULT_LIMITS,
     EXHAUSTED,
@@ -54,8 +55,6 @@ from accel_node.shard.wire import (
     UNKNOWN_STAGE,
     Kind,
     Message,
-    ShardLinkError,
-    ShardWireError,
     WireLimits,
     ack,
     fail,

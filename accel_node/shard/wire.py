@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -49,7 +49,9 @@ import numpy as np
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from accel_node.shard.errors import ShardError
+from accel_node.shard.errors import (  # re-exported: the wire's errors live with the others
+    ShardWireError,
+)
 from accel_node.shard.partition import MAX_STAGES
 
 Buffer = bytes | bytearray | memoryview
@@ -80,45 +82,6 @@ TIMEOUT = "timeout"  # the request's time ran out at this hop
 UNDELIVERABLE = "undeliverable"  # the last stage could not deliver the RESULT
 BUSY = "busy"  # the peer refuses work for now
 FAIL_CODES = frozenset({MALFORMED, INVALID, UNKNOWN_STAGE, FAILED, EXHAUSTED, TIMEOUT, UNDELIVERABLE, BUSY})
-
-
-# -- errors (to move to accel_node/shard/errors.py) -------------------------------------------------
-
-
-class ShardWireError(ShardError, ValueError):
-    """A shard message is malformed or oversize. ``request_id``/``tag`` are set when they could be read,
-    so that the receiver can answer with a FAIL the sender can match."""
-
-    def __init__(self, message: str, *, request_id: bytes | None = None, tag: int | None = None) -> None:
-        super().__init__(message)
-        self.request_id = request_id
-        self.tag = tag
-
-
-class ShardLinkError(ShardError):
-    """A channel to a peer could not be opened, broke, or the peer answered with garbage."""
-
-
-class ShardRouteError(ShardError):
-    """No capable replica is left for ``stage`` (None: the route itself is unusable); ``reasons`` says
-    what each replica did."""
-
-    def __init__(self, message: str, *, stage: int | None = None, reasons: Sequence[str] = ()) -> None:
-        super().__init__(message)
-        self.stage = stage
-        self.reasons = list(reasons)
-
-
-class ShardRequestError(ShardError, ValueError):
-    """A sharded request is unusable as given (no inputs, bad micro-batch size, malformed route)."""
-
-
-class ShardTimeoutError(ShardError):
-    """A sharded request did not finish within its timeout."""
-
-
-class ShardVerificationError(ShardError):
-    """A spot check found two replicas disagreeing and no referee could say which one is right."""
 
 
 # -- limits and messages ------------------------------------------------------------------------------
