@@ -289,7 +289,7 @@ _RANDOM = frozenset({"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli"})  # fmt: skip
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     graphs: list[onnx.GraphProto] = []
     for attr in node.attribute:
         if attr.type == onnx.AttributeProto.GRAPH:
@@ -299,17 +299,17 @@ def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     return graphs
 
 
-def _outer_names(graph: onnx.GraphProto) -> set[str]:
-    """Names a subgraph reads from enclosing scopes."""
+def outer_names(graph: onnx.GraphProto) -> list[str]:
+    """Names a subgraph reads from enclosing scopes, in first-use order."""
     defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    used: set[str] = set()
+    used: dict[str, None] = {}
     for node in graph.node:
-        used.update(name for name in node.input if name not in defined)
-        for sub in _subgraphs(node):
-            used.update(name for name in _outer_names(sub) if name not in defined)
+        for name in (*node.input, *(n for sub in subgraphs(node) for n in outer_names(sub))):
+            if name not in defined:
+                used[name] = None
         defined.update(node.output)
-    used.update(o.name for o in graph.output if o.name not in defined)
-    return used
+    used.update((o.name, None) for o in graph.output if o.name not in defined)
+    return list(used)
 
 
 def _op_name(node: onnx.NodeProto) -> str:
@@ -400,8 +400,8 @@ class _Prepared:
         attributed: set[str] = set()
         constant = set(init_bytes)
         for index, node in enumerate(self.nodes):
-            subgraphs = _subgraphs(node)
-            outer = sorted(set().union(*map(_outer_names, subgraphs)))
+            nested = subgraphs(node)
+            outer = sorted(set().union(*map(outer_names, nested)))
             uses = tuple(dict.fromkeys([n for n in node.input if n] + outer))
             for name in uses:
                 if name not in available:
@@ -422,7 +422,7 @@ class _Prepared:
             two_activations = len(operands) > 1 and not any(n in constant for n in operands)
             is_product = node.op_type in ("MatMul", "Einsum") and node.domain in ("", "ai.onnx")
             self.node_keys.append("attention" if is_product and two_activations else _op_name(node))
-            if subgraphs:
+            if nested:
                 self.notes.append(f"{node.op_type} node {node.name or index}: its subgraphs are not counted")
 
     def _skeleton(self, model: onnx.ModelProto, real_inputs: Sequence[onnx.ValueInfoProto],

@@ -123,29 +123,6 @@ class Partition:
     candidates: tuple[CutPoint, ...]
 
 
-def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    graphs: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            graphs.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            graphs.extend(attr.graphs)
-    return graphs
-
-
-def _outer_names(graph: onnx.GraphProto) -> list[str]:
-    """Names a subgraph reads from enclosing scopes, in first-use order."""
-    defined = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
-    used: dict[str, None] = {}
-    for node in graph.node:
-        for name in (*node.input, *(n for sub in _subgraphs(node) for n in _outer_names(sub))):
-            if name not in defined:
-                used[name] = None
-        defined.update(node.output)
-    used.update((o.name, None) for o in graph.output if o.name not in defined)
-    return list(used)
-
-
 def _initializer_bytes(t: onnx.TensorProto) -> int:
     if t.data_type == onnx.TensorProto.STRING:
         return sum(len(s) for s in t.string_data)
@@ -177,7 +154,7 @@ class _Graph:
         self.last_use: dict[str, int] = {}
         self.hoisted: list[bool] = []
         for index, node in enumerate(self.nodes):
-            outer = [name for sub in _subgraphs(node) for name in _outer_names(sub)]
+            outer = [name for sub in analysis.subgraphs(node) for name in analysis.outer_names(sub)]
             uses = tuple(dict.fromkeys([n for n in node.input if n] + outer))
             for name in uses:
                 if name not in available:
