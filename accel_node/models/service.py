@@ -48,7 +48,7 @@ class Limits:
     max_file_bytes: int
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
@@ -144,7 +144,7 @@ class ModelService:
             if path.is_symlink():
                 raise ManifestError(f"{relative} is a symbolic link; copy the file into the model directory")
             result = import_file(path, self.blocks.put)
-            files.append(ManifestFile(relative, str(result.root), result.file_size, _sha256_file(path)))
+            files.append(ManifestFile(relative, str(result.root), result.file_size, sha256_file(path)))
         if not files:
             raise ManifestError(f"{directory} holds no files")
         return files
@@ -266,7 +266,7 @@ class ModelService:
                     dest = staging / f.path
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     size = export_file(CID.parse(f.cid), self.blocks.get, dest, max_size=f.size)
-                    if size != f.size or _sha256_file(dest) != f.sha256:
+                    if size != f.size or sha256_file(dest) != f.sha256:
                         raise ManifestError(f"{f.path} does not match the manifest's size and sha256")
                     self.blocks.pin(CID.parse(f.cid))
                 if progress is not None:

@@ -14,7 +14,6 @@ the hardware fingerprint of this machine, for the predictor and the tuner to lea
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -26,7 +25,7 @@ import trio
 from accel_node.hardware import HardwareService
 from accel_node.models.analysis import analyse
 from accel_node.models.manifest import TensorSpec
-from accel_node.models.service import ModelNotFoundError, ModelService
+from accel_node.models.service import ModelNotFoundError, ModelService, sha256_file
 from accel_node.runtime.errors import ModelNotVerified, ModelUnavailable, VariantError
 from accel_node.runtime.measure import bench
 from accel_node.runtime.variants import accuracy_delta, build_variant
@@ -36,14 +35,6 @@ from p2p.content import CID, import_bytes
 log = logging.getLogger(__name__)
 
 VARIANTS = ("int8", "fp16")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _specs(entries: Sequence[Mapping[str, Any]]) -> tuple[TensorSpec, ...]:
@@ -234,7 +225,7 @@ class ModelLibrary:
         key = (stat.st_size, stat.st_mtime_ns)
         if self._checked.get(path) == key:
             return
-        if await trio.to_thread.run_sync(_sha256, path) != sha256:
+        if await trio.to_thread.run_sync(sha256_file, path) != sha256:
             raise ModelNotVerified(
                 f"model {cid}: {path.name} no longer matches its signed manifest; remove and fetch it again"
             )
