@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 PROVIDER_LOOKUP_S = 5.0
 BITSWAP_BATCH = 64  # wants per Bitswap round
+PROVIDE_TIMEOUT_S = 5.0
 KUBO_PARALLEL = 8
 """Blocks moved to or from Kubo at once (each is one HTTP request on a kept-alive connection)."""
 KUBO_BLOCK_TIMEOUT_S = 60.0
@@ -160,13 +161,24 @@ class EmbeddedBackend(ContentBackend):
         await self.announce(roots)
 
     async def announce(self, roots: Sequence[CID]) -> None:
-        for root in roots:
+        """Provide every root in the DHT, all at once and for at most PROVIDE_TIMEOUT_S: a peer that
+        holds a connection open without reading it must not hold up a publish (py-libp2p waits
+        10 s per stream attempt)."""
+
+        async def provide(root: CID) -> None:
             try:
                 await self._dht.kad.provide(str(root))
             except Exception as exc:  # announcing is best effort; peers can still be asked directly
                 log.warning(
                     "providing content in the DHT failed", extra={"cid": str(root), "error": str(exc)}
                 )
+
+        with trio.move_on_after(PROVIDE_TIMEOUT_S) as scope:
+            async with trio.open_nursery() as nursery:
+                for root in roots:
+                    nursery.start_soon(provide, root)
+        if scope.cancelled_caught:
+            log.warning("providing content in the DHT timed out", extra={"roots": len(roots)})
 
     async def source(self, root: CID) -> BlockSource:
         bitswap = _BitswapSource(self._bitswap, await self._providers_of(root))

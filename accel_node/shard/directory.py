@@ -34,7 +34,9 @@ def shard_key(model_cid: str, stage: int) -> str:
 async def announce(dht: RecordDHT, model_cid: str, stage: int) -> bool:
     """Provide the stage's key (best effort: peers also learn it from capability records)."""
     try:
-        return bool(await dht.kad.provide(shard_key(model_cid, stage)))
+        with trio.move_on_after(LOOKUP_TIMEOUT_S):  # a stalled peer must not hold up `shard serve`
+            return bool(await dht.kad.provide(shard_key(model_cid, stage)))
+        return False
     except Exception as exc:  # py-libp2p raises assorted errors when no peer is reachable
         log.warning("announcing a shard stage failed", extra={"model": model_cid, "stage": stage,
                                                               "error": str(exc)})  # fmt: skip

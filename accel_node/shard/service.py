@@ -31,6 +31,7 @@ from accel_node.config import ShardSection
 from accel_node.hardware import HardwareService
 from accel_node.models.service import ModelService, normal_cid
 from accel_node.network import PeerNetwork
+from accel_node.runtime.errors import RuntimeFailure
 from accel_node.runtime.library import ModelLibrary
 from accel_node.shard import directory
 from accel_node.shard.errors import PlanError, ShardError
@@ -43,7 +44,7 @@ from accel_node.shard.plan import (
     sign_plan,
     verified_stages,
 )
-from accel_node.shard.router import ShardRouter
+from accel_node.shard.router import LocalStages, ShardRouter
 from accel_node.shard.server import StageServer
 from accel_node.store import AsyncStore, PeerRecord
 from p2p.dht import RecordDHT
@@ -88,6 +89,7 @@ class ShardService:
         self.local_id: ID = network.host.get_id()
         self._served: dict[tuple[str, int], str] = {}  # (plan cid, stage) -> model cid
         self._routes: dict[str, tuple[float, list[list[ID]]]] = {}  # plan cid -> (expiry, route)
+        self._referees: dict[str, LocalStages | None] = {}  # plan cid -> stages to referee with
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -312,6 +314,25 @@ class ShardService:
             )
         return plan, route
 
+    async def _referee_stages(self, plan_cid: str) -> LocalStages | None:
+        """The plan's stages extracted from the local model (verified against the plan), so that a
+        spot check can referee a disagreement itself; None when the model is not held here."""
+        if plan_cid in self._referees:
+            return self._referees[plan_cid]
+        row = await self._store.call(self._store.sync.get_plan, plan_cid)
+        if row is not None:
+            try:
+                path, _ = await self._library.resolve(row["model_cid"])
+                raw = bytes(row["raw"])
+                _, stages = await trio.to_thread.run_sync(
+                    lambda: verified_stages(raw, onnx.load(str(path)), expect_model_cid=row["model_cid"])
+                )
+                self._referees[plan_cid] = {s.index: (s.model_bytes, s) for s in stages}
+            except (RuntimeFailure, ShardError) as exc:
+                log.info("no local referee for spot checks", extra={"plan": plan_cid, "error": str(exc)})
+                self._referees[plan_cid] = None
+        return self._referees.get(plan_cid)
+
     async def latest_plan(self, model_cid: str) -> str:
         rows = await self._store.call(self._store.sync.list_plans, normal_cid(model_cid))
         if not rows:
@@ -337,6 +358,7 @@ class ShardService:
                 timeout_s=timeout_s,
                 micro_batch=self._settings.micro_batch or None,
                 compress_fp16=self._settings.compress_fp16,
+                local_stages=await self._referee_stages(chosen) if self._settings.spot_check_p > 0 else None,
             )
         except ShardError:
             self._routes.pop(chosen, None)  # look the replicas up again next time
