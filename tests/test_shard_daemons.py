@@ -141,3 +141,12 @@ def test_sharded_output_equals_local_and_survives_a_killed_replica(
 
     listing = a.api("GET", "/v1/shards", params={"lookup": "false"}).json()
     assert [p["plan"] for p in listing["plans"]] == [plan_cid]
+
+    # With every replica of stage 1 gone, the requester (which holds the model) re-places that
+    # stage on itself and answers.
+    c.stop(signal.SIGKILL)
+    last = sample()
+    (want_last,) = session.run(None, last)
+    assert np.abs(infer(a, cid, last, mode="sharded", timeout_s="120") - want_last).max() <= 1e-4
+    served = a.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"]
+    assert {"model": cid, "plan": plan_cid, "stage": 1} in served

@@ -34,7 +34,7 @@ from accel_node.network import PeerNetwork
 from accel_node.runtime.errors import RuntimeFailure
 from accel_node.runtime.library import ModelLibrary
 from accel_node.shard import directory
-from accel_node.shard.errors import PlanError, ShardError
+from accel_node.shard.errors import PlanError, ShardError, ShardRouteError
 from accel_node.shard.partition import Stage, partition
 from accel_node.shard.plan import (
     MAX_PLAN_BYTES,
@@ -267,25 +267,34 @@ class ShardService:
     # -- routing -----------------------------------------------------------------------------
 
     async def replicas(self, plan: ShardPlan, plan_cid: str, stage: int) -> list[ID]:
-        """Peers serving ``plan``'s stage ``stage``, best first (load, then round-trip time)."""
+        """Peers serving ``plan``'s stage ``stage``, best first by expected time: the stage's FLOPs
+        at the peer's measured throughput, times (1 + its queue and busy fraction), plus the RTT."""
         candidates = await directory.find(self._dht, plan.model_cid, stage)
         known = {ID.from_base58(r.peer_id) for r in await self._store.list_peers()}
         candidates += [
             p for p in known | set(self._network.host.get_connected_peers()) if p not in candidates
         ]
-        ranked: list[tuple[float, float, ID]] = []
+        flops = plan.stages[stage].flops
+
+        def expected_ms(gflops: float, load: float, rtt_ms: float) -> float:
+            return (1.0 + load) * flops / (gflops * 1e6) + rtt_ms
+
+        ranked: list[tuple[float, ID]] = []
         if (plan_cid, stage) in self._served:
-            ranked.append((self._queue(plan_cid, stage), 0.0, self.local_id))
+            own = await self._capabilities.body()
+            ranked.append((expected_ms(self._gflops(own), self._queue(plan_cid, stage), 0.0), self.local_id))
         for peer in candidates:
             if peer == self.local_id:
                 continue
-            entry = await self._entry(peer, plan_cid, stage)
-            if entry is None:
+            found = await self._entry(peer, plan_cid, stage)
+            if found is None:
                 continue
+            entry, body = found
             rtt = self._network.latency(peer)
-            ranked.append((entry.queue_depth + entry.busy, rtt[0] if rtt else 1e3, peer))
-        ranked.sort(key=lambda item: (item[0], item[1]))
-        return [peer for _, _, peer in ranked]
+            score = expected_ms(self._gflops(body), entry.queue_depth + entry.busy, rtt[0] if rtt else 1e3)
+            ranked.append((score, peer))
+        ranked.sort(key=lambda item: item[0])
+        return [peer for _, peer in ranked]
 
     def _queue(self, plan_cid: str, stage: int) -> float:
         for load in self.server.loads():
@@ -293,12 +302,13 @@ class ShardService:
                 return load.queued + min(1.0, load.busy_fraction)
         return 0.0
 
-    async def _entry(self, peer: ID, plan_cid: str, stage: int) -> ShardEntry | None:
-        record = await self._capabilities.fetch(peer)
-        body = _capability(record)
+    async def _entry(self, peer: ID, plan_cid: str, stage: int) -> tuple[ShardEntry, CapabilityBody] | None:
+        """The peer's verified capability record, if it says the peer serves the stage."""
+        body = _capability(await self._capabilities.fetch(peer))
         if body is None:
             return None
-        return next((e for e in body.shards if e.plan == plan_cid and e.stage == stage), None)
+        entry = next((e for e in body.shards if e.plan == plan_cid and e.stage == stage), None)
+        return None if entry is None else (entry, body)
 
     async def route(self, plan_cid: str) -> tuple[ShardPlan, list[list[ID]]]:
         row = await self._store.call(self._store.sync.get_plan, plan_cid)
@@ -308,9 +318,10 @@ class ShardService:
         route = [await self.replicas(plan, plan_cid, s.index) for s in plan.stages]
         missing = [i for i, replicas in enumerate(route) if not replicas]
         if missing:
-            raise ShardError(
+            raise ShardRouteError(
                 f"no peer serves stage(s) {', '.join(map(str, missing))} of plan {plan_cid}; "
-                "start them with 'accel-node shard serve'"
+                "start them with 'accel-node shard serve'",
+                stage=missing[0],
             )
         return plan, route
 
@@ -342,8 +353,33 @@ class ShardService:
     async def infer(
         self, cid: str, inputs: Mapping[str, Any], *, plan_cid: str | None = None, timeout_s: float = 30.0
     ) -> dict[str, Any]:
-        """Run model ``cid`` through the pipeline of ``plan_cid`` (default: the newest plan)."""
+        """Run model ``cid`` through the pipeline of ``plan_cid`` (default: the newest plan).
+
+        When no capable replica is left for a stage, the stage is re-placed on this node (if it
+        holds the model) and the request is run once more.
+        """
         chosen = plan_cid or await self.latest_plan(cid)
+        try:
+            return await self._infer_once(chosen, inputs, timeout_s)
+        except ShardRouteError as exc:
+            if exc.stage is None or not await self._replace_locally(cid, chosen, exc.stage):
+                raise
+        return await self._infer_once(chosen, inputs, timeout_s)
+
+    async def _replace_locally(self, cid: str, plan_cid: str, stage: int) -> bool:
+        """Serve ``stage`` here after every replica failed; whether that worked."""
+        if (plan_cid, stage) in self._served:
+            return False
+        try:
+            await self.serve(cid, stage, plan_cid)
+        except (RuntimeFailure, ShardError, OSError) as exc:
+            log.warning("could not re-place a stage here", extra={"plan": plan_cid, "stage": stage,
+                                                                  "error": str(exc)})  # fmt: skip
+            return False
+        log.info("re-placed a stage on this node", extra={"plan": plan_cid, "stage": stage})
+        return True
+
+    async def _infer_once(self, chosen: str, inputs: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         cached = self._routes.get(chosen)
         if cached is not None and cached[0] > trio.current_time():
             route = cached[1]
