@@ -320,6 +320,10 @@ class ShardSection(_Section):
     hop_timeout_s: float = Field(
         default=10.0, gt=0, le=600, description="Per remaining stage: how long one attempt may take (s)."
     )
+    accept_assignments: bool = Field(
+        default=False,
+        description="Serve the stages a planning peer assigns (plan verified against the local model).",
+    )
 
 
 class LogSection(_Section):

@@ -75,7 +75,7 @@ def test_sharded_output_equals_local_and_survives_a_killed_replica(
 ) -> None:
     # a cannot hold the model (its memory budget is below the model's size): auto mode shards.
     a = start_daemon("a", wait=False, ACCEL_NODE_RUNTIME_MEMORY_BUDGET_BYTES=str(1 << 20))
-    b, c, d = (start_daemon(n, wait=False) for n in "bcd")
+    b, c, d = (start_daemon(n, wait=False, ACCEL_NODE_SHARD_ACCEPT_ASSIGNMENTS="true") for n in "bcd")
     nodes = [a, b, c, d]
     for node in nodes:
         node.wait_ready()

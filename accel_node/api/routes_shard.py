@@ -20,6 +20,10 @@ class PlanRequest(BaseModel):
         description="Peer ids to plan for, in stage order ('self' = this node); default: this node and the "
         "connected peers with the highest measured throughput",
     )
+    assign: bool = Field(
+        default=False,
+        description="Ask each placed peer to serve its stage now (peers need [shard] accept_assignments)",
+    )
 
 
 class ServeRequest(BaseModel):
@@ -43,7 +47,7 @@ def shard_routes(ctx: ApiContext) -> APIRouter:
     async def plan(body: PlanRequest) -> dict[str, Any]:
         """Partition a model into stages balanced to the peers' measured throughput, sign the plan
         and publish it as content (its CID names it)."""
-        return await shards.plan(body.cid, stages=body.stages, peers=body.peers)
+        return await shards.plan(body.cid, stages=body.stages, peers=body.peers, assign_stages=body.assign)
 
     @router.post("/v1/shards/serve")
     async def serve(body: ServeRequest) -> dict[str, Any]:

@@ -261,6 +261,9 @@ def shard_plan(plan: Mapping[str, Any]) -> None:
             peers,
         )
     console.print(table)
+    for outcome in plan.get("assignments") or []:
+        state = outcome.get("stage_cid") or f"refused: {outcome.get('error')}"
+        line(f"stage {outcome['stage']} on {outcome['peer']}: {state}")
 
 
 def shards(data: Mapping[str, Any]) -> None:

@@ -187,11 +187,14 @@ def shard() -> None:
 @click.argument("cid")
 @click.option("--stages", required=True, type=click.IntRange(1, 64), help="Number of pipeline stages.")
 @click.option("--peers", help="Comma-separated peer ids in stage order ('self' = this node).")
+@click.option("--assign", is_flag=True, help="Ask each peer to serve its stage now (they must accept).")
 @json_option
 @click.pass_context
-def shard_plan(ctx: click.Context, cid: str, stages: int, peers: str | None, as_json: bool) -> None:
+def shard_plan(
+    ctx: click.Context, cid: str, *, stages: int, peers: str | None, assign: bool, as_json: bool
+) -> None:
     """Partition model CID into stages balanced to the peers' measured throughput; prints the plan."""
-    body: dict[str, Any] = {"cid": cid, "stages": stages}
+    body: dict[str, Any] = {"cid": cid, "stages": stages, "assign": assign}
     if peers:
         body["peers"] = [p.strip() for p in peers.split(",") if p.strip()]
     with _client(ctx) as api:

@@ -34,6 +34,7 @@ from accel_node.network import PeerNetwork
 from accel_node.runtime.errors import RuntimeFailure
 from accel_node.runtime.library import ModelLibrary
 from accel_node.shard import directory
+from accel_node.shard.assign import ASSIGN_PROTOCOL, assign, assignment_handler
 from accel_node.shard.errors import PlanError, ShardError, ShardRouteError
 from accel_node.shard.partition import Stage, partition
 from accel_node.shard.plan import (
@@ -94,6 +95,8 @@ class ShardService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        if self._settings.accept_assignments:
+            self._network.host.set_stream_handler(ASSIGN_PROTOCOL, assignment_handler(self.serve))
         for row in await self._store.call(self._store.sync.list_served):
             try:
                 await self.serve(row["model_cid"], row["stage"], row["plan_cid"])
@@ -124,9 +127,12 @@ class ShardService:
 
     # -- planning ----------------------------------------------------------------------------
 
-    async def plan(self, cid: str, *, stages: int, peers: Sequence[str] | None = None) -> dict[str, Any]:
+    async def plan(
+        self, cid: str, *, stages: int, peers: Sequence[str] | None = None, assign_stages: bool = False
+    ) -> dict[str, Any]:
         """Partition model ``cid`` into ``stages`` stages for ``peers`` (default: this node and the
-        connected peers with the highest measured throughput), sign and publish the plan."""
+        connected peers with the highest measured throughput), sign and publish the plan; with
+        ``assign_stages``, ask each peer to serve its stage (they must accept assignments)."""
         model_cid = normal_cid(cid)
         path, _ = await self._library.resolve(model_cid)
         chosen = await self._choose_peers(stages, peers)
@@ -147,7 +153,26 @@ class ShardService:
         log.info("shard plan made", extra={"model": model_cid, "plan": plan_cid, "stages": stages})
         view = self._plan_view(plan_cid, plan)
         view["placement"] = [str(peer) for peer, _ in chosen]
+        if assign_stages:
+            view["assignments"] = await self._assign(model_cid, plan_cid, [peer for peer, _ in chosen])
         return view
+
+    async def _assign(self, model_cid: str, plan_cid: str, placement: list[ID]) -> list[dict[str, Any]]:
+        """Ask every placed peer (this node included) to serve its stage; each outcome is reported."""
+        outcomes: list[dict[str, Any]] = []
+        for stage, peer in enumerate(placement):
+            outcome: dict[str, Any] = {"stage": stage, "peer": str(peer)}
+            try:
+                if peer == self.local_id:
+                    outcome["stage_cid"] = (await self.serve(model_cid, stage, plan_cid))["stage_cid"]
+                else:
+                    outcome["stage_cid"] = await assign(
+                        self._network.host, peer, model=model_cid, plan=plan_cid, stage=stage
+                    )
+            except (ShardError, RuntimeFailure) as exc:
+                outcome["error"] = str(exc)
+            outcomes.append(outcome)
+        return outcomes
 
     async def _choose_peers(
         self, stages: int, peers: Sequence[str] | None
