@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,28 @@ def test_queue_full_timeouts_variants_and_bench(start_daemon: Callable[..., Daem
 
     late = infer(node, cid, npz(x=x), "application/x-npz", timeout_s=0.001)
     assert late.status_code == 504
+
+    # A client that goes away while its request waits in the queue cancels it.
+    def stats() -> dict[str, Any]:
+        (batcher,) = node.api("GET", "/v1/runtime").json()["batchers"].values()
+        return dict(batcher)
+
+    before = stats()["cancelled"]
+    busy = [threading.Thread(target=infer, args=(node, cid, npz(x=x), "application/x-npz")) for _ in range(3)]
+    for t in busy:
+        t.start()
+    deadline = time.monotonic() + 10
+    while stats()["queue_depth"] < 1 and time.monotonic() < deadline:  # one runs, others wait
+        time.sleep(0.005)
+    headers = {"Authorization": f"Bearer {node.token()}", "Content-Type": "application/x-npz"}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{node.url}/v1/infer/{cid}", content=npz(x=x), headers=headers, timeout=0.05)
+    for t in busy:
+        t.join()
+    deadline = time.monotonic() + 10
+    while stats()["cancelled"] == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert stats()["cancelled"] == before + 1
 
     statuses: list[httpx.Response] = []
 
