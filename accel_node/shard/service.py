@@ -9,9 +9,10 @@
   capability record (``shards``: plan, stage, load). Served stages are remembered in the store and
   served again after a restart.
 - **Route** (``infer``): for each stage, replicas are the peers whose verified capability record
-  says they serve that plan's stage (DHT providers first, then every known peer), ranked by load,
-  then RTT; the router pushes activations stage to stage and replays on another replica when one
-  fails (see :mod:`accel_node.shard.router`).
+  says they serve that plan's stage (DHT providers first, then connected peers), ranked by expected
+  time (the stage's FLOPs at their measured throughput, scaled by load, plus RTT); the router
+  pushes activations stage to stage and replays on another replica when one fails (see
+  :mod:`accel_node.shard.router`). With no replica left for a stage, the stage is re-placed here.
 """
 
 from __future__ import annotations
@@ -294,11 +295,10 @@ class ShardService:
     async def replicas(self, plan: ShardPlan, plan_cid: str, stage: int) -> list[ID]:
         """Peers serving ``plan``'s stage ``stage``, best first by expected time: the stage's FLOPs
         at the peer's measured throughput, times (1 + its queue and busy fraction), plus the RTT."""
+        # DHT providers, then connected peers (a provider record may not have reached us yet); not
+        # every peer ever met: each candidate costs a verified capability lookup.
         candidates = await directory.find(self._dht, plan.model_cid, stage)
-        known = {ID.from_base58(r.peer_id) for r in await self._store.list_peers()}
-        candidates += [
-            p for p in known | set(self._network.host.get_connected_peers()) if p not in candidates
-        ]
+        candidates += [p for p in self._network.host.get_connected_peers() if p not in candidates]
         flops = plan.stages[stage].flops
 
         def expected_ms(gflops: float, load: float, rtt_ms: float) -> float:
