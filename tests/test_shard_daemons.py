@@ -150,3 +150,25 @@ def test_sharded_output_equals_local_and_survives_a_killed_replica(
     assert np.abs(infer(a, cid, last, mode="sharded", timeout_s="120") - want_last).max() <= 1e-4
     served = a.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"]
     assert {"model": cid, "plan": plan_cid, "stage": 1} in served
+
+
+def test_remembered_stages_are_served_after_a_restart_and_a_removed_model_does_not_stop_the_node(
+    start_daemon: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    node = start_daemon("solo")
+    build_transformer(tmp_path / "tf", layers=2)
+    public_key = node.cli("keys", "new", "acme").stdout.strip()
+    assert public_key.startswith("ed25519:")
+    cid = str(cli_json(node, "models", "publish", str(tmp_path / "tf"), "--key", "acme")["cid"])
+    plan = cli_json(node, "shard", "plan", cid, "--stages", "1", "--peers", "self", "--assign")
+    assert plan["assignments"][0].get("stage_cid") == plan["stages"][0]["cid"]
+
+    node.stop()
+    node.start().wait_ready()
+    served = node.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"]
+    assert served == [{"model": cid, "plan": plan["plan"], "stage": 0}]
+
+    assert node.api("DELETE", f"/v1/models/{cid}").status_code == 200
+    node.stop()
+    node.start().wait_ready()  # the remembered stage cannot be served any more; the node still starts
+    assert node.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"] == []

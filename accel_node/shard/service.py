@@ -29,6 +29,7 @@ from trio_typing import TaskStatus
 
 from accel_node.capability import CapabilityBody, CapabilityService, ShardEntry
 from accel_node.config import ShardSection
+from accel_node.errors import AccelNodeError
 from accel_node.hardware import HardwareService
 from accel_node.models.service import ModelService, normal_cid
 from accel_node.network import PeerNetwork
@@ -101,7 +102,9 @@ class ShardService:
         for row in await self._store.call(self._store.sync.list_served):
             try:
                 await self.serve(row["model_cid"], row["stage"], row["plan_cid"])
-            except (ShardError, onnx.checker.ValidationError, OSError) as exc:
+            except (AccelNodeError, onnx.checker.ValidationError, OSError) as exc:
+                # The model may have been removed, or the plan cannot be fetched now: the node still
+                # starts; the stage is not served (and not forgotten: `shard serve` again or unserve).
                 log.warning("could not serve a remembered stage again", extra={**row, "error": str(exc)})
         task_status.started()
         while True:
