@@ -1,7 +1,7 @@
 """accel-node: a daemon for cooperative machine-learning inference over a peer-to-peer network.
 
 Where things live (imports only point downwards):
-- ``cli``: the ``accel-node`` command; talks to a running daemon through ``cli.client``.
+- ``cli``: the ``accel-node`` command; talks to a running daemon through ``client``.
 - ``api``: the HTTP control API (FastAPI app, bearer-token auth, metrics, hypercorn server).
 - ``node``: the composition root; builds every service from config and owns the root nursery.
 - ``network``: the node's view of the libp2p network (dialing, bootstrap, latency, peer table).

@@ -28,15 +28,12 @@ import trio
 from trio_typing import TaskStatus
 
 from accel_node.profile import HardwareProfile, Mode, StaticFacts
+from accel_node.profile.errors import WorkerError
 from accel_node.store import AsyncStore
 
 log = logging.getLogger(__name__)
 
 MAX_WORKER_LINE_BYTES = 4 * 1024 * 1024
-
-
-class WorkerError(Exception):
-    """The profiling worker failed or printed something unexpected."""
 
 
 @dataclass

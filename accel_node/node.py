@@ -31,6 +31,7 @@ from accel_node.api.server import client_url, serve_api
 from accel_node.config import Config
 from accel_node.hardware import HardwareService
 from accel_node.home import NodeHome
+from accel_node.local import LocalApi, LocalServices
 from accel_node.metrics import NodeMetrics
 from accel_node.models.backend import ContentBackend, EmbeddedBackend, KuboBackend
 from accel_node.models.keys import KeyFiles
@@ -76,6 +77,8 @@ class Node:
         self.config = config
         self.metrics = NodeMetrics()
         self._stopping = trio.Event()
+        self.ready = trio.Event()  # set once every service runs and api.json is written
+        self.core: LocalApi | None = None  # the in-process core API, once built
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (as SIGTERM does)."""
@@ -186,21 +189,24 @@ class Node:
             settings=cfg.shard,
         )
         self._offer(capabilities, presence, models, inference, shards)
-        context = ApiContext(
-            network=network,
-            capability=capabilities,
-            hardware=hardware,
-            store=store,
-            trust=trust,
-            models=models,
-            inference=inference,
-            library=library,
-            shards=shards,
-            config=cfg,
-            metrics=self.metrics,
-            token=token,
-            name=name,
+        core = LocalApi(
+            LocalServices(
+                network=network,
+                capability=capabilities,
+                hardware=hardware,
+                store=store,
+                trust=trust,
+                models=models,
+                inference=inference,
+                library=library,
+                shards=shards,
+                config=cfg,
+                metrics=self.metrics,
+                name=name,
+            )
         )
+        self.core = core
+        context = ApiContext(core=core, metrics=self.metrics, token=token)
         # Started in this order, each ready before the next (see the module docstring).
         starters: list[Callable[..., Awaitable[Any]]] = [
             partial(run_host, host, listen, auto_connect=cfg.p2p.auto_connect),
@@ -272,6 +278,7 @@ class Node:
                 {"url": url, "peer_id": network.peer_id, "addrs": network.own_addrs(), "pid": os.getpid()}
             )
             await store.set_meta("last_started_version", __version__)
+            self.ready.set()
             log.info(
                 "node ready",
                 extra={

@@ -8,6 +8,7 @@ import pytest
 import trio
 from multiaddr import Multiaddr
 
+from p2p.bitswap.errors import FetchError
 from p2p.bitswap.protocol import (
     FrameReader,
     ProtocolError,
@@ -16,7 +17,7 @@ from p2p.bitswap.protocol import (
     parse_message,
     want_message,
 )
-from p2p.bitswap.service import BitswapService, FetchError
+from p2p.bitswap.service import BitswapService
 from p2p.content.cid import CID, RAW
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity

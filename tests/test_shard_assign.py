@@ -10,8 +10,8 @@ import trio
 from libp2p.network.stream.exceptions import StreamEOF, StreamReset
 from multiaddr import Multiaddr
 
-from accel_node.shard.assign import ASSIGN_PROTOCOL, AssignmentError, assign, assignment_handler
-from accel_node.shard.errors import PlanError
+from accel_node.shard.assign import ASSIGN_PROTOCOL, assign, assignment_handler
+from accel_node.shard.errors import AssignmentError, PlanError
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity
 

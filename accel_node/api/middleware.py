@@ -13,9 +13,10 @@ from collections.abc import Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from accel_node.api.errors import error_body
 from accel_node.metrics import NodeMetrics
 
-UNAUTHORIZED_BODY = json.dumps({"detail": "missing or invalid bearer token"}).encode()
+UNAUTHORIZED_BODY = json.dumps(error_body("unauthorized", "missing or invalid bearer token")).encode()
 
 
 class AuthMetricsMiddleware:

@@ -3,60 +3,40 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
 
 from accel_node.api.context import ApiContext
-
-
-class TrustedKey(BaseModel):
-    name: str
-    key_id: str
-    public_key: str = Field(description="ed25519:<base64url>")
-    own: bool = Field(description="A key this node holds the private half of (always trusted)")
-
-
-class TrustedKeys(BaseModel):
-    keys: list[TrustedKey]
-
-
-class NewKey(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(max_length=64)
-
-
-class TrustRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    public_key: str = Field(max_length=128, description="ed25519:<base64url>")
-    name: str = Field(max_length=64)
+from accel_node.api.routing import route
+from accel_node.core import endpoints as E
+from accel_node.core.schemas import NewKey, TrustedKey, TrustedKeys, TrustRequest
 
 
 def key_routes(ctx: ApiContext) -> APIRouter:
     router = APIRouter(tags=["keys"])
-    trust = ctx.trust
+    keys = ctx.core.keys
 
-    @router.post("/v1/keys", response_model=TrustedKey, status_code=201)
+    @route(router, E.KEYS_NEW, response_model=TrustedKey, status_code=201)
     async def new_key(body: NewKey) -> TrustedKey:
         """Create a publisher key held by this node (and trusted by it)."""
-        return TrustedKey(**(await trust.new_key(body.name)).as_dict())
+        return await keys.new_key(body.name)
 
-    @router.get("/v1/keys", response_model=TrustedKeys)
+    @route(router, E.KEYS, response_model=TrustedKeys)
     async def own_keys() -> TrustedKeys:
         """This node's own publisher keys."""
-        return TrustedKeys(keys=[TrustedKey(**k.as_dict()) for k in await trust.own_keys()])
+        return await keys.own_keys()
 
-    @router.post("/v1/trust", response_model=TrustedKey, status_code=201)
+    @route(router, E.TRUST_ADD, response_model=TrustedKey, status_code=201)
     async def add_trust(body: TrustRequest) -> TrustedKey:
         """Trust manifests signed by a publisher's key."""
-        return TrustedKey(**(await trust.add(body.public_key, body.name)).as_dict())
+        return await keys.trust(body.public_key, body.name)
 
-    @router.get("/v1/trust", response_model=TrustedKeys)
+    @route(router, E.TRUST, response_model=TrustedKeys)
     async def list_trust() -> TrustedKeys:
         """Every trusted publisher key, own keys first."""
-        return TrustedKeys(keys=[TrustedKey(**k.as_dict()) for k in await trust.all()])
+        return await keys.trusted()
 
-    @router.delete("/v1/trust/{name}", response_model=TrustedKey)
+    @route(router, E.TRUST_REMOVE, response_model=TrustedKey)
     async def remove_trust(name: str) -> TrustedKey:
         """Stop trusting a publisher key (by name or key id); own keys cannot be removed."""
-        return TrustedKey(**(await trust.remove(name)).as_dict())
+        return await keys.untrust(name)
 
     return router

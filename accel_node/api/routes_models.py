@@ -1,128 +1,104 @@
-"""Routes about models: publish, fetch (and its progress), list, show, remove, pin."""
+"""Routes about models: publish, fetch (and its progress), list, show, remove, pin; what the library
+knows of a model: analysis, precision variants, benchmark sweeps."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Request
 
 from accel_node.api.context import ApiContext
-from accel_node.models.errors import ModelError
-from accel_node.models.service import ModelNotFoundError, normal_cid
+from accel_node.api.routing import route
+from accel_node.core import endpoints as E
+from accel_node.core.schemas import (
+    BenchRequest,
+    FetchProgressList,
+    FetchProgressView,
+    FetchRequest,
+    ModelList,
+    ModelView,
+    PublishRequest,
+    VariantRequest,
+)
+from accel_node.errors import UsageError
 
 
-class PublishRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    dir: str = Field(max_length=4096, description="Directory on the daemon's machine holding one .onnx model")
-    key: str = Field(max_length=64, description="Name of this node's publisher key to sign with")
-    name: str | None = Field(default=None, max_length=128)
-    version: int | None = Field(default=None, ge=0)
-
-
-class FetchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    cid: str = Field(max_length=256)
-
-
-class ModelView(BaseModel):
-    cid: str
-    name: str
-    version: int
-    publisher: str
-    size: int
-    local: bool = Field(description="Published by this node (rather than fetched)")
-    pinned: bool
-    path: str = Field(description="Directory holding the verified files")
-    installed_at: float
-    manifest: dict[str, Any]
-
-
-class ModelList(BaseModel):
-    models: list[ModelView]
-
-
-class FetchProgressView(BaseModel):
-    cid: str = Field(description="The model's manifest CID (CIDv1, base32)")
-    phase: str = Field(description="providers, manifest, blocks, verifying, installing, then done or failed")
-    running: bool
-    blocks_done: int = Field(description="Blocks fetched and stored by this fetch")
-    bytes_done: int = Field(description="File bytes held so far (those present before the fetch included)")
-    bytes_total: int | None = Field(description="Sum of the manifest's file sizes; null until it is known")
-    files: int
-    started_at: float
-    finished_at: float | None
-    error: str | None
-
-
-class FetchProgressList(BaseModel):
-    fetches: list[FetchProgressView]
+def _dims(request: Request) -> dict[str, int]:
+    """Symbolic dims from the query string (``?batch=4&seq=256``); values are checked by the core."""
+    dims: dict[str, int] = {}
+    for name, value in request.query_params.items():
+        if not value.isdigit() or len(value) > 9:
+            raise UsageError(f"dim {name[:64]!r} must be a positive integer")
+        dims[name] = int(value)
+    return dims
 
 
 def model_routes(ctx: ApiContext) -> APIRouter:
     router = APIRouter(tags=["models"])
-    models = ctx.models
+    models = ctx.core.models
 
-    async def guarded(call: Any) -> ModelView:
-        try:
-            return ModelView(**await call)
-        except ModelNotFoundError as exc:
-            raise HTTPException(404, str(exc)) from exc
-        except ModelError as exc:
-            raise HTTPException(422, str(exc)) from exc
-
-    @router.post("/v1/models/publish", response_model=ModelView, status_code=201)
+    @route(router, E.MODELS_PUBLISH, response_model=ModelView, status_code=201)
     async def publish(body: PublishRequest) -> ModelView:
         """Add a model directory, sign its manifest and announce it; the CID names the model."""
-        ttl_s = ctx.config.models.publish_ttl_days * 86400
-        return await guarded(
-            models.publish(Path(body.dir), body.key, name=body.name, version=body.version, ttl_s=ttl_s)
-        )
+        return await models.publish(body)
 
-    @router.post("/v1/models/fetch", response_model=ModelView)
+    @route(router, E.MODELS_FETCH, response_model=ModelView)
     async def fetch(body: FetchRequest) -> ModelView:
         """Fetch a model by manifest CID from peers, verify everything, install it (resumable).
         422 with the reason when it is refused (signature, publisher, expiry, rollback, limits...)."""
-        return await guarded(models.fetch(body.cid))
+        return await models.fetch(body.cid)
 
-    @router.get("/v1/models/fetches", response_model=FetchProgressList)
+    @route(router, E.MODELS_FETCHES, response_model=FetchProgressList)
     async def list_fetches() -> FetchProgressList:
         """Fetches in progress on this node."""
-        return FetchProgressList(fetches=[FetchProgressView(**p) for p in models.fetches.running()])
+        return await models.fetches()
 
-    @router.get("/v1/models/fetches/{cid}", response_model=FetchProgressView)
+    @route(router, E.MODELS_FETCH_PROGRESS, response_model=FetchProgressView)
     async def show_fetch(cid: str) -> FetchProgressView:
         """Progress of the fetch of ``cid``: running, or one of the last ones finished (404 if none)."""
-        try:
-            progress = models.fetches.get(normal_cid(cid))
-        except ModelError as exc:
-            raise HTTPException(422, str(exc)) from exc
-        if progress is None:
-            raise HTTPException(404, f"no fetch of {cid} is running or recently finished on this node")
-        return FetchProgressView(**progress)
+        return await models.fetch_progress(cid)
 
-    @router.get("/v1/models", response_model=ModelList)
+    @route(router, E.MODELS, response_model=ModelList)
     async def list_models() -> ModelList:
         """Models held by this node."""
-        return ModelList(models=[ModelView(**m) for m in await models.list()])
+        return await models.list()
 
-    @router.get("/v1/models/{cid}", response_model=ModelView)
+    @route(router, E.MODEL, response_model=ModelView)
     async def show(cid: str) -> ModelView:
         """One model with its manifest."""
-        return await guarded(models.show(cid))
+        return await models.show(cid)
 
-    @router.delete("/v1/models/{cid}", response_model=ModelView)
+    @route(router, E.MODEL_REMOVE, response_model=ModelView)
     async def remove(cid: str) -> ModelView:
         """Remove a model: its files, pins, unreferenced blocks, sessions, variants and analyses."""
-        view = await guarded(models.show(cid))
-        await ctx.library.forget(view.cid)
-        await ctx.inference.forget(view.cid)
-        return await guarded(models.remove(view.cid))
+        return await models.remove(cid)
 
-    @router.post("/v1/models/{cid}/pin", response_model=ModelView)
+    @route(router, E.MODEL_PIN, response_model=ModelView)
     async def pin(cid: str) -> ModelView:
         """Pin a model so that garbage collection keeps its blocks."""
-        return await guarded(models.pin(cid))
+        return await models.pin(cid)
+
+    @route(router, E.MODEL_ANALYSIS)
+    async def analysis(cid: str, request: Request) -> dict[str, Any]:
+        """Parameters, FLOPs per operator type (as polynomials in the symbolic dims and evaluated),
+        activation memory, operator histogram, I/O signature, opsets. Query parameters set symbolic
+        dims, e.g. ``?batch=4&seq=256`` (default: 1, and 128 for sequence-like dims)."""
+        return await models.analysis(cid, _dims(request))
+
+    @route(router, E.MODEL_VARIANTS)
+    async def variants(cid: str) -> dict[str, Any]:
+        """Precision variants built from this model, with their CIDs and measured accuracy deltas."""
+        return await models.variants(cid)
+
+    @route(router, E.MODEL_VARIANT_BUILD, status_code=201)
+    async def build_variant(cid: str, body: VariantRequest) -> dict[str, Any]:
+        """Build a precision variant (int8 dynamic quantisation, fp16), content-address it and measure
+        its accuracy delta against the fp32 model on a fixed random batch."""
+        return await models.build_variant(cid, body.variant)
+
+    @route(router, E.MODEL_BENCH)
+    async def bench(cid: str, body: BenchRequest) -> dict[str, Any]:
+        """Sweep batches x threads x variants with in-process ONNX Runtime; every point is stored."""
+        return await models.bench(cid, body)
 
     return router

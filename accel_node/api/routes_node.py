@@ -5,42 +5,35 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from accel_node import __version__
-from accel_node.api import schemas
 from accel_node.api.context import ApiContext
-from accel_node.config import config_as_dict
+from accel_node.api.routing import route
+from accel_node.core import endpoints as E
+from accel_node.core.schemas import ConfigView, Health, Status
 from accel_node.metrics import CONTENT_TYPE
 
 
 def node_routes(ctx: ApiContext) -> APIRouter:
-    router = APIRouter()
-    network = ctx.network
+    router = APIRouter(tags=["node"])
+    node = ctx.core.node
 
-    @router.get("/healthz", response_model=schemas.Health, tags=["node"])
-    async def healthz() -> schemas.Health:
+    @route(router, E.HEALTH, response_model=Health)
+    async def healthz() -> Health:
         """Liveness probe; needs no token."""
-        return schemas.Health(ok=True)
+        return Health(ok=True)
 
-    @router.get("/v1/status", response_model=schemas.Status, tags=["node"])
-    async def status() -> schemas.Status:
+    @route(router, E.STATUS, response_model=Status)
+    async def status() -> Status:
         """Identity, addresses, version and uptime of this node."""
-        return schemas.Status(
-            peer_id=network.peer_id,
-            name=ctx.name,
-            version=__version__,
-            addrs=network.own_addrs(),
-            uptime_s=round(ctx.metrics.uptime_s(), 3),
-            connected_peers=len(network.host.get_connected_peers()),
-        )
+        return await node.status()
 
-    @router.get("/v1/config", response_model=schemas.ConfigView, tags=["node"])
-    async def config() -> schemas.ConfigView:
+    @route(router, E.CONFIG, response_model=ConfigView)
+    async def config() -> ConfigView:
         """The effective configuration (file plus environment overrides); holds no secrets."""
-        return schemas.ConfigView(config=config_as_dict(ctx.config))
+        return await node.config()
 
-    @router.get("/metrics", tags=["node"], response_class=Response)
+    @route(router, E.METRICS, response_class=Response)
     async def metrics() -> Response:
         """Prometheus metrics."""
-        return Response(ctx.metrics.render(), media_type=CONTENT_TYPE)
+        return Response(node.metrics_text(), media_type=CONTENT_TYPE)
 
     return router

@@ -9,14 +9,18 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
+from pydantic import BaseModel, ValidationError
 
 from accel_node import __version__
 from accel_node.cli import render, serving
 from accel_node.errors import AccelNodeError, UsageError
 from accel_node.home import HOME_ENV, NodeHome, default_home_path
+
+if TYPE_CHECKING:
+    from accel_node.client import Client
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
@@ -39,10 +43,15 @@ def _settings(ctx: click.Context) -> Settings:
     return obj
 
 
-def _client(ctx: click.Context) -> Any:
-    from accel_node.cli.client import ApiClient
+def _client(ctx: click.Context) -> Client:
+    from accel_node.client import Client
 
-    return ApiClient(_settings(ctx).home)
+    return Client.for_home(_settings(ctx).home)
+
+
+def _dump(model: BaseModel) -> dict[str, Any]:
+    """A response model as the JSON the daemon sent (for --json and the renderers)."""
+    return model.model_dump(mode="json")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -111,13 +120,12 @@ def run(ctx: click.Context) -> None:
 def id_(ctx: click.Context, as_json: bool) -> None:
     """Print this node's peer id and addresses."""
     with _client(ctx) as api:
-        status = api.get("/v1/status")
-    data = {"peer_id": status["peer_id"], "addrs": status["addrs"]}
+        status = api.node.status()
     if as_json:
-        render.emit_json(data)
+        render.emit_json({"peer_id": status.peer_id, "addrs": status.addrs})
     else:
-        render.line(data["peer_id"])
-        for addr in data["addrs"]:
+        render.line(status.peer_id)
+        for addr in status.addrs:
             render.line(f"  {addr}")
 
 
@@ -127,7 +135,7 @@ def id_(ctx: click.Context, as_json: bool) -> None:
 def status(ctx: click.Context, as_json: bool) -> None:
     """Show the running daemon's status."""
     with _client(ctx) as api:
-        data = api.get("/v1/status")
+        data = _dump(api.node.status())
         data["api"] = api.url
     render.show(data, as_json=as_json, human=lambda data: render.key_values("accel-node", data))
 
@@ -140,7 +148,7 @@ def peers(ctx: click.Context, as_json: bool) -> None:
     if ctx.invoked_subcommand is not None:
         return
     with _client(ctx) as api:
-        data = api.get("/v1/peers")
+        data = _dump(api.peers.list())
     render.show(data, as_json=as_json, human=lambda data: render.peers_table(data["peers"]))
 
 
@@ -154,10 +162,8 @@ def peers_find(
     ctx: click.Context, min_mem_gb: float | None, min_gflops: float | None, gpu: bool | None, as_json: bool
 ) -> None:
     """Search the network for peers whose verified capability records match."""
-    params: dict[str, Any] = {"min_mem_gb": min_mem_gb, "min_gflops": min_gflops, "gpu": gpu}
-    query = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items() if v is not None}
     with _client(ctx) as api:
-        data = api.request("GET", "/v1/peers/find", params=query)
+        data = _dump(api.peers.find(min_mem_gb=min_mem_gb, min_gflops=min_gflops, gpu=gpu))
     render.show(data, as_json=as_json, human=lambda data: render.capability_table(data["peers"]))
 
 
@@ -168,7 +174,7 @@ def peers_find(
 def peers_show(ctx: click.Context, peer_id: str, as_json: bool) -> None:
     """Fetch one peer's capability record from the network, verify it and show it."""
     with _client(ctx) as api:
-        data = api.get(f"/v1/peers/{peer_id}")
+        data = _dump(api.peers.get(peer_id))
     render.show(data, as_json=as_json, human=render.peer_detail)
 
 
@@ -181,9 +187,8 @@ def peers_show(ctx: click.Context, peer_id: str, as_json: bool) -> None:
 @click.pass_context
 def peers_perf(ctx: click.Context, peer_id: str, payload_bytes: int | None, as_json: bool) -> None:
     """Measure round-trip time and throughput to a connected peer."""
-    params = {"payload_bytes": payload_bytes} if payload_bytes else None
     with _client(ctx) as api:
-        data = api.request("POST", f"/v1/peers/{peer_id}/perf", params=params)
+        data = _dump(api.peers.perf(peer_id, payload_bytes=payload_bytes))
     if as_json:
         render.emit_json(data)
     else:
@@ -202,7 +207,9 @@ def profile(ctx: click.Context, full: bool, as_json: bool) -> None:
     import time
 
     with _client(ctx) as api:
-        job = api.post("/v1/profile", {"mode": "full" if full else "quick"})["job"]
+        job = api.hardware.start_profile("full" if full else "quick").job
+        if job is None:
+            raise AccelNodeError("the daemon started no profiling run")
         started_at = job["started_at"]
         with render.progress(enabled=not as_json) as bar:
             task = bar.add_task("profiling", total=None)
@@ -214,14 +221,14 @@ def profile(ctx: click.Context, full: bool, as_json: bool) -> None:
                     description=job["step"] or "starting",
                 )
                 time.sleep(0.25)
-                job = api.get("/v1/profile")["job"]
+                job = api.hardware.profile_job().job
             if job is not None:
                 bar.update(task, completed=job["count"], description="done")
         if job is None or job["started_at"] != started_at:
             raise AccelNodeError("the profiling run was replaced by another one; see 'accel-node profile'")
         if job["error"]:
             raise AccelNodeError(f"profiling failed: {job['error']}")
-        hardware = api.get("/v1/hardware")
+        hardware = _dump(api.hardware.get())
     render.show(hardware, as_json=as_json, human=render.hardware)
 
 
@@ -232,7 +239,7 @@ def profile(ctx: click.Context, full: bool, as_json: bool) -> None:
 def connect(ctx: click.Context, addr: str, as_json: bool) -> None:
     """Connect to a peer: ADDR is /ip4/<addr>/tcp/<port>/p2p/<peer-id>."""
     with _client(ctx) as api:
-        peer = api.post("/v1/peers/connect", {"addr": addr})
+        peer = _dump(api.peers.connect(addr))
     if as_json:
         render.emit_json(peer)
     else:
@@ -253,7 +260,7 @@ def keys() -> None:
 def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
     """Create a publisher key NAME and print its public key (share it with nodes that should trust you)."""
     with _client(ctx) as api:
-        key = api.post("/v1/keys", {"name": name})
+        key = _dump(api.keys.new_key(name))
     render.show(key, as_json=as_json, human=lambda key: render.line(key["public_key"]))
 
 
@@ -263,7 +270,7 @@ def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
 def keys_ls(ctx: click.Context, as_json: bool) -> None:
     """List this node's publisher keys."""
     with _client(ctx) as api:
-        data = api.get("/v1/keys")
+        data = _dump(api.keys.own_keys())
     render.show(
         data, as_json=as_json, human=lambda data: render.keys_table(data["keys"], title="own publisher keys")
     )
@@ -282,7 +289,7 @@ def trust() -> None:
 def trust_add(ctx: click.Context, public_key: str, name: str, as_json: bool) -> None:
     """Trust PUBLIC_KEY (ed25519:...) under NAME."""
     with _client(ctx) as api:
-        key = api.post("/v1/trust", {"public_key": public_key, "name": name})
+        key = _dump(api.keys.trust(public_key, name))
     render.show(
         key, as_json=as_json, human=lambda key: render.line(f"trusting {key['name']} ({key['key_id']})")
     )
@@ -294,7 +301,7 @@ def trust_add(ctx: click.Context, public_key: str, name: str, as_json: bool) -> 
 def trust_ls(ctx: click.Context, as_json: bool) -> None:
     """List trusted publisher keys."""
     with _client(ctx) as api:
-        data = api.get("/v1/trust")
+        data = _dump(api.keys.trusted())
     render.show(
         data, as_json=as_json, human=lambda data: render.keys_table(data["keys"], title="trusted publishers")
     )
@@ -307,7 +314,7 @@ def trust_ls(ctx: click.Context, as_json: bool) -> None:
 def trust_rm(ctx: click.Context, name: str, as_json: bool) -> None:
     """Stop trusting the publisher NAME (or key id)."""
     with _client(ctx) as api:
-        key = api.request("DELETE", f"/v1/trust/{name}")
+        key = _dump(api.keys.untrust(name))
     render.show(
         key,
         as_json=as_json,
@@ -337,9 +344,11 @@ def models_publish(
     as_json: bool,
 ) -> None:
     """Add DIRECTORY (one .onnx model plus any files it needs), sign it and print the model's CID."""
-    body = {"dir": str(directory.resolve()), "key": key_name, "name": name, "version": model_version}
+    from accel_node.core.schemas import PublishRequest
+
+    request = PublishRequest(dir=str(directory.resolve()), key=key_name, name=name, version=model_version)
     with _client(ctx) as api:
-        model = api.post("/v1/models/publish", body)
+        model = _dump(api.models.publish(request))
     render.show(model, as_json=as_json, human=lambda m: render.line(m["cid"]))
 
 
@@ -359,7 +368,7 @@ def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-    from accel_node.cli.client import ApiClient
+    from accel_node.client import Client
     from accel_node.errors import ApiError
 
     home = _settings(ctx).home
@@ -367,8 +376,8 @@ def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
 
     def fetch() -> None:
         try:  # a long read timeout: the answer comes when the whole model is installed
-            with ApiClient(home, timeout_s=FETCH_TIMEOUT_S) as api:
-                outcome["model"] = api.post("/v1/models/fetch", {"cid": cid})
+            with Client.for_home(home, timeout_s=FETCH_TIMEOUT_S) as api:
+                outcome["model"] = _dump(api.models.fetch(cid, timeout_s=FETCH_TIMEOUT_S))
         except Exception as exc:  # handed to the main thread
             outcome["error"] = exc
 
@@ -391,16 +400,16 @@ def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
             if as_json or not worker.is_alive():
                 continue
             try:
-                progress = api.get(f"/v1/models/fetches/{cid}")
+                progress = api.models.fetch_progress(cid)
             except ApiError:
                 continue  # not begun yet (404), or a bad CID that the fetch itself reports
-            if progress["started_at"] < begun:
+            if progress.started_at < begun:
                 continue
             bar.update(
                 task,
-                description=progress["phase"],
-                completed=progress["bytes_done"],
-                total=progress["bytes_total"],
+                description=progress.phase,
+                completed=progress.bytes_done,
+                total=progress.bytes_total,
             )
     if "error" in outcome:
         raise outcome["error"]
@@ -413,7 +422,7 @@ def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
 def models_ls(ctx: click.Context, as_json: bool) -> None:
     """List the models this node holds."""
     with _client(ctx) as api:
-        data = api.get("/v1/models")
+        data = _dump(api.models.list())
     render.show(data, as_json=as_json, human=lambda d: render.models_table(d["models"]))
 
 
@@ -424,7 +433,7 @@ def models_ls(ctx: click.Context, as_json: bool) -> None:
 def models_show(ctx: click.Context, cid: str, as_json: bool) -> None:
     """Show one model and its manifest."""
     with _client(ctx) as api:
-        model = api.get(f"/v1/models/{cid}")
+        model = _dump(api.models.show(cid))
     render.show(model, as_json=as_json, human=render.model_detail)
 
 
@@ -435,7 +444,7 @@ def models_show(ctx: click.Context, cid: str, as_json: bool) -> None:
 def models_rm(ctx: click.Context, cid: str, as_json: bool) -> None:
     """Remove a model (files, pins, unreferenced blocks)."""
     with _client(ctx) as api:
-        model = api.request("DELETE", f"/v1/models/{cid}")
+        model = _dump(api.models.remove(cid))
     render.show(model, as_json=as_json, human=lambda m: render.line(f"removed {m['name']} v{m['version']}"))
 
 
@@ -446,7 +455,7 @@ def models_rm(ctx: click.Context, cid: str, as_json: bool) -> None:
 def models_pin(ctx: click.Context, cid: str, as_json: bool) -> None:
     """Pin a model so that garbage collection keeps it."""
     with _client(ctx) as api:
-        model = api.post(f"/v1/models/{cid}/pin", {})
+        model = _dump(api.models.pin(cid))
     render.show(model, as_json=as_json, human=lambda m: render.line(f"pinned {m['cid']}"))
 
 
@@ -461,7 +470,7 @@ def config() -> None:
 def config_show(ctx: click.Context, as_json: bool) -> None:
     """Show the running daemon's effective configuration."""
     with _client(ctx) as api:
-        data = api.get("/v1/config")["config"]
+        data = api.node.config().config
     if as_json:
         render.emit_json(data)
     else:
@@ -506,6 +515,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except UsageError as exc:
         render.error(str(exc))
+        sys.exit(EXIT_USAGE)
+    except ValidationError as exc:  # a request model refused an argument before anything was sent
+        render.error("; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
         sys.exit(EXIT_USAGE)
     except AccelNodeError as exc:
         render.error(str(exc))

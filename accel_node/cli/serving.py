@@ -9,13 +9,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from accel_node.cli import render
-from accel_node.cli.client import ApiClient
 from accel_node.errors import UsageError
+
+if TYPE_CHECKING:
+    from accel_node.client import Client
 
 LONG_TIMEOUT_S = 3600.0
 MEDIA = {".npy": "application/x-npy", ".npz": "application/x-npz", ".json": "application/json"}
@@ -23,8 +25,10 @@ MEDIA = {".npy": "application/x-npy", ".npz": "application/x-npz", ".json": "app
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
-def _client(ctx: click.Context, timeout_s: float = LONG_TIMEOUT_S) -> ApiClient:
-    return ApiClient(ctx.find_root().obj.home, timeout_s=timeout_s)
+def _client(ctx: click.Context, timeout_s: float = LONG_TIMEOUT_S) -> Client:
+    from accel_node.client import Client
+
+    return Client.for_home(ctx.find_root().obj.home, timeout_s=timeout_s)
 
 
 def _int_list(value: str, option: str) -> list[int]:
@@ -81,28 +85,19 @@ def infer(
 ) -> None:
     """Run model CID on the tensors in --input through the daemon."""
     accept = _media(output_path, "--output") if output_path else "application/json"
-    params: dict[str, Any] = {"variant": variant, "mode": mode}
-    if plan:
-        params["plan"] = plan
-    if threads is not None:
-        params["threads"] = threads
-    if timeout_s is not None:
-        params["timeout_s"] = timeout_s
+    from accel_node.core.schemas import InferOptions
+
+    options = InferOptions.model_validate(
+        {"variant": variant, "threads": threads, "timeout_s": timeout_s, "mode": mode, "plan": plan}
+    )
+    content_type = _media(input_path, "--input")
     with _client(ctx) as api:
-        response = api.send(
-            "POST",
-            f"/v1/infer/{cid}",
-            content=input_path.read_bytes(),
-            params=params,
-            headers={"Content-Type": _media(input_path, "--input"), "Accept": accept},
-        )
+        response = api.inference.infer_raw(cid, input_path.read_bytes(), content_type, options, accept=accept)
     if output_path is None:
-        sys.stdout.write(response.text + "\n")
+        sys.stdout.write(response.content.decode("utf-8", errors="replace") + "\n")
         return
     output_path.write_bytes(response.content)
-    render.line(
-        f"wrote {output_path} ({len(response.content)} bytes, {response.headers.get('content-type')})"
-    )
+    render.line(f"wrote {output_path} ({len(response.content)} bytes, {response.media_type})")
 
 
 @click.command()
@@ -129,16 +124,18 @@ def bench(
     as_json: bool,
 ) -> None:
     """Benchmark model CID over batches x threads x variants; every point is stored."""
-    body = {
-        "batches": _int_list(batches, "--batches"),
-        "threads": _int_list(threads, "--threads"),
-        "variants": [v.strip() for v in variants.split(",") if v.strip()],
-        "repeats": repeats,
-        "seq_len": seq_len,
-    }
+    from accel_node.core.schemas import BenchRequest
+
+    request = BenchRequest(
+        batches=_int_list(batches, "--batches"),
+        threads=_int_list(threads, "--threads"),
+        variants=[v.strip() for v in variants.split(",") if v.strip()],
+        repeats=repeats,
+        seq_len=seq_len,
+    )
     with render.progress(enabled=not as_json) as bar, _client(ctx) as api:
         bar.add_task("benchmarking", total=None)
-        data = api.post(f"/v1/models/{cid}/bench", body)
+        data = api.models.bench(cid, request)
     render.show(data, as_json=as_json, human=lambda d: render.bench_table(d["points"]))
 
 
@@ -149,14 +146,14 @@ def bench(
 @click.pass_context
 def models_analysis(ctx: click.Context, cid: str, dims: tuple[str, ...], as_json: bool) -> None:
     """Parameters, FLOPs per operator type, activation memory and I/O of model CID."""
-    params: dict[str, Any] = {}
+    params: dict[str, int] = {}
     for item in dims:
         name, _, value = item.partition("=")
         if not name or not value.isdigit():
             raise UsageError(f"--dim takes NAME=N, got {item!r}")
         params[name] = int(value)
     with _client(ctx, timeout_s=300) as api:
-        data = api.request("GET", f"/v1/models/{cid}/analysis", params=params)
+        data = api.models.analysis(cid, params)
     render.show(data, as_json=as_json, human=render.analysis)
 
 
@@ -169,8 +166,8 @@ def models_variants(ctx: click.Context, cid: str, build: str | None, as_json: bo
     """List (or --build) precision variants of model CID with their accuracy deltas."""
     with _client(ctx) as api:
         if build:
-            api.post(f"/v1/models/{cid}/variants", {"variant": build})
-        data = api.get(f"/v1/models/{cid}/variants")
+            api.models.build_variant(cid, build)
+        data = api.models.variants(cid)
     if as_json:
         render.emit_json(data)
         return
@@ -194,11 +191,12 @@ def shard_plan(
     ctx: click.Context, cid: str, *, stages: int, peers: str | None, assign: bool, as_json: bool
 ) -> None:
     """Partition model CID into stages balanced to the peers' measured throughput; prints the plan."""
-    body: dict[str, Any] = {"cid": cid, "stages": stages, "assign": assign}
-    if peers:
-        body["peers"] = [p.strip() for p in peers.split(",") if p.strip()]
+    from accel_node.core.schemas import PlanRequest
+
+    chosen = [p.strip() for p in peers.split(",") if p.strip()] if peers else None
+    request = PlanRequest(cid=cid, stages=stages, peers=chosen, assign=assign)
     with _client(ctx) as api:
-        plan = api.post("/v1/shards/plan", body)
+        plan = api.shards.plan(request)
     render.show(plan, as_json=as_json, human=render.shard_plan)
 
 
@@ -210,11 +208,10 @@ def shard_plan(
 @click.pass_context
 def shard_serve(ctx: click.Context, cid: str, stage: int, plan: str | None, as_json: bool) -> None:
     """Serve one stage of model CID (held here) and announce it."""
-    body: dict[str, Any] = {"cid": cid, "stage": stage}
-    if plan:
-        body["plan"] = plan
+    from accel_node.core.schemas import ServeRequest
+
     with _client(ctx) as api:
-        result = api.post("/v1/shards/serve", body)
+        result = api.shards.serve(ServeRequest(cid=cid, stage=stage, plan=plan))
     render.show(
         result,
         as_json=as_json,
@@ -229,5 +226,5 @@ def shard_serve(ctx: click.Context, cid: str, stage: int, plan: str | None, as_j
 def shard_ls(ctx: click.Context, cid: str | None, as_json: bool) -> None:
     """Shard plans known here, their stages and the peers serving each."""
     with _client(ctx) as api:
-        data = api.request("GET", "/v1/shards", params={"cid": cid} if cid else None)
+        data = api.shards.list(cid=cid)
     render.show(data, as_json=as_json, human=render.shards)

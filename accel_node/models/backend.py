@@ -33,7 +33,8 @@ from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
 from accel_node.models.errors import BackendError, ModelError
-from p2p.bitswap.service import BitswapService, FetchError
+from p2p.bitswap.errors import FetchError
+from p2p.bitswap.service import BitswapService
 from p2p.bulk import BlockFetcher, BlocksNotFoundError, BulkError
 from p2p.content import CID, DAG_PB, BlockStore, ContentError
 from p2p.content.dagpb import decode_pbnode

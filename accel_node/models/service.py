@@ -26,7 +26,7 @@ from typing import Any
 import trio
 
 from accel_node.models.backend import BlockSource, ContentBackend
-from accel_node.models.errors import ManifestError, ModelError
+from accel_node.models.errors import InvalidModelCidError, ManifestError, ModelError, ModelNotFoundError
 from accel_node.models.manifest import Manifest, ManifestFile, TensorSpec, sign_manifest, verify_package
 from accel_node.models.progress import FetchProgress, FetchTracker, file_bytes, present_bytes
 from accel_node.models.trust import TrustStore
@@ -337,17 +337,13 @@ def local_block(blocks: BlockStore, cid_bytes: bytes) -> bytes | None:
         return None
 
 
-class ModelNotFoundError(ModelError):
-    """The node holds no model with that CID."""
-
-
 def _parse_model_cid(text: str) -> CID:
     try:
         return CID.parse(text)
     except ContentError as exc:
-        raise ManifestError(f"invalid model CID {text!r}: {exc}") from exc
+        raise InvalidModelCidError(f"invalid model CID {text[:100]!r}: {exc}") from exc
 
 
 def normal_cid(cid: str) -> str:
-    """The canonical text of a model CID (CIDv1, base32); :class:`ManifestError` if it is not one."""
+    """The canonical text of a model CID (CIDv1, base32); :class:`InvalidModelCidError` if it is not one."""
     return str(_parse_model_cid(cid).to_v1())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from accel_node.errors import StoreError
-from accel_node.models.errors import PublisherKeyError
+from accel_node.models.errors import PublisherKeyError, PublisherKeyNotFoundError
 from accel_node.models.keys import (
     KeyFiles,
     PublisherKey,
@@ -85,4 +85,4 @@ class TrustStore:
                     raise PublisherKeyError(f"{trusted.name!r} is this node's own key; own keys stay trusted")
                 await self._store.call(self._store.sync.remove_publisher, trusted.key_id)
                 return trusted
-        raise PublisherKeyError(f"no trusted key named {name_or_key_id!r}")
+        raise PublisherKeyNotFoundError(f"no trusted key named {name_or_key_id[:64]!r}")

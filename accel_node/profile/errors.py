@@ -12,3 +12,12 @@ class ProfileError(AccelNodeError):
     this: they come back as a :class:`~accel_node.profile.model.Measurement` with an
     ``unavailable_reason`` instead.
     """
+
+    status = 500
+    code = "profile_failed"
+
+
+class WorkerError(ProfileError):
+    """The profiling worker process failed or printed something unexpected."""
+
+    code = "profile_worker_failed"

@@ -24,8 +24,9 @@ import trio
 
 from accel_node.hardware import HardwareService
 from accel_node.models.analysis import analyse
+from accel_node.models.errors import ModelNotFoundError
 from accel_node.models.manifest import TensorSpec
-from accel_node.models.service import ModelNotFoundError, ModelService, sha256_file
+from accel_node.models.service import ModelService, sha256_file
 from accel_node.runtime.errors import ModelNotVerified, ModelUnavailable, VariantError
 from accel_node.runtime.measure import bench
 from accel_node.runtime.variants import accuracy_delta, build_variant

@@ -23,7 +23,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
 from accel_node.errors import AccelNodeError
-from accel_node.shard.errors import ShardError
+from accel_node.shard.errors import AssignmentError
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +33,6 @@ LENGTH = struct.Struct(">I")
 ANSWER_TIMEOUT_S = 120.0  # the peer may have to fetch the plan and re-partition a large model
 
 Serve = Callable[[str, int, str], Awaitable[dict[str, Any]]]
-
-
-class AssignmentError(ShardError):
-    """A stage assignment was malformed, refused or failed."""
 
 
 async def _read_exactly(stream: INetStream, size: int) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.custom_types import TProtocol
 
+from p2p.bitswap.errors import ProtocolError
 from p2p.content.cid import CID
 from p2p.content.cid import encode_varint as encode_uvarint
 from p2p.content.errors import ContentError
@@ -28,10 +29,6 @@ MAX_BLOCK_BYTES = 2 * 1024 * 1024
 MAX_ENTRIES = 4096
 SHA2_256 = 0x12
 DAG_PB = 0x70
-
-
-class ProtocolError(ValueError):
-    """A peer sent something that is not valid Bitswap."""
 
 
 def decode_uvarint(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int] | None:

@@ -22,11 +22,11 @@ from libp2p.abc import IHost, INetStream
 from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
+from p2p.bitswap.errors import FetchError, ProtocolError
 from p2p.bitswap.protocol import (
     PROTOCOLS,
     FrameReader,
     Incoming,
-    ProtocolError,
     blocks_message,
     parse_message,
     want_message,
@@ -39,10 +39,6 @@ log = logging.getLogger(__name__)
 READ_CHUNK = 256 * 1024
 MAX_BLOCKS_PER_MESSAGE_BYTES = 1024 * 1024
 WANT_TIMEOUT_S = 10.0
-
-
-class FetchError(Exception):
-    """Some blocks could not be fetched from any provider."""
 
 
 BlockGetter = Callable[[bytes], bytes | None]

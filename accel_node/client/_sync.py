@@ -1,0 +1,324 @@
+"""The synchronous HTTP client of the control API.
+
+GENERATED from ``_async.py`` by ``scripts/unasync_client.py``: do not edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from accel_node.client.common import (
+    DEFAULT_TIMEOUT_S,
+    NPZ,
+    RESPONSE_LIMITS,
+    RawOutput,
+    auth_headers,
+    check,
+    daemon_address,
+    infer_params,
+    params,
+    unreachable,
+)
+from accel_node.core import endpoints as E
+from accel_node.core.endpoints import Endpoint
+from accel_node.core.schemas import (
+    BenchRequest,
+    ConfigView,
+    FetchProgressList,
+    FetchProgressView,
+    FetchRequest,
+    Hardware,
+    InferOptions,
+    ModelList,
+    ModelView,
+    NewKey,
+    Peer,
+    Peers,
+    Perf,
+    PlanRequest,
+    ProfileJob,
+    PublishRequest,
+    ServeRequest,
+    Status,
+    TrustedKey,
+    TrustedKeys,
+    TrustRequest,
+    UnserveRequest,
+)
+from accel_node.home import NodeHome
+
+if TYPE_CHECKING:  # numpy is imported by infer() only: the CLI's other commands start faster
+    import numpy as np
+
+    Arrays = dict[str, np.ndarray[Any, Any]]
+
+
+class Transport:
+    """One HTTP connection pool to one daemon; every domain client sends through it."""
+
+    def __init__(self, http: httpx.Client, url: str) -> None:
+        self.http = http
+        self.url = url
+
+    def send(
+        self,
+        endpoint: Endpoint,
+        *,
+        path: Mapping[str, str] | None = None,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        content: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+        checked: bool = True,
+    ) -> httpx.Response:
+        """The response to one request; :class:`ApiError` for an error answer unless not
+        ``checked`` (tests that look at statuses and bodies themselves)."""
+        extra: dict[str, Any] = {} if timeout_s is None else {"timeout": timeout_s}
+        try:
+            response = self.http.request(
+                endpoint.method,
+                endpoint.url(**(path or {})),
+                params=dict(query) if query else None,
+                json=body,
+                content=content,
+                headers=dict(headers) if headers else None,
+                **extra,
+            )
+        except httpx.TransportError as exc:
+            raise unreachable(self.url, exc) from exc
+        return check(response) if checked else response
+
+    def json(self, endpoint: Endpoint, **kwargs: Any) -> Any:
+        return (self.send(endpoint, **kwargs)).json()
+
+
+class NodeClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def status(self) -> Status:
+        return Status.model_validate(self._t.json(E.STATUS))
+
+    def config(self) -> ConfigView:
+        return ConfigView.model_validate(self._t.json(E.CONFIG))
+
+    def health(self) -> bool:
+        return bool((self._t.json(E.HEALTH))["ok"])
+
+    def metrics_text(self) -> bytes:
+        return (self._t.send(E.METRICS)).content
+
+
+class PeersClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def list(self) -> Peers:
+        return Peers.model_validate(self._t.json(E.PEERS))
+
+    def find(
+        self, *, min_mem_gb: float | None = None, min_gflops: float | None = None, gpu: bool | None = None
+    ) -> Peers:
+        query = params(min_mem_gb=min_mem_gb, min_gflops=min_gflops, gpu=gpu)
+        return Peers.model_validate(self._t.json(E.PEERS_FIND, query=query, timeout_s=120.0))
+
+    def get(self, peer_id: str) -> Peer:
+        return Peer.model_validate(self._t.json(E.PEER, path={"peer_id": peer_id}))
+
+    def connect(self, addr: str) -> Peer:
+        return Peer.model_validate(self._t.json(E.PEERS_CONNECT, body={"addr": addr}))
+
+    def perf(self, peer_id: str, *, payload_bytes: int | None = None) -> Perf:
+        query = params(payload_bytes=payload_bytes)
+        answer = self._t.json(E.PEER_PERF, path={"peer_id": peer_id}, query=query, timeout_s=120.0)
+        return Perf.model_validate(answer)
+
+
+class HardwareClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def get(self) -> Hardware:
+        return Hardware.model_validate(self._t.json(E.HARDWARE))
+
+    def start_profile(self, mode: str = "quick") -> ProfileJob:
+        return ProfileJob.model_validate(self._t.json(E.PROFILE_START, body={"mode": mode}))
+
+    def profile_job(self) -> ProfileJob:
+        return ProfileJob.model_validate(self._t.json(E.PROFILE_JOB))
+
+
+class KeysClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def new_key(self, name: str) -> TrustedKey:
+        body = NewKey(name=name).model_dump()
+        return TrustedKey.model_validate(self._t.json(E.KEYS_NEW, body=body))
+
+    def own_keys(self) -> TrustedKeys:
+        return TrustedKeys.model_validate(self._t.json(E.KEYS))
+
+    def trust(self, public_key: str, name: str) -> TrustedKey:
+        body = TrustRequest(public_key=public_key, name=name).model_dump()
+        return TrustedKey.model_validate(self._t.json(E.TRUST_ADD, body=body))
+
+    def trusted(self) -> TrustedKeys:
+        return TrustedKeys.model_validate(self._t.json(E.TRUST))
+
+    def untrust(self, name: str) -> TrustedKey:
+        return TrustedKey.model_validate(self._t.json(E.TRUST_REMOVE, path={"name": name}))
+
+
+class ModelsClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def publish(self, request: PublishRequest) -> ModelView:
+        body = request.model_dump(exclude_none=True)
+        return ModelView.model_validate(self._t.json(E.MODELS_PUBLISH, body=body, timeout_s=600.0))
+
+    def fetch(self, cid: str, *, timeout_s: float = 7 * 86400.0) -> ModelView:
+        body = FetchRequest(cid=cid).model_dump()
+        return ModelView.model_validate(self._t.json(E.MODELS_FETCH, body=body, timeout_s=timeout_s))
+
+    def fetches(self) -> FetchProgressList:
+        return FetchProgressList.model_validate(self._t.json(E.MODELS_FETCHES))
+
+    def fetch_progress(self, cid: str) -> FetchProgressView:
+        return FetchProgressView.model_validate(self._t.json(E.MODELS_FETCH_PROGRESS, path={"cid": cid}))
+
+    def list(self) -> ModelList:
+        return ModelList.model_validate(self._t.json(E.MODELS))
+
+    def show(self, cid: str) -> ModelView:
+        return ModelView.model_validate(self._t.json(E.MODEL, path={"cid": cid}))
+
+    def remove(self, cid: str) -> ModelView:
+        return ModelView.model_validate(self._t.json(E.MODEL_REMOVE, path={"cid": cid}))
+
+    def pin(self, cid: str) -> ModelView:
+        return ModelView.model_validate(self._t.json(E.MODEL_PIN, path={"cid": cid}, body={}))
+
+    def analysis(self, cid: str, dims: Mapping[str, int] | None = None) -> dict[str, Any]:
+        answer = self._t.json(E.MODEL_ANALYSIS, path={"cid": cid}, query=dict(dims or {}), timeout_s=300.0)
+        return dict(answer)
+
+    def variants(self, cid: str) -> dict[str, Any]:
+        return dict(self._t.json(E.MODEL_VARIANTS, path={"cid": cid}))
+
+    def build_variant(self, cid: str, variant: str) -> dict[str, Any]:
+        body = {"variant": variant}
+        return dict(self._t.json(E.MODEL_VARIANT_BUILD, path={"cid": cid}, body=body, timeout_s=600.0))
+
+    def bench(self, cid: str, request: BenchRequest) -> dict[str, Any]:
+        body = request.model_dump()
+        return dict(self._t.json(E.MODEL_BENCH, path={"cid": cid}, body=body, timeout_s=3600.0))
+
+
+class InferenceClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def infer(
+        self, cid: str, inputs: Mapping[str, np.ndarray[Any, Any]], options: InferOptions | None = None
+    ) -> Arrays:
+        """Outputs of ``cid`` for ``inputs`` (sent and answered as .npz, so dtypes survive)."""
+        from accel_node.runtime.tensors import TensorLimits, decode_response, encode_npz
+
+        raw = self.infer_raw(cid, encode_npz(inputs), NPZ, options, accept=NPZ)
+        return decode_response(raw.content, raw.media_type, TensorLimits(**RESPONSE_LIMITS))
+
+    def infer_raw(
+        self,
+        cid: str,
+        content: bytes,
+        content_type: str,
+        options: InferOptions | None = None,
+        *,
+        accept: str = "application/json",
+    ) -> RawOutput:
+        """An encoded request body (JSON, .npz or .npy) in, the daemon's encoded answer out."""
+        timeout = (options.timeout_s if options and options.timeout_s else DEFAULT_TIMEOUT_S) + 5.0
+        response = self._t.send(
+            E.INFER,
+            path={"cid": cid},
+            query=infer_params(options),
+            content=content,
+            headers={"Content-Type": content_type, "Accept": accept},
+            timeout_s=timeout,
+        )
+        return RawOutput(response.content, response.headers.get("content-type", ""))
+
+    def measurements(self, cid: str | None = None, *, limit: int = 1000) -> dict[str, Any]:
+        return dict(self._t.json(E.MEASUREMENTS, query=params(cid=cid, limit=limit)))
+
+    def runtime(self) -> dict[str, Any]:
+        return dict(self._t.json(E.RUNTIME))
+
+
+class ShardsClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def plan(self, request: PlanRequest) -> dict[str, Any]:
+        body = request.model_dump(exclude_none=True)
+        return dict(self._t.json(E.SHARDS_PLAN, body=body, timeout_s=600.0))
+
+    def serve(self, request: ServeRequest) -> dict[str, Any]:
+        body = request.model_dump(exclude_none=True)
+        return dict(self._t.json(E.SHARDS_SERVE, body=body, timeout_s=600.0))
+
+    def unserve(self, plan: str, stage: int) -> dict[str, Any]:
+        body = UnserveRequest(plan=plan, stage=stage).model_dump()
+        return dict(self._t.json(E.SHARDS_UNSERVE, body=body))
+
+    def list(self, *, cid: str | None = None, lookup: bool = True) -> dict[str, Any]:
+        query = params(cid=cid, lookup=lookup)
+        return dict(self._t.json(E.SHARDS, query=query, timeout_s=120.0))
+
+
+class Client:
+    """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``models``,
+    ``inference``, ``shards``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
+    status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.url = url
+        self.http = httpx.Client(
+            base_url=url, headers=auth_headers(token), timeout=timeout_s, transport=transport
+        )
+        self.transport = Transport(self.http, url)
+        self.node = NodeClient(self.transport)
+        self.peers = PeersClient(self.transport)
+        self.hardware = HardwareClient(self.transport)
+        self.keys = KeysClient(self.transport)
+        self.models = ModelsClient(self.transport)
+        self.inference = InferenceClient(self.transport)
+        self.shards = ShardsClient(self.transport)
+
+    @classmethod
+    def for_home(cls, home: NodeHome, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Client:
+        """A client of the daemon running on ``home`` (found through its ``api.json``)."""
+        url, token = daemon_address(home)
+        return cls(url, token, timeout_s=timeout_s)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,69 @@
+"""Every endpoint of the control API, defined once.
+
+The API registers its routes from these (``accel_node.api.routing.route``) and the HTTP client
+builds its requests from them; ``tests/test_core_conformance.py`` checks that the app serves
+exactly this set, so a path can change in one place only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import quote
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One HTTP operation: method and path template (``{name}`` marks a path parameter)."""
+
+    method: str
+    path: str
+
+    def url(self, **params: str) -> str:
+        """The path with each parameter percent-encoded (a CID or name never adds a segment)."""
+        return self.path.format(**{name: quote(value, safe="") for name, value in params.items()})
+
+
+HEALTH = Endpoint("GET", "/healthz")
+STATUS = Endpoint("GET", "/v1/status")
+CONFIG = Endpoint("GET", "/v1/config")
+METRICS = Endpoint("GET", "/metrics")
+
+PEERS = Endpoint("GET", "/v1/peers")
+PEERS_FIND = Endpoint("GET", "/v1/peers/find")
+PEERS_CONNECT = Endpoint("POST", "/v1/peers/connect")
+PEER = Endpoint("GET", "/v1/peers/{peer_id}")
+PEER_PERF = Endpoint("POST", "/v1/peers/{peer_id}/perf")
+
+HARDWARE = Endpoint("GET", "/v1/hardware")
+PROFILE_START = Endpoint("POST", "/v1/profile")
+PROFILE_JOB = Endpoint("GET", "/v1/profile")
+
+KEYS_NEW = Endpoint("POST", "/v1/keys")
+KEYS = Endpoint("GET", "/v1/keys")
+TRUST_ADD = Endpoint("POST", "/v1/trust")
+TRUST = Endpoint("GET", "/v1/trust")
+TRUST_REMOVE = Endpoint("DELETE", "/v1/trust/{name}")
+
+MODELS_PUBLISH = Endpoint("POST", "/v1/models/publish")
+MODELS_FETCH = Endpoint("POST", "/v1/models/fetch")
+MODELS_FETCHES = Endpoint("GET", "/v1/models/fetches")
+MODELS_FETCH_PROGRESS = Endpoint("GET", "/v1/models/fetches/{cid}")
+MODELS = Endpoint("GET", "/v1/models")
+MODEL = Endpoint("GET", "/v1/models/{cid}")
+MODEL_REMOVE = Endpoint("DELETE", "/v1/models/{cid}")
+MODEL_PIN = Endpoint("POST", "/v1/models/{cid}/pin")
+MODEL_ANALYSIS = Endpoint("GET", "/v1/models/{cid}/analysis")
+MODEL_VARIANTS = Endpoint("GET", "/v1/models/{cid}/variants")
+MODEL_VARIANT_BUILD = Endpoint("POST", "/v1/models/{cid}/variants")
+MODEL_BENCH = Endpoint("POST", "/v1/models/{cid}/bench")
+
+INFER = Endpoint("POST", "/v1/infer/{cid}")
+MEASUREMENTS = Endpoint("GET", "/v1/measurements")
+RUNTIME = Endpoint("GET", "/v1/runtime")
+
+SHARDS_PLAN = Endpoint("POST", "/v1/shards/plan")
+SHARDS_SERVE = Endpoint("POST", "/v1/shards/serve")
+SHARDS_UNSERVE = Endpoint("POST", "/v1/shards/unserve")
+SHARDS = Endpoint("GET", "/v1/shards")
+
+ALL: tuple[Endpoint, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Endpoint))
