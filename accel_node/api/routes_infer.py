@@ -195,8 +195,8 @@ def infer_routes(ctx: ApiContext) -> APIRouter:
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> dict[str, Any]:
         """Stored measurements (benchmarks and sampled live requests), newest first."""
-        rows = await ctx.store.call(ctx.store.sync.list_measurements, cid, limit=limit)
-        return {"measurements": rows}
+        rows = await ctx.store.list_measurements(cid, limit=limit)
+        return {"measurements": [row.as_dict() for row in rows]}
 
     @router.get("/v1/runtime", tags=["inference"])
     async def runtime_stats() -> dict[str, Any]:
