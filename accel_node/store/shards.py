@@ -66,4 +66,4 @@ class Shards:
 
     def list_served(self) -> list[ServedRow]:
         rows = self._db.query("SELECT * FROM shard_served ORDER BY model_cid, plan_cid, stage")
-        return [ServedRow(**row) for row in rows]
+        return [ServedRow(r["plan_cid"], r["stage"], r["model_cid"], r["started_at"]) for r in rows]
