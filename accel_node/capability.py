@@ -198,8 +198,7 @@ class CapabilityService:
             self._metrics.records_rejected.labels(kind=KIND, reason="malformed").inc()
             log.info("malformed capability record", extra={"peer_id": str(peer_id), "error": str(exc)[:200]})
             return None
-        outcome = await self._store.call(
-            self._store.sync.record_capability,
+        outcome = await self._store.record_capability(
             str(peer_id),
             body.model_dump(mode="json"),
             seq=record.seq,
@@ -300,7 +299,7 @@ class CapabilityService:
 
     async def _sweep_loop(self) -> None:
         while True:
-            expired = await self._store.call(self._store.sync.expire_records, time.time())
+            expired = await self._store.expire_records(time.time())
             if expired:
                 log.info("peer records expired", extra={"peers": expired})
             await trio.sleep(SWEEP_INTERVAL_S)

@@ -119,7 +119,7 @@ class HardwareService:
         except (WorkerError, ValueError, KeyError) as exc:
             log.error("reading hardware facts failed", extra={"error": str(exc)})
             return
-        cached = await self.store.call(self.store.sync.latest_profile, self.fingerprint)
+        cached = await self.store.latest_profile(self.fingerprint)
         if cached is not None:
             try:
                 self.current = HardwareProfile.from_dict(cached)
@@ -161,8 +161,7 @@ class HardwareService:
                 log.error("profiling failed", extra={"error": str(exc)})
                 job.error = str(exc)
             else:
-                await self.store.call(
-                    self.store.sync.save_profile,
+                await self.store.save_profile(
                     profile.fingerprint,
                     profile.mode,
                     profile.created_at,

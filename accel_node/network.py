@@ -95,8 +95,7 @@ class PeerNetwork:
 
     async def _persist_penalties(self) -> None:
         async for peer_id, state in self._penalty_receive:
-            await self._store.call(
-                self._store.sync.record_penalty,
+            await self._store.record_penalty(
                 peer_id,
                 count=state.count,
                 at=state.last_at,
@@ -150,8 +149,7 @@ class PeerNetwork:
             result = await measure_peer(
                 self.host, peer_id, payload_bytes=payload_bytes or self._settings.perf_payload_bytes
             )
-        await self._store.call(
-            self._store.sync.record_perf,
+        await self._store.record_perf(
             str(peer_id),
             {
                 "rtt_ms": result.rtt_ms,

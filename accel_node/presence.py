@@ -121,8 +121,7 @@ class PresenceService:
                 continue
             if peer_id == record.peer_id:
                 addrs.append(addr)
-        outcome = await self._store.call(
-            self._store.sync.record_heartbeat,
+        outcome = await self._store.record_heartbeat(
             str(record.peer_id),
             seq=record.seq,
             expires_at=float(record.expires_at),

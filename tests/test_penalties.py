@@ -13,7 +13,7 @@ import trio
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from accel_node.store import Store
+from accel_node.store import AsyncStore
 from p2p.bitswap.service import BitswapService
 from p2p.content.cid import CID, RAW
 from p2p.host import HostSettings, build_host, run_host
@@ -66,14 +66,14 @@ def test_invalid_settings_are_refused() -> None:
         PenaltyBox(limit=0)
 
 
-def test_penalties_persist_in_the_peer_table(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+async def test_penalties_persist_in_the_peer_table(tmp_path: Path) -> None:
+    store = await AsyncStore.open(tmp_path / "node.db")
     offender = peer()
-    store.record_penalty(str(offender), count=3, at=1000.0, exclusions=1, reason="bad-block")
-    record = store.get_peer(str(offender))
+    await store.record_penalty(str(offender), count=3, at=1000.0, exclusions=1, reason="bad-block")
+    record = await store.get_peer(str(offender))
     assert record is not None
     assert (record.penalties, record.penalty_exclusions, record.penalty_reason) == (3, 1, "bad-block")
-    store.close()
+    await store.close()
 
 
 @pytest.mark.multinode

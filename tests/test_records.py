@@ -9,7 +9,7 @@ import cbor2
 import pytest
 from libp2p.peer.id import ID
 
-from accel_node.store import Replay, Store
+from accel_node.store import AsyncStore, Replay
 from p2p.dht import SignedRecordValidator, record_key
 from p2p.identity import generate_identity, peer_id_of
 from p2p.records import MAX_RECORD_BYTES, RecordError, decode_record, sign_record
@@ -113,24 +113,28 @@ def test_select_prefers_the_highest_sequence_and_skips_invalid() -> None:
     assert VALIDATOR.select(key, [b"junk", old]) == 1
 
 
-def test_replayed_older_sequence_is_refused_by_the_peer_table(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
-    args = {"expires_at": future(), "addrs": []}
-    assert store.record_capability("peer", {"load": None}, seq=5, **args) is None
-    assert store.record_capability("peer", {"load": None}, seq=5, **args) is None  # same record again
-    assert store.record_capability("peer", {"load": None}, seq=4, **args) == Replay(held_seq=5)
-    peer = store.get_peer("peer")
+async def test_replayed_older_sequence_is_refused_by_the_peer_table(tmp_path: Path) -> None:
+    store = await AsyncStore.open(tmp_path / "node.db")
+    expires = float(future())
+    assert await store.record_capability("peer", {"load": None}, seq=5, expires_at=expires, addrs=[]) is None
+    # The same record again is accepted; an older one is a replay.
+    assert await store.record_capability("peer", {"load": None}, seq=5, expires_at=expires, addrs=[]) is None
+    replay = await store.record_capability("peer", {"load": None}, seq=4, expires_at=expires, addrs=[])
+    assert replay == Replay(held_seq=5)
+    peer = await store.get_peer("peer")
     assert peer is not None and peer.cap_seq == 5
-    assert store.record_heartbeat("peer", seq=3, expires_at=future(), load={}, addrs=[]) is None
-    assert store.record_heartbeat("peer", seq=3, expires_at=future(), load={}, addrs=[]) == Replay(held_seq=3)
+    assert await store.record_heartbeat("peer", seq=3, expires_at=expires, load={}, addrs=[]) is None
+    replay = await store.record_heartbeat("peer", seq=3, expires_at=expires, load={}, addrs=[])
+    assert replay == Replay(held_seq=3)
+    await store.close()
 
 
-def test_expired_records_are_swept_from_the_peer_table(tmp_path: Path) -> None:
-    store = Store(tmp_path / "node.db")
+async def test_expired_records_are_swept_from_the_peer_table(tmp_path: Path) -> None:
+    store = await AsyncStore.open(tmp_path / "node.db")
     now = time.time()
-    store.record_capability("gone", {"load": None}, seq=1, expires_at=now + 1, addrs=[])
-    store.record_capability("alive", {"load": None}, seq=1, expires_at=now + 100, addrs=[])
-    assert store.expire_records(now + 2) == ["gone"]
-    gone, alive = store.get_peer("gone"), store.get_peer("alive")
+    await store.record_capability("gone", {"load": None}, seq=1, expires_at=now + 1, addrs=[])
+    await store.record_capability("alive", {"load": None}, seq=1, expires_at=now + 100, addrs=[])
+    assert await store.expire_records(now + 2) == ["gone"]
+    gone, alive = await store.get_peer("gone"), await store.get_peer("alive")
     assert gone is not None and gone.capability is None and not gone.live(now + 2)
     assert alive is not None and alive.capability is not None and alive.live(now + 2)

@@ -53,8 +53,8 @@ class LocalInference:
         )
 
     async def measurements(self, cid: str | None = None, *, limit: int = 1000) -> dict[str, Any]:
-        rows = await self._store.call(self._store.sync.list_measurements, cid, limit=limit)
-        return {"measurements": rows}
+        rows = await self._store.list_measurements(cid, limit=limit)
+        return {"measurements": [row.as_dict() for row in rows]}
 
     async def runtime(self) -> dict[str, Any]:
         return self._inference.stats()

@@ -30,7 +30,7 @@ from accel_node.models.errors import InvalidModelCidError, ManifestError, ModelE
 from accel_node.models.manifest import Manifest, ManifestFile, TensorSpec, sign_manifest, verify_package
 from accel_node.models.progress import FetchProgress, FetchTracker, file_bytes, present_bytes
 from accel_node.models.trust import TrustStore
-from accel_node.store import AsyncStore
+from accel_node.store import AsyncStore, ModelRow
 from p2p.content import CID, BlockStore, ContentError, export_file, import_bytes, import_file, read_bytes
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ModelService:
         inputs, outputs = await trio.to_thread.run_sync(onnx_signature, directory / entries[0].path)
         model_name = name or directory.name
         if version is None:
-            highest = await self._store.call(self._store.sync.highest_model_version, key.key_id, model_name)
+            highest = await self._store.highest_model_version(key.key_id, model_name)
             version = (highest or 0) + 1
         now = int(time.time())
         manifest = Manifest(
@@ -190,19 +190,20 @@ class ModelService:
         return await self.show(cid)
 
     async def _verify(self, package: bytes) -> Manifest:
-        sync = self._store.sync
+        # The trust and version tables are small: read whole, then verify off the event loop.
+        keys = await self._store.publisher_keys()
+        versions = await self._store.model_versions()
 
         def verify() -> Manifest:
             return verify_package(
                 package,
-                trusted_key=sync.publisher_key,
-                highest_version=sync.highest_model_version,
+                trusted_key=keys.get,
+                highest_version=lambda publisher, name: versions.get((publisher, name)),
                 max_manifest_bytes=self._limits.max_manifest_bytes,
                 max_file_bytes=self._limits.max_file_bytes,
             )
 
-        # On the store's own thread: the trust and version look-ups read the database.
-        return await self._store.call(verify)
+        return await trio.to_thread.run_sync(verify)
 
     async def _fetch_dag(self, root: CID, source: BlockSource, progress: FetchProgress) -> None:
         """Fetch every missing block under ``root``, level by level. Each block is checked against
@@ -279,33 +280,30 @@ class ModelService:
 
         await trio.to_thread.run_sync(materialise)
         await trio.to_thread.run_sync(self.blocks.pin, CID.parse(cid))
-        await self._store.call(
-            self._store.sync.record_model,
+        await self._store.record_model(
             cid,
             manifest.to_map(),
             local=local,
         )
-        await self._store.call(
-            self._store.sync.record_model_version, manifest.publisher, manifest.name, manifest.version
-        )
+        await self._store.record_model_version(manifest.publisher, manifest.name, manifest.version)
 
     async def _installed(self, cid: str) -> bool:
-        return await self._store.call(self._store.sync.get_model, cid) is not None
+        return await self._store.get_model(cid) is not None
 
     async def list(self) -> list[dict[str, Any]]:
-        return [self._view(row) for row in await self._store.call(self._store.sync.list_models)]
+        return [self._view(row) for row in await self._store.list_models()]
 
     async def show(self, cid: str) -> dict[str, Any]:
-        row = await self._store.call(self._store.sync.get_model, normal_cid(cid))
+        row = await self._store.get_model(normal_cid(cid))
         if row is None:
             raise ModelNotFoundError(f"no model {cid} on this node")
         return self._view(row)
 
-    def _view(self, row: dict[str, Any]) -> dict[str, Any]:
+    def _view(self, row: ModelRow) -> dict[str, Any]:
         return {
-            **row,
-            "path": str(self.models_dir / row["cid"]),
-            "pinned": self.blocks.is_pinned(CID.parse(row["cid"])),
+            **row.as_dict(),
+            "path": str(self.models_dir / row.cid),
+            "pinned": self.blocks.is_pinned(CID.parse(row.cid)),
         }
 
     async def remove(self, cid: str) -> dict[str, Any]:
@@ -319,7 +317,7 @@ class ModelService:
             shutil.rmtree(self.models_dir / view["cid"], ignore_errors=True)
             self.blocks.gc()
 
-        await self._store.call(self._store.sync.delete_model, view["cid"])
+        await self._store.delete_model(view["cid"])
         await trio.to_thread.run_sync(drop)
         return view
 

@@ -21,7 +21,7 @@ from accel_node.models.keys import (
     key_id,
     parse_public_key,
 )
-from accel_node.store import AsyncStore
+from accel_node.store import AsyncStore, PublisherRow
 
 
 @dataclass(frozen=True)
@@ -35,10 +35,8 @@ class TrustedKey:
         return {"name": self.name, "key_id": self.key_id, "public_key": self.public_key, "own": self.own}
 
 
-def _trusted(row: dict[str, Any]) -> TrustedKey:
-    return TrustedKey(
-        row["name"], row["key_id"], format_public_key(bytes(row["public_key"])), bool(row["own"])
-    )
+def _trusted(row: PublisherRow) -> TrustedKey:
+    return TrustedKey(row.name, row.key_id, format_public_key(row.public_key), row.own)
 
 
 class TrustStore:
@@ -68,12 +66,12 @@ class TrustStore:
 
     async def _add(self, kid: str, name: str, raw: bytes, *, own: bool) -> None:
         try:
-            await self._store.call(self._store.sync.add_publisher, kid, name, raw, own=own)
+            await self._store.add_publisher(kid, name, raw, own=own)
         except StoreError as exc:
             raise PublisherKeyError(f"cannot trust key {kid} as {name!r}: {exc}") from exc
 
     async def all(self) -> list[TrustedKey]:
-        return [_trusted(r) for r in await self._store.call(self._store.sync.list_publishers)]
+        return [_trusted(r) for r in await self._store.list_publishers()]
 
     async def own_keys(self) -> list[TrustedKey]:
         return [t for t in await self.all() if t.own]
@@ -83,6 +81,6 @@ class TrustStore:
             if name_or_key_id in (trusted.name, trusted.key_id):
                 if trusted.own:
                     raise PublisherKeyError(f"{trusted.name!r} is this node's own key; own keys stay trusted")
-                await self._store.call(self._store.sync.remove_publisher, trusted.key_id)
+                await self._store.remove_publisher(trusted.key_id)
                 return trusted
         raise PublisherKeyNotFoundError(f"no trusted key named {name_or_key_id[:64]!r}")

@@ -67,18 +67,17 @@ class ModelLibrary:
         return path, _specs(manifest["io"]["inputs"])
 
     async def variant_path(self, cid: str, variant: str) -> Path | None:
-        row = await self._store.call(self._store.sync.get_variant, await self._normal(cid), variant)
+        row = await self._store.get_variant(await self._normal(cid), variant)
         if row is None:
             return None
-        path = self._variant_file(row["cid"])
+        path = self._variant_file(row.cid)
         if not await trio.to_thread.run_sync(path.exists):
             return None
         return path
 
     async def record(self, measurement: dict[str, Any]) -> None:
         """Store a live measurement sampled by the inference service."""
-        await self._store.call(
-            self._store.sync.record_measurements,
+        await self._store.record_measurements(
             [
                 {
                     "model_cid": measurement["cid"],
@@ -100,16 +99,16 @@ class ModelLibrary:
     async def analysis(self, cid: str, dims: dict[str, int]) -> dict[str, Any]:
         """The model's analysis at ``dims`` (computed once per dims, then read from the store)."""
         normal = await self._normal(cid)
-        cached = await self._store.call(self._store.sync.get_analysis, normal, dims)
+        cached = await self._store.get_analysis(normal, dims)
         if cached is not None:
             return cached
         path, _ = await self.resolve(normal)
         result = await trio.to_thread.run_sync(lambda: analyse(path, dims or None).to_dict())
-        await self._store.call(self._store.sync.save_analysis, normal, dims, result)
+        await self._store.save_analysis(normal, dims, result)
         return result
 
     async def variants(self, cid: str) -> list[dict[str, Any]]:
-        return await self._store.call(self._store.sync.list_variants, await self._normal(cid))
+        return [row.as_dict() for row in await self._store.list_variants(await self._normal(cid))]
 
     async def build_variant(self, cid: str, variant: str) -> dict[str, Any]:
         """Build (or return the already built) ``variant`` of ``cid`` with its measured accuracy."""
@@ -118,16 +117,15 @@ class ModelLibrary:
         normal = await self._normal(cid)
         async with self._build_locks.setdefault((normal, variant), trio.Lock()):
             if await self.variant_path(normal, variant) is not None:
-                row = await self._store.call(self._store.sync.get_variant, normal, variant)
+                row = await self._store.get_variant(normal, variant)
                 assert row is not None
-                return row
+                return row.as_dict()
             parent, signature = await self.resolve(normal)
             data = await trio.to_thread.run_sync(build_variant, parent, variant, signature)
             variant_cid = await trio.to_thread.run_sync(self._add_variant, data)
             path = self._variant_file(variant_cid)
             accuracy = await trio.to_thread.run_sync(accuracy_delta, parent, path, signature)
-            await self._store.call(
-                self._store.sync.save_variant,
+            await self._store.save_variant(
                 variant_cid,
                 parent=normal,
                 variant=variant,
@@ -135,9 +133,9 @@ class ModelLibrary:
                 size=len(data),
             )
             log.info("variant built", extra={"cid": normal, "variant": variant, "variant_cid": variant_cid})
-            row = await self._store.call(self._store.sync.get_variant, normal, variant)
+            row = await self._store.get_variant(normal, variant)
             assert row is not None
-            return row
+            return row.as_dict()
 
     async def bench(
         self,
@@ -189,7 +187,7 @@ class ModelLibrary:
             }
             for p in points
         ]
-        await self._store.call(self._store.sync.record_measurements, rows)
+        await self._store.record_measurements(rows)
         return points
 
     async def forget(self, cid: str) -> None:
@@ -203,7 +201,7 @@ class ModelLibrary:
 
         for row in await self.variants(normal):
             await trio.to_thread.run_sync(drop, row["cid"])
-        await self._store.call(self._store.sync.delete_model_data, normal)
+        await self._store.delete_model_data(normal)
 
     # -- internals ---------------------------------------------------------------------------
 

@@ -99,13 +99,15 @@ class ShardService:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self._settings.accept_assignments:
             self._network.host.set_stream_handler(ASSIGN_PROTOCOL, assignment_handler(self.serve))
-        for row in await self._store.call(self._store.sync.list_served):
+        for row in await self._store.list_served():
             try:
-                await self.serve(row["model_cid"], row["stage"], row["plan_cid"])
+                await self.serve(row.model_cid, row.stage, row.plan_cid)
             except (AccelNodeError, onnx.checker.ValidationError, OSError) as exc:
                 # The model may have been removed, or the plan cannot be fetched now: the node still
                 # starts; the stage is not served (and not forgotten: `shard serve` again or unserve).
-                log.warning("could not serve a remembered stage again", extra={**row, "error": str(exc)})
+                log.warning(
+                    "could not serve a remembered stage again", extra={**row.as_dict(), "error": str(exc)}
+                )
         task_status.started()
         while True:
             await trio.sleep(REANNOUNCE_S)
@@ -151,9 +153,7 @@ class ShardService:
         plan = make_plan(parts, model_cid=model_cid, planner=self.local_id)
         raw = sign_plan(plan, self._key_pair)
         plan_cid = await self._models.add_content(raw)
-        await self._store.call(
-            self._store.sync.save_plan, plan_cid, model_cid=model_cid, raw=raw, planner=plan.planner
-        )
+        await self._store.save_plan(plan_cid, model_cid=model_cid, raw=raw, planner=plan.planner)
         log.info("shard plan made", extra={"model": model_cid, "plan": plan_cid, "stages": stages})
         view = self._plan_view(plan_cid, plan)
         view["placement"] = [str(peer) for peer, _ in chosen]
@@ -229,7 +229,7 @@ class ShardService:
             raise PlanError(f"plan {plan_cid} has {len(stages)} stages; there is no stage {stage}")
         await self.server.serve(plan_cid, stage, stages[stage].model_bytes, stages[stage])
         self._served[(plan_cid, stage)] = model_cid
-        await self._store.call(self._store.sync.set_served, plan_cid, stage, model_cid=model_cid, served=True)
+        await self._store.set_served(plan_cid, stage, model_cid=model_cid, served=True)
         await directory.announce(self._dht, model_cid, stage)
         self._capabilities.republish_soon()
         return {"model": model_cid, "plan": plan_cid, "stage": stage, "stage_cid": plan.stages[stage].cid}
@@ -238,21 +238,17 @@ class ShardService:
         model_cid = self._served.pop((plan_cid, stage), None)
         self.server.unserve(plan_cid, stage)
         if model_cid is not None:
-            await self._store.call(
-                self._store.sync.set_served, plan_cid, stage, model_cid=model_cid, served=False
-            )
+            await self._store.set_served(plan_cid, stage, model_cid=model_cid, served=False)
             self._capabilities.republish_soon()
         return model_cid is not None
 
     async def _plan_bytes(self, plan_cid: str) -> bytes:
-        row = await self._store.call(self._store.sync.get_plan, plan_cid)
+        row = await self._store.get_plan(plan_cid)
         if row is not None:
-            return bytes(row["raw"])
+            return row.raw
         raw = await self._models.get_content(plan_cid, max_size=MAX_PLAN_BYTES)
         plan = decode_plan(raw)
-        await self._store.call(
-            self._store.sync.save_plan, plan_cid, model_cid=plan.model_cid, raw=raw, planner=plan.planner
-        )
+        await self._store.save_plan(plan_cid, model_cid=plan.model_cid, raw=raw, planner=plan.planner)
         return raw
 
     # -- listing -----------------------------------------------------------------------------
@@ -260,12 +256,12 @@ class ShardService:
     async def listing(self, *, model_cid: str | None = None, lookup: bool = True) -> dict[str, Any]:
         """Plans known here, each stage with the peers serving it (from verified capability records)."""
         plans = []
-        for row in await self._store.call(self._store.sync.list_plans, model_cid):
-            plan = decode_plan(bytes(row["raw"]))
-            view = self._plan_view(row["plan_cid"], plan)
+        for row in await self._store.list_plans(model_cid):
+            plan = decode_plan(row.raw)
+            view = self._plan_view(row.plan_cid, plan)
             if lookup:
                 for stage in view["stages"]:
-                    replicas = await self.replicas(plan, row["plan_cid"], stage["index"])
+                    replicas = await self.replicas(plan, row.plan_cid, stage["index"])
                     stage["peers"] = [str(p) for p in replicas]
             plans.append(view)
         served = [{"model": m, "plan": p, "stage": s} for (p, s), m in sorted(self._served.items())]
@@ -339,10 +335,10 @@ class ShardService:
         return None if entry is None else (entry, body)
 
     async def route(self, plan_cid: str) -> tuple[ShardPlan, list[list[ID]]]:
-        row = await self._store.call(self._store.sync.get_plan, plan_cid)
+        row = await self._store.get_plan(plan_cid)
         if row is None:
             raise PlanError(f"no shard plan {plan_cid} on this node")
-        plan = decode_plan(bytes(row["raw"]))
+        plan = decode_plan(row.raw)
         route = [await self.replicas(plan, plan_cid, s.index) for s in plan.stages]
         missing = [i for i, replicas in enumerate(route) if not replicas]
         if missing:
@@ -358,13 +354,13 @@ class ShardService:
         spot check can referee a disagreement itself; None when the model is not held here."""
         if plan_cid in self._referees:
             return self._referees[plan_cid]
-        row = await self._store.call(self._store.sync.get_plan, plan_cid)
+        row = await self._store.get_plan(plan_cid)
         if row is not None:
             try:
-                path, _ = await self._library.resolve(row["model_cid"])
-                raw = bytes(row["raw"])
+                path, _ = await self._library.resolve(row.model_cid)
+                raw = row.raw
                 _, stages = await trio.to_thread.run_sync(
-                    lambda: verified_stages(raw, onnx.load(str(path)), expect_model_cid=row["model_cid"])
+                    lambda: verified_stages(raw, onnx.load(str(path)), expect_model_cid=row.model_cid)
                 )
                 self._referees[plan_cid] = {s.index: (s.model_bytes, s) for s in stages}
             except (RuntimeFailure, ShardError) as exc:
@@ -373,10 +369,10 @@ class ShardService:
         return self._referees.get(plan_cid)
 
     async def latest_plan(self, model_cid: str) -> str:
-        rows = await self._store.call(self._store.sync.list_plans, normal_cid(model_cid))
+        rows = await self._store.list_plans(normal_cid(model_cid))
         if not rows:
             raise PlanError(f"no shard plan for model {model_cid}; make one with 'accel-node shard plan'")
-        return str(rows[0]["plan_cid"])
+        return rows[0].plan_cid
 
     async def infer(
         self, cid: str, inputs: Mapping[str, Any], *, plan_cid: str | None = None, timeout_s: float = 30.0
