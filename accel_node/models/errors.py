@@ -37,3 +37,7 @@ class BackendError(ModelError):
 
 class PublisherKeyError(UsageError):
     """A publisher key name or public key given by the user is invalid or unknown."""
+
+
+class AnalysisError(ModelError):
+    """The model cannot be read or analysed (unreadable file, unsupported construct, bad dims)."""
