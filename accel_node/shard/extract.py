@@ -24,7 +24,7 @@ from itertools import pairwise
 
 import onnx
 
-from accel_node.models.analysis import dtype_name
+from accel_node.models.analysis.dtypes import dtype_name
 from accel_node.models.manifest import TensorSpec
 from accel_node.shard.errors import PartitionError
 from accel_node.shard.limits import MAX_STAGES

@@ -20,15 +20,11 @@ from itertools import accumulate
 
 import onnx
 
-from accel_node.models.analysis import (
-    AnalysisError,
-    PreparedModel,
-    ShapeMap,
-    node_costs,
-    prepare_model,
-    resolve_dims,
-    tensor_bytes,
-)
+from accel_node.models.analysis.costs import node_costs
+from accel_node.models.analysis.dtypes import tensor_bytes
+from accel_node.models.analysis.graph import PreparedModel, prepare_model, resolve_dims
+from accel_node.models.analysis.shapes import ShapeMap
+from accel_node.models.errors import AnalysisError
 from accel_node.shard import balance as solver
 from accel_node.shard.candidates import CutPoint, cut_point, cut_points, end_bytes, undominated
 from accel_node.shard.errors import PartitionError

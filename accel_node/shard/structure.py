@@ -13,23 +13,16 @@ Positions and boundaries
 
 from __future__ import annotations
 
-import math
 from itertools import accumulate
 
 import onnx
 
-from accel_node.models.analysis import outer_names, subgraphs, tensor_bytes
+from accel_node.models.analysis.dtypes import initializer_bytes
+from accel_node.models.analysis.graph import outer_names, subgraphs
 from accel_node.shard.errors import PartitionError
 
 Dim = int | str | None
 TensorTypes = dict[str, tuple[int, tuple[Dim, ...]]]  # tensor name -> (element type, shape)
-
-
-def initializer_bytes(t: onnx.TensorProto) -> int:
-    """Bytes an initializer takes (strings by their length), from its dims: the data need not be loaded."""
-    if t.data_type == onnx.TensorProto.STRING:
-        return sum(len(s) for s in t.string_data)
-    return tensor_bytes(t.data_type, math.prod(t.dims))
 
 
 class GraphStructure:

@@ -38,3 +38,10 @@ def tensor_bytes(elem_type: int, elements: int) -> int:
 def numel(shape: Sequence[int]) -> int:
     """Number of elements of a tensor of ``shape`` (1 for a scalar)."""
     return math.prod(shape)
+
+
+def initializer_bytes(t: onnx.TensorProto) -> int:
+    """Bytes an initializer takes (strings by their length), from its dims: the data need not be loaded."""
+    if t.data_type == _T.STRING:
+        return sum(len(s) for s in t.string_data)
+    return tensor_bytes(t.data_type, numel(t.dims))

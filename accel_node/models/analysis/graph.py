@@ -17,7 +17,7 @@ from pathlib import Path
 
 import onnx
 
-from accel_node.models.analysis.dtypes import dtype_name, numel, tensor_bytes
+from accel_node.models.analysis.dtypes import dtype_name, initializer_bytes, numel
 from accel_node.models.analysis.shapes import ShapeMap, infer_shapes
 from accel_node.models.errors import AnalysisError
 from accel_node.models.manifest import TensorSpec
@@ -168,11 +168,7 @@ class PreparedModel:
         self.params_by_dtype: dict[str, tuple[int, int]] = {}
         init_bytes: dict[str, int] = {}
         for t in graph.initializer:
-            count = numel(t.dims)
-            if t.data_type == onnx.TensorProto.STRING:
-                size = sum(len(s) for s in t.string_data)
-            else:
-                size = tensor_bytes(t.data_type, count)
+            count, size = numel(t.dims), initializer_bytes(t)
             init_bytes[t.name] = size
             c, b = self.params_by_dtype.get(dtype_name(t.data_type), (0, 0))
             self.params_by_dtype[dtype_name(t.data_type)] = (c + count, b + size)
