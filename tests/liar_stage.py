@@ -35,7 +35,8 @@ from multiaddr import Multiaddr
 
 from accel_node import __version__
 from accel_node.capability import KIND, NAMESPACE, CapabilityBody, HardwareSummary, Load, ShardEntry
-from accel_node.shard import Stage, directory, extract_stages
+from accel_node.shard import directory
+from accel_node.shard.partition import Stage, extract_stages
 from accel_node.shard.runner import StageRunner
 from accel_node.shard.server import StageServer
 from p2p.addrs import parse_peer_addr

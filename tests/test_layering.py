@@ -68,3 +68,17 @@ def test_cli_does_not_import_node_internals() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_shard_wire_does_not_load_onnx() -> None:
+    """The data plane bounds its messages with ``shard.limits``; it must not pull in the partitioner."""
+    code = (
+        "import sys\n"
+        "import accel_node.shard.wire\n"
+        "bad = [m for m in ('onnx', 'onnxruntime') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
+    )
+    assert result.returncode == 0, result.stderr

@@ -23,21 +23,10 @@ from libp2p.crypto.keys import KeyPair
 from onnx import TensorProto, helper
 from torch import nn
 
-from accel_node.shard import (
-    PartitionError,
-    PlanError,
-    Stage,
-    decode_plan,
-    extract_stages,
-    make_plan,
-    partition,
-    plan_cid,
-    profile_graph,
-    sign_plan,
-    verify_plan,
-)
+from accel_node.shard import PartitionError, PlanError
 from accel_node.shard import plan as plan_module
-from accel_node.shard.partition import GraphProfile
+from accel_node.shard.partition import GraphProfile, Stage, extract_stages, partition, profile_graph
+from accel_node.shard.plan import decode_plan, make_plan, plan_cid, sign_plan, verify_plan
 from p2p.content import import_bytes
 from p2p.identity import generate_identity, peer_id_of
 from tests.modelzoo import Zoo, zoo  # noqa: F401
@@ -380,7 +369,7 @@ def test_stage_bytes_are_deterministic(models: dict[str, onnx.ModelProto]) -> No
 
     code = (
         "import sys, onnx\n"
-        "from accel_node.shard import partition\n"
+        "from accel_node.shard.partition import partition\n"
         "model = onnx.load_from_string(sys.stdin.buffer.read())\n"
         "print(' '.join(s.cid for s in partition(model, stages=3, weights=[1, 2, 1]).stages))\n"
     )

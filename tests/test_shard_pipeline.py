@@ -25,9 +25,9 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
-from accel_node.shard import Partition, partition
 from accel_node.shard.errors import ShardRequestError, ShardRouteError, ShardWireError
 from accel_node.shard.frames import frames_agree, merge_batches, split_batch
+from accel_node.shard.partition import Partition, partition
 from accel_node.shard.parts import FIRST, LAST, MORE, MSG, Reassembler, split_frames
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.runner import StageRunner

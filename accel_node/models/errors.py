@@ -75,3 +75,9 @@ class PublisherKeyNotFoundError(PublisherKeyError):
 
     status = 404
     code = "publisher_key_not_found"
+
+
+class AnalysisError(ModelError):
+    """The model cannot be read or analysed (unreadable file, unsupported construct, bad dims)."""
+
+    code = "analysis_failed"

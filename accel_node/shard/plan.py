@@ -39,7 +39,8 @@ from libp2p.peer.id import ID
 
 from accel_node.models.manifest import TensorSpec
 from accel_node.shard.errors import PartitionError, PlanError
-from accel_node.shard.partition import MAX_STAGES, Partition, Stage, profile_graph
+from accel_node.shard.limits import MAX_STAGES
+from accel_node.shard.partition import Partition, Stage, profile_graph
 from p2p.content import CID, InvalidCIDError, compute_cid
 from p2p.records import MAX_PUBKEY_BYTES, MAX_SIG_BYTES
 

@@ -52,7 +52,7 @@ from multiaddr import Multiaddr
 from accel_node.shard.errors import (  # re-exported: the wire's errors live with the others
     ShardWireError,
 )
-from accel_node.shard.partition import MAX_STAGES
+from accel_node.shard.limits import MAX_STAGES
 
 Buffer = bytes | bytearray | memoryview
 Arrays = dict[str, np.ndarray[Any, Any]]
