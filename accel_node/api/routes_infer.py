@@ -17,8 +17,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from accel_node.api.context import ApiContext
+from accel_node.api.media import decode_request, encode_response, media_type, response_media_type
 from accel_node.runtime.errors import PayloadTooLarge, RuntimeFailure
-from accel_node.runtime.tensors import decode_request, encode_response, media_type, response_media_type
 from accel_node.shard.errors import ShardError
 
 LARGE_BODY = 256 * 1024  # decode bodies above this size off the event loop

@@ -38,7 +38,7 @@ import trio
 from trio_typing import TaskStatus
 
 from accel_node.runtime.errors import InferenceFailed, InferenceTimeout, InputError, QueueFull, RuntimeFailure
-from accel_node.runtime.tensors import Arrays, Signature, is_static
+from accel_node.runtime.validation import Arrays, Signature, is_static
 
 log = logging.getLogger(__name__)
 

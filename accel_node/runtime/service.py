@@ -29,11 +29,12 @@ import trio
 from trio_typing import TaskStatus
 
 from accel_node.runtime.batcher import Batcher, BatchReport, RunSync
+from accel_node.runtime.codecs import TensorLimits
 from accel_node.runtime.errors import InferenceFailed, InputError, ModelUnavailable, RuntimeFailure
 from accel_node.runtime.measure import default_threads
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.sessions import GRAPH_OPTIMIZATION, SessionCache, SessionKey
-from accel_node.runtime.tensors import Arrays, Signature, TensorLimits, is_static, validate
+from accel_node.runtime.validation import Arrays, Signature, is_static, validate
 
 T = TypeVar("T")
 MAX_THREADS = 256
