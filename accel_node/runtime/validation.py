@@ -1,7 +1,20 @@
-"""A model's input signature, and checking request tensors against it."""
+"""A model's input signature, and checking request tensors against it.
+
+The rule is to be never stricter than ONNX Runtime, which checks names, dtypes, ranks and fixed
+dims, and nothing else. On top of that this module keeps one promise ORT does not: a symbolic dim
+that the model really shares (the same meaningful name on several axes, e.g. ``batch`` on
+``input_ids`` and ``attention_mask``) has the same size everywhere it appears, so that a mismatch is
+a clear 400 naming the input instead of an ORT error deep in a graph (or a silently wrong answer).
+
+Exporters write placeholders that share nothing: ``?`` on every dynamic axis (paddle2onnx),
+``dim_value`` -1 or 0, an empty ``dim_param``, or tf2onnx's ``unk__N`` (one per axis). Those are
+free axes (:func:`is_free`), never tied to each other; treating ``?`` as a name would refuse a
+paddle export at its standard input shape, which ORT runs.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -16,6 +29,8 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     name: np.dtype(name)
     for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
 }
+PLACEHOLDER_NAMES = frozenset({"", "?", "-1"})
+_GENERATED = re.compile(r"unk__\d+")  # tf2onnx names every unknown axis unk__<counter>
 
 
 class SpecLike(Protocol):
@@ -36,6 +51,24 @@ Arrays = dict[str, np.ndarray[Any, Any]]
 def is_static(dim: Dim) -> bool:
     """A dimension the model fixes (ONNX ``dim_value`` > 0); str and None dims are dynamic."""
     return isinstance(dim, int) and dim > 0
+
+
+def is_free(dim: Dim) -> bool:
+    """A dynamic dim that ties this axis to no other: None, an int <= 0 (``dim_value`` -1 or 0),
+    or a placeholder name (``?``, empty, ``unk__N``)."""
+    if isinstance(dim, int):
+        return dim <= 0
+    if dim is None:
+        return True
+    name = dim.strip()
+    return name in PLACEHOLDER_NAMES or _GENERATED.fullmatch(name) is not None
+
+
+def symbol(dim: Dim) -> str | None:
+    """The name of a symbolic dim the model may share between axes; None for static or free dims."""
+    if isinstance(dim, str) and not is_free(dim):
+        return dim
+    return None
 
 
 def numpy_dtype(spec: SpecLike) -> np.dtype[Any]:
@@ -64,8 +97,8 @@ def check_names(names: Iterable[str], signature: Signature) -> None:
 def validate(inputs: Mapping[str, Any], signature: Signature) -> Arrays:
     """Check names, dtypes, ranks, static dims and shared symbolic dims; native, contiguous arrays.
 
-    A symbolic dim name used by several inputs (e.g. ``batch`` in ``input_ids`` and
-    ``attention_mask``) must have the same size in all of them.
+    A symbolic dim name used on several axes (see the module docstring) must have the same size on
+    all of them; free dims take any size. A rank-0 input stays rank 0.
     """
     check_names(inputs.keys(), signature)
     symbols: dict[str, tuple[int, str]] = {}
@@ -94,8 +127,8 @@ def validate(inputs: Mapping[str, Any], signature: Signature) -> Arrays:
                     f"input {name!r} has size {got} on axis {axis}; the model fixes it to {want}",
                     input_name=name,
                 )
-            if isinstance(want, str) and want:
-                shared = want
+            shared = symbol(want)
+            if shared is not None:
                 seen = symbols.setdefault(shared, (got, name))
                 if seen[0] != got:
                     raise InputError(
@@ -105,5 +138,6 @@ def validate(inputs: Mapping[str, Any], signature: Signature) -> Arrays:
                     )
         if arr.dtype != native:
             arr = arr.astype(native)
-        out[name] = np.ascontiguousarray(arr)
+        # np.ascontiguousarray would turn a 0-d array into shape (1,): copy only when needed.
+        out[name] = arr if arr.flags.c_contiguous else arr.copy(order="C")
     return out
