@@ -77,16 +77,12 @@ import psutil
 from bench_node import Child, wait_all_ready
 from benchlib import percentile, source_revision
 
+from accel_node.api.media import decode_response
 from accel_node.models.manifest import TensorSpec
+from accel_node.runtime.codecs import NPY_TYPE, NPZ_TYPE, TensorLimits
 from accel_node.runtime.sessions import create_session
-from accel_node.runtime.tensors import (
-    NPY_TYPE,
-    NPZ_TYPE,
-    Arrays,
-    TensorLimits,
-    decode_response,
-    random_inputs,
-)
+from accel_node.runtime.synthetic import random_inputs
+from accel_node.runtime.validation import Arrays
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 OVERHEAD_P50_TARGET_MS = 1.0

@@ -16,8 +16,10 @@ import trio
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client import CollectorRegistry, generate_latest
 
+from accel_node.api.media import decode_request
 from accel_node.models.manifest import TensorSpec
 from accel_node.models.service import onnx_signature
+from accel_node.runtime.codecs import NPZ_TYPE, encode_npz
 from accel_node.runtime.errors import (
     InferenceFailed,
     InferenceTimeout,
@@ -31,7 +33,7 @@ from accel_node.runtime.measure import bench
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
 from accel_node.runtime.sessions import SessionCache, SessionKey, available_providers
-from accel_node.runtime.tensors import NPZ_TYPE, decode_request, encode_npz, random_inputs
+from accel_node.runtime.synthetic import random_inputs
 from accel_node.runtime.variants import accuracy_delta, build_variant
 
 ort: Any = importlib.import_module("onnxruntime")  # ships no type information

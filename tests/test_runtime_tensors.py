@@ -9,22 +9,12 @@ import zipfile
 import numpy as np
 import pytest
 
+from accel_node.api.media import decode_request, decode_response, encode_response, response_media_type
 from accel_node.models.manifest import TensorSpec
+from accel_node.runtime.codecs import JSON_TYPE, NPY_TYPE, NPZ_TYPE, TensorLimits, encode_npy, encode_npz
 from accel_node.runtime.errors import InputError, PayloadTooLarge, UnsupportedMediaType
-from accel_node.runtime.tensors import (
-    JSON_TYPE,
-    NPY_TYPE,
-    NPZ_TYPE,
-    TensorLimits,
-    decode_request,
-    decode_response,
-    encode_npy,
-    encode_npz,
-    encode_response,
-    random_inputs,
-    response_media_type,
-    validate,
-)
+from accel_node.runtime.synthetic import random_inputs
+from accel_node.runtime.validation import validate
 
 SIG = (
     TensorSpec("x", "float32", ("batch", 4)),

@@ -2,7 +2,8 @@
 
 ``POST /v1/infer/{cid}`` takes the raw body as it comes (no pydantic parsing: tensors can be
 large): ``application/json`` for small tensors, ``application/x-npz`` / ``application/x-npy`` for
-large ones (see :mod:`accel_node.runtime.tensors`; never pickle). The answer has the format the
+large ones (codecs in :mod:`accel_node.runtime.codecs`, never pickle; media types negotiated in
+:mod:`accel_node.api.media`). The answer has the format the
 ``Accept`` header asks for, else the request's own. A client that goes away cancels its request.
 Where the request runs (locally or sharded) is the core's decision
 (:meth:`accel_node.local.inference.LocalInference.infer`).
@@ -17,12 +18,12 @@ import trio
 from fastapi import APIRouter, Query, Request, Response
 
 from accel_node.api.context import ApiContext
+from accel_node.api.media import decode_request, encode_response, media_type, response_media_type
 from accel_node.api.routing import route
 from accel_node.core import endpoints as E
 from accel_node.core.schemas import InferOptions
 from accel_node.errors import AccelNodeError
 from accel_node.runtime.errors import PayloadTooLarge
-from accel_node.runtime.tensors import decode_request, encode_response, media_type, response_media_type
 
 LARGE_BODY = 256 * 1024  # decode bodies above this size off the event loop
 

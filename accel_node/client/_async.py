@@ -233,10 +233,11 @@ class AsyncInferenceClient:
         self, cid: str, inputs: Mapping[str, np.ndarray[Any, Any]], options: InferOptions | None = None
     ) -> Arrays:
         """Outputs of ``cid`` for ``inputs`` (sent and answered as .npz, so dtypes survive)."""
-        from accel_node.runtime.tensors import TensorLimits, decode_response, encode_npz
+        from accel_node.runtime.codecs import TensorLimits, decode_outputs, encode_npz
 
         raw = await self.infer_raw(cid, encode_npz(inputs), NPZ, options, accept=NPZ)
-        return decode_response(raw.content, raw.media_type, TensorLimits(**RESPONSE_LIMITS))
+        kind = raw.media_type.split(";")[0].strip().lower()
+        return decode_outputs(raw.content, kind, TensorLimits(**RESPONSE_LIMITS))
 
     async def infer_raw(
         self,

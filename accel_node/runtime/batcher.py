@@ -10,7 +10,7 @@ batches form from what arrived while the workers were busy, which under load (sa
 one worker) gives full batches; a positive ``max_wait_ms`` trades that much latency for larger
 batches at moderate load.
 
-Merging: when every model input has a dynamic first dim (one symbol, or unnamed) requests whose
+Merging: when axis 0 is the batch axis of every model input (:func:`batch_axis_ok`) requests whose
 inputs agree on the row count and whose non-batch shapes and dtypes match (one *group*, which also
 includes the thread count asked for) are concatenated along axis 0 and run once; the outputs are
 split back by row counts. If a merged run's outputs do not all have the total row count first, the
@@ -38,7 +38,7 @@ import trio
 from trio_typing import TaskStatus
 
 from accel_node.runtime.errors import InferenceFailed, InferenceTimeout, InputError, QueueFull, RuntimeFailure
-from accel_node.runtime.tensors import Arrays, Signature, is_static
+from accel_node.runtime.validation import Arrays, Signature, is_static, symbol
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +79,28 @@ class _Request:
 
 
 def batch_axis_ok(signature: Signature) -> bool:
-    """True when every input has a dynamic first dim, all with the same symbol (or unnamed)."""
+    """True when axis 0 is, as far as the signature tells, the batch axis of every input.
+
+    Requests may only be concatenated along axis 0 when it is. Not so, and run per request: an
+    input of rank 0 (a scalar such as a sample rate) or with a static first dim (``state [2, N,
+    128]``); first dims with different names; a named first dim mixed with free ones (``[N, T]``
+    next to ``[?, ?, 128]``: the free one may be anything); a first-dim name that also sits on
+    another axis (``state [?, N, 128]`` or a mask ``[N, N]``: the batch is elsewhere too). First
+    dims that are all free (``?``, -1, unnamed) say nothing either way: they merge, and the
+    output check in :meth:`Batcher._execute` stops merging if the outputs are not batch-major.
+    """
     if not signature:
         return False
-    symbols = set()
+    firsts = []
     for spec in signature:
         if not spec.shape or is_static(spec.shape[0]):
             return False
-        if isinstance(spec.shape[0], str) and spec.shape[0]:
-            symbols.add(spec.shape[0])
-    return len(symbols) <= 1
+        firsts.append(spec.shape[0])
+    names = {symbol(d) for d in firsts}
+    if len(names) > 1:  # two different names, or a name mixed with free dims
+        return False
+    name = names.pop()
+    return name is None or not any(symbol(d) == name for spec in signature for d in spec.shape[1:])
 
 
 def _ort_failure(exc: Exception) -> RuntimeFailure:

@@ -1,7 +1,7 @@
 """Benchmark sweeps: latency, throughput and memory of a model over batch sizes, threads, variants.
 
 One record per (variant, threads, batch): ``warmup`` untimed runs, then ``repeats`` timed runs of
-the same :func:`~accel_node.runtime.tensors.random_inputs` batch (the generator variants use for
+the same :func:`~accel_node.runtime.synthetic.random_inputs` batch (the generator variants use for
 their accuracy batch) on a session created with those threads.
 
 - latency: wall time of ``session.run`` (``time.perf_counter``), p50/p90/mean in ms;
@@ -30,7 +30,8 @@ import numpy as np
 import psutil
 
 from accel_node.runtime.sessions import create_session
-from accel_node.runtime.tensors import Signature, is_static, random_inputs
+from accel_node.runtime.synthetic import random_inputs
+from accel_node.runtime.validation import Signature, is_static
 
 RSS_SAMPLE_S = 0.002
 DEFAULT_SEQ_LEN = 128

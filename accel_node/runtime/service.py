@@ -28,12 +28,14 @@ import psutil
 import trio
 from trio_typing import TaskStatus
 
+from accel_node.config import RuntimeSection
 from accel_node.runtime.batcher import Batcher, BatchReport, RunSync
+from accel_node.runtime.codecs import TensorLimits
 from accel_node.runtime.errors import InferenceFailed, InputError, ModelUnavailable, RuntimeFailure
 from accel_node.runtime.measure import default_threads
 from accel_node.runtime.metrics import RuntimeMetrics
-from accel_node.runtime.sessions import GRAPH_OPTIMIZATION, SessionCache, SessionKey
-from accel_node.runtime.tensors import Arrays, Signature, TensorLimits, is_static, validate
+from accel_node.runtime.sessions import SessionCache, SessionKey
+from accel_node.runtime.validation import Arrays, Signature, is_static, validate
 
 T = TypeVar("T")
 MAX_THREADS = 256
@@ -43,40 +45,13 @@ VariantPath = Callable[[str, str], Path | Awaitable[Path | None] | None]
 Record = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class RuntimeSettings:
-    """How the runtime serves (the ``[runtime]`` config section maps onto this one to one)."""
+class RuntimeSettings(RuntimeSection):
+    """How the runtime serves: the ``[runtime]`` config section itself (the same fields, defaults,
+    bounds and validation, declared once in :mod:`accel_node.config`), plus what derives from it.
 
-    intra_op_threads: int = 0  # 0: ORT's default, one per physical core
-    inter_op_threads: int = 0
-    graph_optimization: str = "all"  # disable | basic | extended | all
-    memory_budget_bytes: int = 2 << 30
-    max_batch: int = 32  # rows per merged batch
-    max_wait_ms: float = 0.0  # 0: never hold a request back while a worker is free (see batcher)
-    max_queue: int = 256  # waiting requests per model and variant
-    request_timeout_s: float = 30.0
-    concurrency: int = 1  # ORT runs executing at once on this node (each uses intra_op_threads)
-    max_body_bytes: int = 64 << 20
-    max_json_bytes: int = 4 << 20
-    max_elements: int = 16 << 20
-    max_json_elements: int = 1 << 20
-    sample_rate: float = 0.01  # fraction of executed batches recorded as live measurements
-    resolve_cache_s: float = 5.0
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.graph_optimization not in GRAPH_OPTIMIZATION:
-            problems.append(f"graph_optimization must be one of {sorted(GRAPH_OPTIMIZATION)}")
-        if not 0 <= self.intra_op_threads <= MAX_THREADS or not 0 <= self.inter_op_threads <= MAX_THREADS:
-            problems.append(f"thread counts must be in 0..{MAX_THREADS}")
-        if min(self.max_batch, self.max_queue, self.concurrency) < 1:
-            problems.append("max_batch, max_queue and concurrency must be >= 1")
-        if self.max_wait_ms < 0 or self.request_timeout_s <= 0 or self.resolve_cache_s < 0:
-            problems.append("max_wait_ms and resolve_cache_s must be >= 0, request_timeout_s > 0")
-        if not 0.0 <= self.sample_rate <= 1.0:
-            problems.append("sample_rate must be in [0, 1]")
-        if problems:
-            raise ValueError("; ".join(problems))
+    ``RuntimeSettings(**config.runtime.model_dump())`` or keyword arguments (tests, benchmarks);
+    invalid values raise pydantic's ``ValidationError`` (a ``ValueError``) naming the field.
+    """
 
     @property
     def limits(self) -> TensorLimits:

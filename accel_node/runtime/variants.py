@@ -24,7 +24,8 @@ import numpy as np
 
 from accel_node.runtime.errors import VariantError
 from accel_node.runtime.sessions import available_providers, create_session
-from accel_node.runtime.tensors import Signature, random_inputs
+from accel_node.runtime.synthetic import random_inputs
+from accel_node.runtime.validation import Signature
 
 VARIANTS = ("fp32", "int8", "fp16")
 ACCURACY_BATCH = 2
@@ -95,7 +96,7 @@ def accuracy_delta(
 ) -> dict[str, float]:
     """How far the variant's outputs are from the parent's on one fixed random batch.
 
-    The batch is :func:`~accel_node.runtime.tensors.random_inputs` (``seed``, ``batch`` rows,
+    The batch is :func:`~accel_node.runtime.synthetic.random_inputs` (``seed``, ``batch`` rows,
     ``seq_len`` for other dynamic dims). Over all outputs' elements together (float64):
     ``max_abs`` = max |a - b|, ``mean_abs`` = mean |a - b|, ``rel_l2`` = ||a - b|| / ||a||
     (a: parent, b: variant). Non-finite values in the variant show up as inf/nan.

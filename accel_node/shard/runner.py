@@ -20,7 +20,7 @@ import numpy as np
 
 from accel_node.runtime.errors import InputError, RuntimeFailure
 from accel_node.runtime.sessions import available_providers, create_session, ort, session_options
-from accel_node.runtime.tensors import SpecLike, validate
+from accel_node.runtime.validation import SpecLike, validate
 from accel_node.shard.errors import StageInputError, StageLoadError, StageRunFailed
 from accel_node.shard.wire import WIRE_DTYPES
 

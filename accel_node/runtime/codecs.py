@@ -1,12 +1,14 @@
-"""Tensor codecs for inference requests and responses, and validation against a model's signature.
+"""Tensor codecs: request and response bodies to arrays and back, bounded, never unpickling.
 
-Three body formats, none of which can carry pickled objects:
+Three body formats, each named by its media type (the API negotiates which one a request uses,
+see :mod:`accel_node.api.media`):
 
 - ``application/json`` (small tensors): ``{"inputs": {name: tensor}}`` where a tensor is either a
-  nested list (its dtype is the model's; JSON ints are accepted for integer and float inputs, JSON
-  floats only for float inputs, JSON booleans only for bool inputs) or an explicit
-  ``{"dtype": "float32", "shape": [2, 3], "data": [flat list]}`` whose dtype must be the model's.
-  Responses are ``{"outputs": {name: {"dtype", "shape", "data"}}}`` (explicit form, lossless dtype).
+  nested list or a plain number for a rank-0 input (its dtype is the model's; JSON ints are
+  accepted for integer and float inputs, JSON floats only for float inputs, JSON booleans only for
+  bool inputs) or an explicit ``{"dtype": "float32", "shape": [2, 3], "data": [flat list]}`` whose
+  dtype must be the model's. Responses are ``{"outputs": {name: {"dtype", "shape", "data"}}}``
+  (explicit form, lossless dtype).
 - ``application/x-npz``: an uncompressed or deflated zip of ``<name>.npy`` members, as written by
   ``numpy.savez``. Members are parsed here from their ``.npy`` headers: only bool, integer and
   float dtypes are accepted (object arrays are refused, never unpickled), and the element count in
@@ -16,9 +18,6 @@ Three body formats, none of which can carry pickled objects:
 
 Binary tensors must have the model's dtype exactly (any byte order; they are converted to native).
 Every decoder bounds the body size and the total element count (:class:`TensorLimits`).
-
-:func:`random_inputs` is the one generator of synthetic inputs (variants' accuracy batch and
-benchmarks both use it).
 """
 
 from __future__ import annotations
@@ -27,13 +26,14 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import IO, Any, Protocol
+from typing import IO, Any
 
 import numpy as np
 
 from accel_node.runtime.errors import InputError, PayloadTooLarge, UnsupportedMediaType
+from accel_node.runtime.validation import Arrays, Signature, SpecLike, check_names, numpy_dtype, validate
 
 JSON_TYPE = "application/json"
 NPZ_TYPE = "application/x-npz"
@@ -42,28 +42,6 @@ MEDIA_TYPES = (JSON_TYPE, NPZ_TYPE, NPY_TYPE)
 MAX_RANK = 16
 MAX_MEMBERS = 256
 MAX_NPY_HEADER = 10_000
-RANDOM_INT_HIGH = 16  # synthetic integer inputs are drawn from [0, RANDOM_INT_HIGH)
-
-# Manifest dtype names numpy can hold. bfloat16 and string inputs are refused with a message.
-NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
-    name: np.dtype(name)
-    for name in ("float32", "float16", "float64", "int8", "uint8", "int16", "int32", "int64", "bool")
-}
-
-
-class SpecLike(Protocol):
-    """What the runtime needs of a tensor in a signature (``accel_node.models.manifest.TensorSpec``)."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def dtype(self) -> str: ...
-    @property
-    def shape(self) -> tuple[int | str | None, ...]: ...
-
-
-Signature = Sequence[SpecLike]
-Arrays = dict[str, np.ndarray[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -74,91 +52,6 @@ class TensorLimits:
     max_json_bytes: int = 4 << 20
     max_elements: int = 16 << 20
     max_json_elements: int = 1 << 20
-
-
-def is_static(dim: int | str | None) -> bool:
-    """A dimension the model fixes (ONNX ``dim_value`` > 0); str and None dims are dynamic."""
-    return isinstance(dim, int) and dim > 0
-
-
-def numpy_dtype(spec: SpecLike) -> np.dtype[Any]:
-    try:
-        return NUMPY_DTYPES[spec.dtype]
-    except KeyError:
-        raise InputError(
-            f"input {spec.name!r} has dtype {spec.dtype}, which this runtime does not serve",
-            input_name=spec.name,
-        ) from None
-
-
-def media_type(content_type: str | None) -> str:
-    """The bare media type of a Content-Type header (parameters dropped); JSON when absent."""
-    if not content_type:
-        return JSON_TYPE
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-# -- validation ------------------------------------------------------------------------------------
-
-
-def check_names(names: Iterable[str], signature: Signature) -> None:
-    given = set(names)
-    expected = [spec.name for spec in signature]
-    unknown = sorted(given.difference(expected))
-    if unknown:
-        raise InputError(
-            f"unknown input {unknown[0]!r}; the model's inputs are {expected}", input_name=unknown[0]
-        )
-    missing = [name for name in expected if name not in given]
-    if missing:
-        raise InputError(f"missing input {missing[0]!r}", input_name=missing[0])
-
-
-def validate(inputs: Mapping[str, Any], signature: Signature) -> Arrays:
-    """Check names, dtypes, ranks, static dims and shared symbolic dims; native, contiguous arrays.
-
-    A symbolic dim name used by several inputs (e.g. ``batch`` in ``input_ids`` and
-    ``attention_mask``) must have the same size in all of them.
-    """
-    check_names(inputs.keys(), signature)
-    symbols: dict[str, tuple[int, str]] = {}
-    out: Arrays = {}
-    for spec in signature:
-        name = spec.name
-        arr = inputs[name]
-        if not isinstance(arr, np.ndarray):
-            raise InputError(f"input {name!r} is not an array", input_name=name)
-        expected = numpy_dtype(spec)
-        native = arr.dtype.newbyteorder("=")
-        if native != expected:
-            raise InputError(
-                f"input {name!r} has dtype {arr.dtype.name}; the model expects {spec.dtype}",
-                input_name=name,
-            )
-        if arr.ndim != len(spec.shape):
-            raise InputError(
-                f"input {name!r} has rank {arr.ndim} (shape {list(arr.shape)}); the model expects rank "
-                f"{len(spec.shape)} (shape {list(spec.shape)})",
-                input_name=name,
-            )
-        for axis, (got, want) in enumerate(zip(arr.shape, spec.shape, strict=True)):
-            if is_static(want) and got != want:
-                raise InputError(
-                    f"input {name!r} has size {got} on axis {axis}; the model fixes it to {want}",
-                    input_name=name,
-                )
-            if isinstance(want, str) and want:
-                seen = symbols.setdefault(want, (got, name))
-                if seen[0] != got:
-                    raise InputError(
-                        f"input {name!r} has size {got} on axis {axis} ({want!r}), but input {seen[1]!r} "
-                        f"has {seen[0]} for {want!r}",
-                        input_name=name,
-                    )
-        if arr.dtype != native:
-            arr = arr.astype(native)
-        out[name] = np.ascontiguousarray(arr)
-    return out
 
 
 # -- JSON ------------------------------------------------------------------------------------------
@@ -385,14 +278,11 @@ def _storable(arr: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return np.asarray(arr, dtype=str) if arr.dtype.hasobject else arr
 
 
-# -- request and response entry points -------------------------------------------------------------
+# -- by format -------------------------------------------------------------------------------------
 
 
-def decode_request(
-    body: bytes, content_type: str | None, signature: Signature, limits: TensorLimits
-) -> Arrays:
-    """Decode a request body of any supported type and validate it against the model's inputs."""
-    kind = media_type(content_type)
+def decode_inputs(body: bytes, kind: str, signature: Signature, limits: TensorLimits) -> Arrays:
+    """Decode a request body of format ``kind`` (a bare media type) and validate it."""
     if kind == JSON_TYPE:
         return validate(decode_json(body, signature, limits), signature)
     if kind == NPZ_TYPE:
@@ -408,24 +298,8 @@ def decode_request(
     raise UnsupportedMediaType(f"unsupported content type {kind!r}; send one of {', '.join(MEDIA_TYPES)}")
 
 
-def response_media_type(accept: str | None, request_type: str, n_outputs: int) -> str:
-    """The response format: the first supported type in Accept, else the request's own format.
-
-    An ``.npy`` request for a model with several outputs answers ``.npz``.
-    """
-    fallback = request_type if request_type in MEDIA_TYPES else JSON_TYPE
-    if fallback == NPY_TYPE and n_outputs != 1:
-        fallback = NPZ_TYPE
-    for item in (accept or "").split(","):
-        kind = media_type(item) if item.strip() else ""
-        if kind == NPY_TYPE and n_outputs != 1:
-            continue
-        if kind in MEDIA_TYPES:
-            return kind
-    return fallback
-
-
-def encode_response(outputs: Mapping[str, np.ndarray[Any, Any]], kind: str) -> bytes:
+def encode_outputs(outputs: Mapping[str, np.ndarray[Any, Any]], kind: str) -> bytes:
+    """A response body of format ``kind``; anything but npz and npy is JSON."""
     if kind == NPZ_TYPE:
         return encode_npz(outputs)
     if kind == NPY_TYPE:
@@ -435,46 +309,10 @@ def encode_response(outputs: Mapping[str, np.ndarray[Any, Any]], kind: str) -> b
     return encode_json(outputs)
 
 
-def decode_response(
-    body: bytes, content_type: str | None, limits: TensorLimits, *, npy_name: str = "output"
-) -> Arrays:
-    """Client side: decode a response; an ``.npy`` response becomes ``{npy_name: array}``."""
-    kind = media_type(content_type)
+def decode_outputs(body: bytes, kind: str, limits: TensorLimits, *, npy_name: str = "output") -> Arrays:
+    """Client side: decode a response of format ``kind``; ``.npy`` becomes ``{npy_name: array}``."""
     if kind == NPZ_TYPE:
         return decode_npz(body, limits, kinds="biufU")
     if kind == NPY_TYPE:
         return {npy_name: decode_npy(body, limits, name=npy_name, kinds="biufU")}
     return decode_json_outputs(body, limits)
-
-
-# -- synthetic inputs ------------------------------------------------------------------------------
-
-
-def random_inputs(signature: Signature, *, batch: int, seq_len: int, seed: int) -> Arrays:
-    """A reproducible input batch for ``signature``.
-
-    Shapes: a dynamic first dim becomes ``batch``, every other dynamic dim ``seq_len``; static dims
-    stay. Values: floats ~ N(0, 1); integers uniform in [0, RANDOM_INT_HIGH) (valid token ids for
-    any vocabulary of at least 16); inputs whose name contains ``mask`` are all ones (True for
-    bool), and ``token_type``/``segment`` ids are zeros (segment vocabularies are often 2).
-    """
-    rng = np.random.default_rng(seed)
-    out: Arrays = {}
-    for spec in signature:
-        dtype = numpy_dtype(spec)
-        shape = tuple(
-            d if isinstance(d, int) and is_static(d) else (batch if axis == 0 else seq_len)
-            for axis, d in enumerate(spec.shape)
-        )  # fmt: skip
-        lowered = spec.name.lower()
-        if "mask" in lowered:
-            out[spec.name] = np.ones(shape, dtype=dtype)
-        elif dtype.kind == "f":
-            out[spec.name] = rng.standard_normal(shape).astype(dtype)
-        elif "token_type" in lowered or "segment" in lowered:
-            out[spec.name] = np.zeros(shape, dtype=dtype)
-        elif dtype.kind == "b":
-            out[spec.name] = rng.random(shape) < 0.5
-        else:
-            out[spec.name] = rng.integers(0, RANDOM_INT_HIGH, size=shape).astype(dtype)
-    return out
