@@ -27,7 +27,7 @@ from trio_typing import TaskStatus
 from accel_node.shard.errors import ShardLinkError, ShardWireError
 from accel_node.shard.parts import Reassembler, split_frames
 from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits, decode_message, encode_message
-from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
+from p2p.bulk import BulkError, BulkService, ChannelClosed, FrameChannel, FrameError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ ADDR_TTL_S = 600
 class MessageChannel:
     """Whole shard messages over one bulk channel (see the module docstring)."""
 
-    def __init__(self, channel: Channel, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, channel: FrameChannel, limits: WireLimits = DEFAULT_LIMITS) -> None:
         self.channel = channel
         self.peer_id = channel.peer_id
         self.limits = limits

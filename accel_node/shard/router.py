@@ -65,7 +65,7 @@ from accel_node.shard.wire import (
     fail,
     reject,
 )
-from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
+from p2p.bulk import BulkError, BulkService, ChannelClosed, FrameChannel, FrameError
 from p2p.host import listening_addrs
 from p2p.penalties import PenaltyBox
 
@@ -525,7 +525,7 @@ class ShardRouter:
 
     # -- results --------------------------------------------------------------------------------------
 
-    async def _serve_results(self, channel: Channel, peer: ID) -> None:
+    async def _serve_results(self, channel: FrameChannel, peer: ID) -> None:
         """``shard-result/1``: take RESULTs pushed by last stages, answer each with ACK or FAIL."""
         messages = MessageChannel(channel, self.limits)
         while True:

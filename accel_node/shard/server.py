@@ -60,7 +60,7 @@ from accel_node.shard.wire import (
     fail,
     reject,
 )
-from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
+from p2p.bulk import BulkError, BulkService, ChannelClosed, FrameChannel, FrameError
 from p2p.penalties import PenaltyBox
 
 log = logging.getLogger(__name__)
@@ -375,7 +375,7 @@ class StageServer:
 
     # -- channels from upstreams --------------------------------------------------------------------
 
-    async def _serve_channel(self, channel: Channel, peer: ID) -> None:
+    async def _serve_channel(self, channel: FrameChannel, peer: ID) -> None:
         """``shard/1``: read RUNs, answer each from its own task; cancel them when the channel ends."""
         messages = MessageChannel(channel, self.limits)
         async with trio.open_nursery() as nursery:

@@ -12,16 +12,21 @@ in :mod:`p2p.bulk.handshake`; this module runs it:
   bounds are closed at once.
 - client: :meth:`BulkService.open` asks the peer for a ticket, dials the TCP port at the IP the
   libp2p connection already reaches the peer at, proves the ticket, checks the server's proof and
-  yields the :class:`~p2p.bulk.channel.Channel`.
+  yields the :class:`~p2p.bulk.channel.Channel`. A channel to the node itself is an in-memory pair
+  (:func:`~p2p.bulk.memory.memory_channel_pair`: same framing, no socket, no ticket) served by the
+  same handlers, so callers need no special case for their own peer id.
+
+:class:`BulkService` is a :class:`~p2p.bulk.seam.ChannelTransport`; protocol code should depend on
+that interface, so that tests can run it on :class:`~p2p.bulk.memory.MemoryTransport`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -32,7 +37,15 @@ from trio_typing import TaskStatus
 
 from p2p.bulk.channel import Channel
 from p2p.bulk.errors import BulkError, HandshakeError, RefusedError
-from p2p.bulk.framing import CIPHERS, DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameEncoder, check_max_payload
+from p2p.bulk.framing import (
+    AES_256_GCM,
+    CIPHERS,
+    DEFAULT_MAX_PAYLOAD,
+    FrameDecoder,
+    FrameEncoder,
+    check_max_payload,
+)
+from p2p.bulk.handlers import HandlerTable, Route, describe
 from p2p.bulk.handshake import (
     CONTROL_LENGTH,
     HELLO_SIZE,
@@ -56,18 +69,16 @@ from p2p.bulk.handshake import (
     parse_client_hello,
     server_reply,
 )
+from p2p.bulk.memory import memory_channel_pair
+from p2p.bulk.seam import FrameChannel, Handler
+from p2p.host import listening_addrs
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_ID = TProtocol("/accel/bulk/1.0.0")
-Handler = Callable[[Channel, ID], Awaitable[None]]
+ADDR_TTL_S = 600
+"""How long addresses learnt from requests (:meth:`BulkService.learn_addrs`) stay in the peerstore."""
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-@dataclass(frozen=True)
-class _Route:
-    handler: Handler
-    require_encryption: bool
 
 
 async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes:
@@ -123,12 +134,6 @@ def _bindable(ips: Sequence[str]) -> list[str]:
     ]
 
 
-def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__
-
-
 class BulkService:
     """Grants, accepts and opens bulk channels for ``host``; see the module docstring.
 
@@ -163,12 +168,12 @@ class BulkService:
         self._listen_ips = list(listen_ips) if listen_ips is not None else None
         self._requested_port = port
         self._tickets = TicketBook(ttl_s=ticket_ttl_s, max_per_peer=max_tickets_per_peer)
-        self._routes: dict[str, _Route] = {}
+        self._handlers = HandlerTable()
         self._nursery: trio.Nursery | None = None
         self._port = 0
         self._pending = 0
-        self.active_channels = 0
         self.refused_connections = 0
+        self.loopback_channels = 0
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -178,10 +183,35 @@ class BulkService:
         The channel is closed when the handler returns. ``require_encryption`` refuses plain
         channels for this purpose (activations, anything private).
         """
-        self._routes[check_purpose(purpose)] = _Route(handler, require_encryption)
+        self._handlers.set(purpose, handler, require_encryption=require_encryption)
 
     def remove_handler(self, purpose: str) -> None:
-        self._routes.pop(purpose, None)
+        self._handlers.remove(purpose)
+
+    @property
+    def local_id(self) -> ID:
+        return self.host.get_id()
+
+    @property
+    def active_channels(self) -> int:
+        """Channels being served by a handler (TCP and loopback)."""
+        return self._handlers.active_channels
+
+    def advertised_addrs(self) -> list[Multiaddr]:
+        """The host's listen addresses (wildcards expanded): where peers dial this node."""
+        return listening_addrs(self.host)
+
+    def learn_addrs(self, peer_id: ID, addrs: Sequence[Multiaddr]) -> None:
+        """Put ``addrs`` in the peerstore for ``peer_id`` unless it already has some (or is us)."""
+        if not addrs or peer_id == self.local_id:
+            return
+        peerstore: Any = self.host.get_peerstore()
+        try:
+            known = peerstore.addrs(peer_id)
+        except Exception:  # py-libp2p raises PeerStoreError for unknown peers
+            known = []
+        if not known:
+            peerstore.add_addrs(peer_id, list(addrs), ADDR_TTL_S)
 
     @property
     def port(self) -> int:
@@ -253,7 +283,7 @@ class BulkService:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         channel: Channel | None = None
-        route: _Route | None = None
+        route: Route | None = None
         try:
             with trio.move_on_after(self.handshake_timeout_s):
                 channel, route = await self._accept_handshake(stream)
@@ -262,28 +292,18 @@ class BulkService:
                 log.info("bulk handshake timed out", extra={"timeout_s": self.handshake_timeout_s})
         except Exception as exc:  # refused ticket, broken socket, ...: drop it, keep serving
             self.refused_connections += 1
-            log.info("bulk handshake refused", extra={"error": _describe(exc)})
+            log.info("bulk handshake refused", extra={"error": describe(exc)})
         finally:
             self._pending -= 1
         if channel is None or route is None:
             await stream.aclose()
             return
-        self.active_channels += 1
-        try:
-            await route.handler(channel, channel.peer_id)
-        except Exception as exc:  # a handler's failure ends its channel, never the service
-            log.info(
-                "bulk handler failed",
-                extra={"purpose": channel.purpose, "peer_id": str(channel.peer_id), "error": _describe(exc)},
-            )
-        finally:
-            self.active_channels -= 1
-            await channel.aclose()
+        await self._handlers.serve(route, channel, channel.peer_id)
 
-    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, _Route]:
+    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, Route]:
         ticket_id, client_nonce, mac = parse_client_hello(await _read_exactly(stream, HELLO_SIZE))
         ticket = self._tickets.redeem(ticket_id, trio.current_time())
-        route = self._routes.get(ticket.purpose)
+        route = self._handlers.get(ticket.purpose)
         if route is None:
             raise HandshakeError(f"purpose {ticket.purpose!r} is no longer served")
         transcript = Transcript(
@@ -321,7 +341,7 @@ class BulkService:
                 await stream.write(encode_response(self._grant(peer, request)))
             await stream.close()
         except Exception as exc:  # a malformed request or a broken stream: reset and move on
-            log.info("bulk channel request failed", extra={"peer_id": str(peer), "error": _describe(exc)})
+            log.info("bulk channel request failed", extra={"peer_id": str(peer), "error": describe(exc)})
             try:
                 await stream.reset()
             except Exception as reset_exc:  # already broken
@@ -332,12 +352,7 @@ class BulkService:
             return "not accepting bulk channels"
         if self.active_channels >= self.max_channels:
             return f"busy: {self.active_channels} bulk channels open"
-        route = self._routes.get(request.purpose)
-        if route is None:
-            return f"no handler for purpose {request.purpose!r}"
-        if route.require_encryption and request.mode != "encrypted":
-            return f"purpose {request.purpose!r} requires an encrypted channel"
-        return None
+        return self._handlers.refusal(request.purpose, request.mode)
 
     def _grant(self, peer: ID, request: ChannelRequest) -> TicketGrant | Refusal:
         reason = self._refusal_reason(request)
@@ -367,16 +382,20 @@ class BulkService:
     @asynccontextmanager
     async def open(
         self, peer_id: ID, purpose: str, *, encrypted: bool = True, timeout_s: float = 10.0
-    ) -> AsyncIterator[Channel]:
+    ) -> AsyncIterator[FrameChannel]:
         """A channel to ``peer_id`` for ``purpose``, closed when the block exits.
 
-        Needs a libp2p connection to the peer (or its address in the peerstore). Raises
-        :class:`RefusedError` when the peer refuses (no handler, mode not allowed, too busy) and
-        :class:`HandshakeError` for anything else that keeps the channel from being established
-        within ``timeout_s``.
+        Needs a libp2p connection to the peer (or its address in the peerstore); a channel to this
+        node itself is served in memory by its own handlers. Raises :class:`RefusedError` when the
+        peer refuses (no handler, mode not allowed, too busy) and :class:`HandshakeError` for
+        anything else that keeps the channel from being established within ``timeout_s``.
         """
         check_purpose(purpose)
         mode: Mode = "encrypted" if encrypted else "plain"
+        if peer_id == self.local_id:
+            async with self._loopback(purpose, mode) as own:
+                yield own
+            return
         try:
             with trio.fail_after(timeout_s):
                 channel = await self._connect(peer_id, purpose, mode)
@@ -388,6 +407,30 @@ class BulkService:
             yield channel
         finally:
             await channel.aclose()
+
+    @asynccontextmanager
+    async def _loopback(self, purpose: str, mode: Mode) -> AsyncIterator[Channel]:
+        """A channel to ourselves: an in-memory pair, the far end served like an accepted channel."""
+        request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
+        reason = self._refusal_reason(request)
+        route = self._handlers.get(purpose)
+        if reason is not None or route is None or self._nursery is None:
+            raise RefusedError(f"this node refused a {mode} bulk channel for {purpose!r} to itself: {reason}")
+        ours, theirs = memory_channel_pair(
+            self.local_id,
+            self.local_id,
+            purpose,
+            mode=mode,
+            cipher=choose_cipher(self.ciphers) or AES_256_GCM,
+            opener_max_payload=self.max_payload,
+            acceptor_max_payload=self.max_payload,
+        )
+        self.loopback_channels += 1
+        self._nursery.start_soon(self._handlers.serve, route, theirs, self.local_id)
+        try:
+            yield ours
+        finally:
+            await ours.aclose()
 
     async def _connect(self, peer_id: ID, purpose: str, mode: Mode) -> Channel:
         request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
@@ -435,7 +478,7 @@ class BulkService:
         try:
             stream = await self.host.new_stream(peer_id, [PROTOCOL_ID])
         except Exception as exc:  # py-libp2p raises a wide, unstable set of error types
-            raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {_describe(exc)}") from exc
+            raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {describe(exc)}") from exc
         try:
             await stream.write(request.encode())
             raw = await _read_control(stream)
@@ -446,7 +489,7 @@ class BulkService:
             raise
         except Exception as exc:
             await _quiet_reset(stream)
-            raise HandshakeError(f"bulk channel request to {peer_id} failed: {_describe(exc)}") from exc
+            raise HandshakeError(f"bulk channel request to {peer_id} failed: {describe(exc)}") from exc
         response = decode_response(raw)
         if isinstance(response, Refusal):
             raise RefusedError(
