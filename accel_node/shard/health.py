@@ -8,14 +8,17 @@ forgiven at its first success. Both views decide together whether a replica is u
 (:meth:`ReplicaHealth.usable` takes the penalty box).
 
 The ``listener`` hook (``listener(peer, reason, backoff_s)``) lets the node count or log failures.
+
+Time comes from trio's clock (:func:`trio.current_time`, or an injected ``clock``), so that back-off and
+its expiry follow ``trio.testing.MockClock`` in tests: a test jumps past a back-off instead of sleeping.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
 from libp2p.peer.id import ID
 
 from p2p.penalties import PenaltyBox
@@ -39,7 +42,7 @@ class ReplicaHealth:
         base_s: float = 1.0,
         max_s: float = 60.0,
         listener: HealthListener | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         if base_s <= 0 or max_s < base_s:
             raise ValueError("backoff needs 0 < base_s <= max_s")

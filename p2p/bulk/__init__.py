@@ -15,6 +15,7 @@ Modules:
 - ``channel``: :class:`Channel`, the trio side of one established channel (send/receive frames) over
   a TCP socket or any trio stream.
 - ``handlers``: the handler table shared by the TCP and the in-memory transports.
+- ``endpoints``: exact reads, length-prefixed control messages, which IPs to listen on.
 - ``service``: :class:`BulkService`: grants tickets, accepts channels, runs handlers per purpose,
   opens channels to peers (and in memory to itself).
 - ``memory``: in-memory streams and channels with the real framing, :class:`MemoryNetwork` and

@@ -36,6 +36,7 @@ from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from p2p.bulk.channel import Channel
+from p2p.bulk.endpoints import bindable, ips_of, quiet_reset, read_control, read_exactly
 from p2p.bulk.errors import BulkError, HandshakeError, RefusedError
 from p2p.bulk.framing import (
     AES_256_GCM,
@@ -47,9 +48,7 @@ from p2p.bulk.framing import (
 )
 from p2p.bulk.handlers import HandlerTable, Route, describe
 from p2p.bulk.handshake import (
-    CONTROL_LENGTH,
     HELLO_SIZE,
-    MAX_CONTROL_MESSAGE,
     REPLY_SIZE,
     ChannelRequest,
     Mode,
@@ -79,59 +78,6 @@ PROTOCOL_ID = TProtocol("/accel/bulk/1.0.0")
 ADDR_TTL_S = 600
 """How long addresses learnt from requests (:meth:`BulkService.learn_addrs`) stay in the peerstore."""
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        if not chunk:
-            raise HandshakeError(f"connection closed after {len(data)} of {size} handshake bytes")
-        data += chunk
-    return bytes(data)
-
-
-async def _read_control(stream: INetStream) -> bytes:
-    """A u16-length-prefixed control message from a libp2p stream, at most MAX_CONTROL_MESSAGE bytes."""
-    data = b""
-    need = CONTROL_LENGTH.size
-    header_done = False
-    while True:
-        while len(data) < need:
-            chunk = await stream.read(need - len(data))
-            if not chunk:
-                raise HandshakeError("stream closed before the end of a control message")
-            data += chunk
-        if header_done:
-            return data[CONTROL_LENGTH.size :]
-        (length,) = CONTROL_LENGTH.unpack(data)
-        if length > MAX_CONTROL_MESSAGE:
-            raise HandshakeError(f"control message of {length} bytes exceeds {MAX_CONTROL_MESSAGE}")
-        need += length
-        header_done = True
-
-
-def _ips_of(addrs: Sequence[Multiaddr]) -> list[str]:
-    ips: list[str] = []
-    for addr in addrs:
-        names = [p.name for p in addr.protocols()]
-        if names and names[0] in ("ip4", "ip6"):
-            ip = str(addr.value_for_protocol(names[0]))
-            if ip not in ips:
-                ips.append(ip)
-    return ips
-
-
-_WILDCARDS = {"ip4": "0.0.0.0", "ip6": "::"}  # noqa: S104 - compared with, not bound here
-
-
-def _bindable(ips: Sequence[str]) -> list[str]:
-    """``ips`` without the addresses a wildcard of the same family already covers."""
-    unique = list(dict.fromkeys(ips))
-    covered = {family for family, wildcard in _WILDCARDS.items() if wildcard in unique}
-    return [
-        ip for ip in unique if ip in _WILDCARDS.values() or ("ip6" if ":" in ip else "ip4") not in covered
-    ]
 
 
 class BulkService:
@@ -241,8 +187,8 @@ class BulkService:
                     await listener.aclose()
 
     async def _listen(self) -> list[trio.SocketListener]:
-        ips = _bindable(
-            self._listen_ips if self._listen_ips is not None else _ips_of(self.host.get_transport_addrs())
+        ips = bindable(
+            self._listen_ips if self._listen_ips is not None else ips_of(self.host.get_transport_addrs())
         )
         if not ips:
             raise BulkError("no IP address to listen on (the host has no ip4/ip6 listen address)")
@@ -301,7 +247,7 @@ class BulkService:
         await self._handlers.serve(route, channel, channel.peer_id)
 
     async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, Route]:
-        ticket_id, client_nonce, mac = parse_client_hello(await _read_exactly(stream, HELLO_SIZE))
+        ticket_id, client_nonce, mac = parse_client_hello(await read_exactly(stream, HELLO_SIZE))
         ticket = self._tickets.redeem(ticket_id, trio.current_time())
         route = self._handlers.get(ticket.purpose)
         if route is None:
@@ -337,7 +283,7 @@ class BulkService:
         peer = stream.muxed_conn.peer_id
         try:
             with trio.fail_after(self.handshake_timeout_s):
-                request = ChannelRequest.decode(await _read_control(stream))
+                request = ChannelRequest.decode(await read_control(stream))
                 await stream.write(encode_response(self._grant(peer, request)))
             await stream.close()
         except Exception as exc:  # a malformed request or a broken stream: reset and move on
@@ -451,7 +397,7 @@ class BulkService:
             )
             await stream.send_all(client_hello(grant.secret, transcript))
             try:
-                reply = await _read_exactly(stream, REPLY_SIZE)
+                reply = await read_exactly(stream, REPLY_SIZE)
             except HandshakeError as exc:
                 raise HandshakeError(f"{peer_id} refused the bulk channel ticket ({exc})") from None
             server_nonce = check_server_reply(grant.secret, transcript, reply)
@@ -481,14 +427,14 @@ class BulkService:
             raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {describe(exc)}") from exc
         try:
             await stream.write(request.encode())
-            raw = await _read_control(stream)
+            raw = await read_control(stream)
             address = stream.get_remote_address()
             await stream.close()
         except HandshakeError:
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             raise
         except Exception as exc:
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             raise HandshakeError(f"bulk channel request to {peer_id} failed: {describe(exc)}") from exc
         response = decode_response(raw)
         if isinstance(response, Refusal):
@@ -505,14 +451,7 @@ class BulkService:
             addrs = self.host.get_peerstore().addrs(peer_id)
         except Exception:  # py-libp2p raises PeerStoreError for unknown peers
             addrs = []
-        ips = _ips_of(addrs)
+        ips = ips_of(addrs)
         if not ips:
             raise HandshakeError(f"no IP address known for {peer_id}")
         return ips[0]
-
-
-async def _quiet_reset(stream: INetStream) -> None:
-    try:
-        await stream.reset()
-    except Exception as exc:  # already broken; nothing to add
-        log.debug("bulk stream reset failed", extra={"error": str(exc)})
