@@ -74,6 +74,11 @@ class ReplicaHealth:
         """Not backed off, and not excluded by ``penalties``."""
         return not self.backing_off(peer) and not (penalties is not None and penalties.excluded(peer))
 
+    def failures(self, peer: ID) -> int:
+        """Failures of ``peer`` since its last success (back-off expired or not)."""
+        state = self._peers.get(peer)
+        return state.failures if state is not None else 0
+
     def why(self, peer: ID) -> str:
         state = self._peers.get(peer)
         return state.last_reason if state is not None else ""
