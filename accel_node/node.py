@@ -180,7 +180,6 @@ class Node:
             server=server,
             router=ShardRouter(
                 bulk,
-                local_server=server,
                 penalties=network.penalties,
                 spot_check_p=cfg.shard.spot_check_p,
                 hop_timeout_s=cfg.shard.hop_timeout_s,

@@ -634,3 +634,18 @@ async def test_cids_with_unsupported_hashes_are_reported_missing_without_a_netwo
             await collect(client, [sha512], [provider.id])
         assert caught.value.missing == [sha512]
         assert await collect(client, [], [provider.id]) == {}
+
+
+async def test_a_channel_to_ourselves_is_served_in_memory_by_our_own_handlers() -> None:
+    async with nodes(1) as (node,):
+        node.bulk.set_handler("echo", echo_sizes, require_encryption=True)
+        with trio.fail_after(10):
+            with pytest.raises(RefusedError, match="requires an encrypted channel"):
+                async with node.bulk.open(node.id, "echo", encrypted=False):
+                    pass
+            async with node.bulk.open(node.id, "echo") as channel:
+                assert channel.encrypted and channel.peer_id == node.id
+                await channel.send(b"to myself", frame_type=4)
+                frame = await channel.receive()
+                assert (frame.type, frame.payload) == (4, b"to myself")
+        assert node.bulk.loopback_channels == 1 and node.bulk.refused_connections == 0

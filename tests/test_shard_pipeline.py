@@ -31,7 +31,7 @@ from accel_node.shard.partition import Partition, partition
 from accel_node.shard.parts import FIRST, LAST, MORE, MSG, Reassembler, split_frames
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.runner import StageRunner
-from accel_node.shard.server import SHARD_PURPOSE, StageServer
+from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
 from accel_node.shard.wire import (
     INVALID,
     MALFORMED,
@@ -348,9 +348,7 @@ async def run_node(
                 await nursery.start(node.server.run)
             if router is not None:
                 node.penalties = router.pop("penalties", node.penalties)
-                node.router = ShardRouter(
-                    bulk, penalties=node.penalties, intra_op_threads=1, local_server=node.server, **router
-                )
+                node.router = ShardRouter(bulk, penalties=node.penalties, intra_op_threads=1, **router)
                 await nursery.start(node.router.run)
             task_status.started(node)
             await trio.sleep_forever()
@@ -717,6 +715,11 @@ async def test_fp16_compressed_activations_round_trip_within_tolerance(models: d
         assert router.pool.opened == 2
 
 
+def in_memory(link: Any) -> bool:
+    """Whether a link's channel is the in-memory one a node opens to itself (no socket)."""
+    return not isinstance(link.channel.channel._stream, trio.SocketStream)
+
+
 async def test_a_node_runs_its_own_stages_in_process(models: dict[str, Model]) -> None:
     model = models["transformer"]
     feeds = model.feeds(3, np.random.default_rng(8))
@@ -725,15 +728,19 @@ async def test_a_node_runs_its_own_stages_in_process(models: dict[str, Model]) -
         route = await serve(model, 3, [[client], [other], [client]])
         got = await client.router.infer(route, model.cid(3), feeds, addrs=addrs_of([client, other]))
         assert_close(got, model.expected(feeds))
-        assert client.router.pool.opened == 0  # our stage 0 ran in-process
-        assert [(link.peer_id, link.purpose) for link in client.server.pool.links()] == [
-            (other.id, SHARD_PURPOSE)
+        # our stage 0 ran in-process, over the in-memory channel to ourselves
+        assert [(link.peer_id, in_memory(link)) for link in client.router.pool.links()] == [(client.id, True)]
+        assert sorted(
+            (link.purpose, in_memory(link))
+            for link in client.server.pool.links()
+            if link.peer_id == client.id
+        ) == [(RESULT_PURPOSE, True)]  # our stage 2 handed the result over in-process, too
+        assert (other.id, SHARD_PURPOSE) in links_of(client.server)
+        # stage 1 pushed to our stage 2 over a real channel
+        assert [(link.peer_id, link.purpose, in_memory(link)) for link in other.server.pool.links()] == [
+            (client.id, SHARD_PURPOSE, False)
         ]
-        # stage 1 pushed to our stage 2 over a channel, which handed the result over in-process
-        assert [(link.peer_id, link.purpose) for link in other.server.pool.links()] == [
-            (client.id, SHARD_PURPOSE)
-        ]
-        assert client.router.stats.delivered == 1
+        assert client.bulk.loopback_channels == 2 and client.router.stats.delivered == 1
 
 
 def links_of(server: StageServer) -> list[tuple[ID, str]]:

@@ -8,14 +8,17 @@ forgiven at its first success. Both views decide together whether a replica is u
 (:meth:`ReplicaHealth.usable` takes the penalty box).
 
 The ``listener`` hook (``listener(peer, reason, backoff_s)``) lets the node count or log failures.
+
+Time comes from trio's clock (:func:`trio.current_time`, or an injected ``clock``), so that back-off and
+its expiry follow ``trio.testing.MockClock`` in tests: a test jumps past a back-off instead of sleeping.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
 from libp2p.peer.id import ID
 
 from p2p.penalties import PenaltyBox
@@ -39,7 +42,7 @@ class ReplicaHealth:
         base_s: float = 1.0,
         max_s: float = 60.0,
         listener: HealthListener | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = trio.current_time,
     ) -> None:
         if base_s <= 0 or max_s < base_s:
             raise ValueError("backoff needs 0 < base_s <= max_s")
@@ -70,6 +73,11 @@ class ReplicaHealth:
     def usable(self, peer: ID, penalties: PenaltyBox | None = None) -> bool:
         """Not backed off, and not excluded by ``penalties``."""
         return not self.backing_off(peer) and not (penalties is not None and penalties.excluded(peer))
+
+    def failures(self, peer: ID) -> int:
+        """Failures of ``peer`` since its last success (back-off expired or not)."""
+        state = self._peers.get(peer)
+        return state.failures if state is not None else 0
 
     def why(self, peer: ID) -> str:
         state = self._peers.get(peer)

@@ -8,37 +8,32 @@
   answered in any order. A reader task feeds the answers to their waiters; when the channel breaks every
   waiter gets :class:`ShardLinkError`.
 - :class:`LinkPool` keeps one link per (peer, purpose), opens it on first use (one opener at a time per
-  peer) and holds it open in its own nursery until it breaks, idles for ``idle_close_s`` or the pool
-  stops.
+  peer) through a :class:`~p2p.bulk.ChannelOpener` and holds it open in its own nursery until it breaks,
+  idles for ``idle_close_s`` or the pool stops.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
 
 import trio
 from libp2p.peer.id import ID
-from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from accel_node.shard.errors import ShardLinkError, ShardWireError
 from accel_node.shard.parts import Reassembler, split_frames
 from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits, decode_message, encode_message
-from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
+from p2p.bulk import BulkError, ChannelClosed, ChannelOpener, FrameChannel, FrameError
 
 log = logging.getLogger(__name__)
-
-ADDR_TTL_S = 600
-"""How long addresses learnt from a RUN's header stay in the peerstore."""
 
 
 class MessageChannel:
     """Whole shard messages over one bulk channel (see the module docstring)."""
 
-    def __init__(self, channel: Channel, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    def __init__(self, channel: FrameChannel, limits: WireLimits = DEFAULT_LIMITS) -> None:
         self.channel = channel
         self.peer_id = channel.peer_id
         self.limits = limits
@@ -188,14 +183,14 @@ class LinkPool:
 
     def __init__(
         self,
-        bulk: BulkService,
+        opener: ChannelOpener,
         *,
         limits: WireLimits = DEFAULT_LIMITS,
         open_timeout_s: float = 10.0,
         idle_close_s: float = 300.0,
         on_malformed: Callable[[ID, str], None] | None = None,
     ) -> None:
-        self.bulk = bulk
+        self.opener = opener
         self.limits = limits
         self.open_timeout_s = open_timeout_s
         self.idle_close_s = idle_close_s
@@ -230,18 +225,6 @@ class LinkPool:
                 link.close("idle")
                 await link.channel.aclose()  # its reader ends, and the link leaves the pool
 
-    def learn_addrs(self, peer: ID, addrs: Sequence[Multiaddr]) -> None:
-        """Remember ``addrs`` for ``peer`` (from a RUN's header) unless the peerstore already has some."""
-        if not addrs or peer == self.bulk.host.get_id():
-            return
-        peerstore: Any = self.bulk.host.get_peerstore()
-        try:
-            known = peerstore.addrs(peer)
-        except Exception:  # py-libp2p raises PeerStoreError for unknown peers
-            known = []
-        if not known:
-            peerstore.add_addrs(peer, list(addrs), ADDR_TTL_S)
-
     async def get(self, peer: ID, purpose: str) -> Link:
         """The open link to ``peer`` for ``purpose``, opened now if there is none."""
         key = (peer, purpose)
@@ -267,7 +250,7 @@ class LinkPool:
         started = False
         link: Link | None = None
         try:
-            async with self.bulk.open(peer, purpose, encrypted=True, timeout_s=self.open_timeout_s) as chan:
+            async with self.opener.open(peer, purpose, encrypted=True, timeout_s=self.open_timeout_s) as chan:
                 link = Link(MessageChannel(chan, self.limits), purpose)
                 self._links[key] = link
                 self.opened += 1

@@ -6,31 +6,26 @@ stage pushes back on ``shard-result/1`` (the stage servers push activations from
 never come back through the router). Micro-batches are in flight together (``max_in_flight``), so every
 stage works on a different one at the same time.
 
-Exactly once: each micro-batch has a random request id, kept when it is replayed. The router accepts a
-RESULT only from a replica of the last stage of its route (or from the replica a spot check asked), takes
-the first and acknowledges and drops any other (a replay answered twice, or a late one). If stage 0 FAILs,
-breaks or times out, the micro-batch is retried from the start on the next stage-0 replica; when none is
-left, :class:`ShardRouteError` names the stage that had no capable replica (``exhausted`` answers say which
-later stage that was) so that the caller can re-place it.
+Exactly once: each micro-batch has a random request id, kept when it is replayed; the
+:class:`~accel_node.shard.results.ResultBox` accepts the first RESULT from an allowed sender. If stage 0
+FAILs, breaks or times out, the micro-batch is retried from the start on the next stage-0 replica
+(:class:`~accel_node.shard.failover.FailOver`, the same rules as the stage servers'); when none is left,
+:class:`ShardRouteError` names the stage that had no capable replica (``exhausted`` answers say which later
+stage that was) so that the caller can re-place it.
 
-Spot checks: with probability ``spot_check_p`` a micro-batch runs hop by hop instead (each stage's
-replica returns its output to the router: a RUN with an empty route), and one randomly chosen stage runs
-on two replicas (or one replica and a local session of the stage from ``local_stages``). Outputs equal
-within ``atol``/``rtol`` go on; on a mismatch the local session, or else a third replica, referees: the
-peer that disagrees with the referee is penalised (:class:`~p2p.penalties.PenaltyBox`; excluded from
-routes after the box's limit) and the referee's output goes on.
+Spot checks (with probability ``spot_check_p``): :mod:`accel_node.shard.spotcheck`.
+
+The router talks to stage servers through a :class:`~p2p.bulk.ChannelTransport`; stages this node serves
+itself are reached like any other, over the transport's in-memory channel to itself.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -45,66 +40,24 @@ from accel_node.shard.errors import (
     ShardRequestError,
     ShardRouteError,
     ShardTimeoutError,
-    ShardVerificationError,
-    ShardWireError,
 )
-from accel_node.shard.frames import frames_agree, merge_batches, split_batch
+from accel_node.shard.failover import FailOver
+from accel_node.shard.frames import merge_batches, split_batch
 from accel_node.shard.health import ReplicaHealth
-from accel_node.shard.links import LinkPool, MessageChannel
-from accel_node.shard.runner import StageRunner, StageSpec
-from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
-from accel_node.shard.wire import (
-    DEFAULT_LIMITS,
-    EXHAUSTED,
-    INVALID,
-    MALFORMED,
-    Kind,
-    Message,
-    WireLimits,
-    ack,
-    fail,
-    reject,
-)
-from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
-from p2p.host import listening_addrs
+from accel_node.shard.links import LinkPool
+from accel_node.shard.results import Expected, ResultBox, RouterStats
+from accel_node.shard.runner import Offload, in_worker_thread
+from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE
+from accel_node.shard.spotcheck import FP16_RTOL, LocalStages, SpotChecker, Tolerance
+from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits
+from p2p.bulk import ChannelTransport
 from p2p.penalties import PenaltyBox
 
-log = logging.getLogger(__name__)
+__all__ = ["FP16_RTOL", "LocalStages", "RouterStats", "ShardRouter"]
+
 
 Arrays = dict[str, np.ndarray[Any, Any]]
 Route = Sequence[Sequence[ID]]
-LocalStages = Mapping[int, tuple[Path | bytes, StageSpec]]
-LOCAL_RUNNERS = 8
-FP16_RTOL = 2.0**-9
-
-
-@dataclass
-class RouterStats:
-    """Counters of one router (for /metrics and status pages)."""
-
-    requests: int = 0
-    micro_batches: int = 0
-    delivered: int = 0  # micro-batch results delivered to callers (each once)
-    duplicates: int = 0  # results that arrived again for a request still in progress
-    late: int = 0  # results for requests already finished (or unknown)
-    retries: int = 0  # micro-batches sent again to another stage-0 replica
-    refused_results: int = 0  # results from a peer not allowed to answer
-    spot_checks: int = 0
-    spot_checks_skipped: int = 0  # no stage had two replicas (or a replica and a local session)
-    mismatches: int = 0
-    penalised: list[str] = field(default_factory=list)
-
-
-@dataclass
-class _Expected:
-    """A request waiting for its RESULT."""
-
-    model: str
-    stage: int
-    senders: frozenset[ID]
-    event: trio.Event = field(default_factory=trio.Event)
-    message: Message | None = None
-    sender: ID | None = None
 
 
 @dataclass(frozen=True)
@@ -119,27 +72,18 @@ class _Call:
     local_stages: LocalStages
 
 
-class _Failed(Exception):
-    """One replica did not deliver; ``exhausted`` is the later stage it reported without replicas."""
-
-    def __init__(self, reason: str, exhausted: int | None = None) -> None:
-        super().__init__(reason)
-        self.exhausted = exhausted
-
-
 class ShardRouter:
     """Runs requests through chains of stage servers; see the module docstring.
 
     ``penalties`` (the node's box) takes peers that lie in spot checks or send malformed results; ``health``
-    backs off stage-0 replicas that fail. ``advertise_addrs`` puts this host's addresses in each RUN so
-    that the last stage can reach it even when not connected yet. ``local_server`` is this node's own
-    stage server, if any: stages this node serves run in-process, and its last stages hand results over
-    without a channel.
+    backs off stage-0 replicas that fail. ``advertise_addrs`` puts this node's addresses in each RUN so
+    that the last stage can reach it even when not connected yet. ``offload`` runs local referee sessions
+    (a worker thread by default).
     """
 
     def __init__(
         self,
-        bulk: BulkService,
+        transport: ChannelTransport,
         *,
         penalties: PenaltyBox | None = None,
         health: ReplicaHealth | None = None,
@@ -152,14 +96,14 @@ class ShardRouter:
         open_timeout_s: float = 5.0,
         intra_op_threads: int = 0,
         advertise_addrs: bool = True,
-        local_server: StageServer | None = None,
         rng: random.Random | None = None,
         link_idle_s: float = 300.0,
+        offload: Offload = in_worker_thread,
     ) -> None:
         if not 0.0 <= spot_check_p <= 1.0:
             raise ValueError("spot_check_p must be within [0, 1]")
-        self.bulk = bulk
-        self.local_id: ID = bulk.host.get_id()
+        self.transport = transport
+        self.local_id: ID = transport.local_id
         self.penalties = penalties
         self.health = health or ReplicaHealth()
         self.spot_check_p = spot_check_p
@@ -167,35 +111,38 @@ class ShardRouter:
         self.rtol = rtol
         self.limits = limits
         self.hop_timeout_s = hop_timeout_s
-        self.intra_op_threads = intra_op_threads
         self.advertise_addrs = advertise_addrs
-        self.local_server = local_server
-        if local_server is not None:  # stages of ours run in-process, and deliver their results in-process
-            local_server.result_sink = self.accept_result
         self.rng = rng or random.Random()  # noqa: S311 - sampling, not secrets
         self.stats = RouterStats()
+        self.results = ResultBox(self.stats, limits, self._penalise)
+        self.checker = SpotChecker(
+            health=self.health,
+            penalties=penalties,
+            stats=self.stats,
+            penalise=self._penalise,
+            rng=self.rng,
+            offload=offload,
+            intra_op_threads=intra_op_threads,
+        )
         self.pool = LinkPool(
-            bulk,
+            transport,
             limits=limits,
             open_timeout_s=open_timeout_s,
             idle_close_s=link_idle_s,
             on_malformed=self._penalise,
         )
         self._slots = trio.CapacityLimiter(max_in_flight)
-        self._expected: dict[bytes, _Expected] = {}
-        self._runners: OrderedDict[tuple[str, int], StageRunner] = OrderedDict()
-        self._runner_lock = trio.Lock()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept results on ``shard-result/1`` and hold links to stage 0 until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pool.run)
-            self.bulk.set_handler(RESULT_PURPOSE, self._serve_results, require_encryption=True)
+            self.transport.set_handler(RESULT_PURPOSE, self.results.serve, require_encryption=True)
             try:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
-                self.bulk.remove_handler(RESULT_PURPOSE)
+                self.transport.remove_handler(RESULT_PURPOSE)
 
     # -- public API -----------------------------------------------------------------------------------
 
@@ -279,7 +226,7 @@ class ShardRouter:
             p: tuple(a)[: self.limits.max_addrs_per_peer] for p, a in (addrs or {}).items()
         }
         if self.advertise_addrs:
-            known[self.local_id] = tuple(listening_addrs(self.bulk.host))[: self.limits.max_addrs_per_peer]
+            known[self.local_id] = tuple(self.transport.advertised_addrs())[: self.limits.max_addrs_per_peer]
         return _Call(
             model=model_cid,
             route=tuple(usable),
@@ -306,6 +253,19 @@ class ShardRouter:
             call, index, stage=0, replicas=call.route[0], rest=call.route[1:], frame=frame
         )
 
+    async def _spot_checked(self, call: _Call, index: int, frame: Arrays) -> Arrays:
+        if not self.checker.checkable(call.route, call.local_stages):
+            self.stats.spot_checks_skipped += 1
+            return await self._pipelined(call, index, frame)
+
+        async def hop(stage: int, replicas: Sequence[ID], frame: Arrays) -> Arrays:
+            return await self._through(call, index, stage=stage, replicas=replicas, rest=(), frame=frame)
+
+        tolerance = Tolerance(self.atol, self.rtol, call.fp16)
+        return await self.checker.run(
+            hop, call.route, frame, model=call.model, tolerance=tolerance, local_stages=call.local_stages
+        )
+
     async def _through(
         self,
         call: _Call,
@@ -321,60 +281,60 @@ class ShardRouter:
         empty). Replays keep the request id, so a result is delivered once."""
         request_id = os.urandom(16)
         senders = frozenset(rest[-1] if rest else replicas)
-        expected = _Expected(call.model, stage + len(rest), senders)
-        self._expected[request_id] = expected
-        reasons: list[str] = []
-        exhausted: list[int] = []
-        attempts = 0
+        expected = self.results.expect(request_id, call.model, stage + len(rest), senders)
+        failover = FailOver(stage, replicas, self.health, self.penalties)
+        message = Message(
+            Kind.RUN,
+            request_id,
+            stage=stage,
+            model=call.model,
+            micro_batch=index,
+            route=tuple(tuple(r) for r in rest),
+            reply_to=self.local_id,
+            addrs={p: a for p, a in call.addrs.items() if any(p in r for r in rest) or p == self.local_id},
+            fp16=call.fp16,
+            tensors=frame,
+        )
         try:
-            for peer in replicas:
-                if not self.health.usable(peer, self.penalties):
-                    reasons.append(f"{peer}: skipped ({self.health.why(peer) or 'excluded'})")
-                    continue
-                attempts += 1
-                if attempts > 1:
+            while (peer := failover.next()) is not None:
+                if failover.retrying:
                     self.stats.retries += 1
-                message = Message(
-                    Kind.RUN,
-                    request_id,
-                    stage=stage,
-                    model=call.model,
-                    micro_batch=index,
-                    route=tuple(tuple(r) for r in rest),
-                    reply_to=self.local_id,
-                    addrs={
-                        p: a for p, a in call.addrs.items() if any(p in r for r in rest) or p == self.local_id
-                    },
-                    fp16=call.fp16,
-                    tensors=frame,
+                await self._attempt(
+                    peer,
+                    message,
+                    expected=expected,
+                    failover=failover,
+                    deadline=call.deadline,
+                    hops=len(rest) + 1,
                 )
-                try:
-                    await self._attempt(peer, message, expected, call.deadline, len(rest) + 1)
-                except _Failed as exc:
-                    reasons.append(f"{peer}: {exc}")
-                    if exc.exhausted is not None:
-                        exhausted.append(exc.exhausted)
                 if expected.message is not None:
                     return dict(expected.message.tensors)
             if trio.current_time() >= call.deadline:
                 raise ShardTimeoutError(f"sharded inference of {call.model} ran out of time at stage {stage}")
-            if exhausted and len(exhausted) == attempts:
-                stage = exhausted[0]
+            stage = failover.stage_to_blame
             raise ShardRouteError(
-                f"no capable replica left for stage {stage} of {call.model}: " + "; ".join(reasons),
+                f"no capable replica left for stage {stage} of {call.model}: {failover.summary()}",
                 stage=stage,
-                reasons=reasons,
+                reasons=failover.reasons,
             )
         finally:
-            del self._expected[request_id]
+            self.results.forget(request_id)
 
     async def _attempt(
-        self, peer: ID, message: Message, expected: _Expected, deadline: float, hops: int
+        self,
+        peer: ID,
+        message: Message,
+        *,
+        expected: Expected,
+        failover: FailOver,
+        deadline: float,
+        hops: int,
     ) -> None:
-        """One try on ``peer``: returns once the result is in, raises :class:`_Failed` otherwise."""
+        """One try on ``peer``; what happened goes to ``failover`` (the result, if any, to ``expected``)."""
         remaining = deadline - trio.current_time()
         if remaining <= 0:
-            raise _Failed("no time left")
+            failover.not_tried(peer, "no time left")
+            return
         timeout = min(remaining, self.hop_timeout_s * hops)
         message = replace(message, ttl_ms=math.floor(remaining * 1000))
         try:
@@ -382,29 +342,20 @@ class ShardRouter:
                 reply = await self._ask(peer, message, expected)
         except ShardLinkError as exc:
             if expected.message is None:
-                self.health.failed(peer, str(exc))
-                raise _Failed(str(exc)) from exc
+                failover.broke(peer, str(exc))
             return
         except trio.TooSlowError:
-            self.health.failed(peer, f"no answer within {timeout:.3g} s")
-            raise _Failed(f"no answer within {timeout:.3g} s") from None
-        if expected.message is not None:
-            self.health.succeeded(peer)
+            failover.timed_out(peer, timeout)
             return
-        assert reply is not None
-        if reply.kind == Kind.ACK:  # delivered, it says, but no result came from an allowed sender
-            self.health.failed(peer, "acknowledged without a result")
-            raise _Failed("acknowledged, but no result arrived")
-        if reply.code == EXHAUSTED and reply.stage > message.stage:
-            raise _Failed(f"{reply.code}: {reply.reason}", exhausted=reply.stage)
-        if reply.code != INVALID:
-            self.health.failed(peer, f"{reply.code}: {reply.reason}")
-        raise _Failed(f"{reply.code}: {reply.reason}")
+        if expected.message is not None:
+            failover.delivered(peer)
+        elif reply is None or reply.kind == Kind.ACK:  # delivered, it says, but no result came
+            failover.broke(peer, "acknowledged, but no result arrived")
+        else:
+            failover.refused(peer, reply.code, reply.reason, at_stage=reply.stage)
 
-    async def _ask(self, peer: ID, message: Message, expected: _Expected) -> Message | None:
-        """Send a RUN; its ACK/FAIL, or None as soon as the result is in. Our own stages run locally."""
-        if peer == self.local_id and self.local_server is not None:
-            return await self.local_server.process(message, self.local_id)
+    async def _ask(self, peer: ID, message: Message, expected: Expected) -> Message | None:
+        """Send a RUN on a reused link; its ACK/FAIL, or None as soon as the result is in."""
         link = await self.pool.get(peer, SHARD_PURPOSE)
         waiter = await link.submit(message)
         try:
@@ -412,158 +363,6 @@ class ShardRouter:
         finally:
             link.finish(waiter)
         return None if expected.message is not None else waiter.answer(peer)
-
-    # -- spot checks ----------------------------------------------------------------------------------
-
-    async def _spot_checked(self, call: _Call, index: int, frame: Arrays) -> Arrays:
-        """Hop by hop, one random stage verified (see the module docstring)."""
-        candidates = [
-            i
-            for i, replicas in enumerate(call.route)
-            if sum(self.health.usable(p, self.penalties) for p in replicas) + (i in call.local_stages) >= 2
-        ]
-        if not candidates:
-            self.stats.spot_checks_skipped += 1
-            return await self._pipelined(call, index, frame)
-        checked = self.rng.choice(candidates)
-        self.stats.spot_checks += 1
-        for stage, replicas in enumerate(call.route):
-            if stage == checked:
-                frame = await self._verify(call, index, stage, frame)
-            else:
-                frame = await self._through(call, index, stage=stage, replicas=replicas, rest=(), frame=frame)
-        return frame
-
-    async def _verify(self, call: _Call, index: int, stage: int, frame: Arrays) -> Arrays:
-        usable = [p for p in call.route[stage] if self.health.usable(p, self.penalties)]
-        local = await self._local_runner(call, stage)
-        pair = self.rng.sample(usable, 2) if len(usable) >= 2 else usable[:1]
-        outputs: dict[ID, Arrays] = {}
-
-        async def run_on(peer: ID) -> None:
-            try:
-                outputs[peer] = await self._through(
-                    call, index, stage=stage, replicas=(peer,), rest=(), frame=frame
-                )
-            except ShardRouteError as exc:
-                log.info("spot check replica failed", extra={"peer_id": str(peer), "error": str(exc)})
-
-        async with trio.open_nursery() as nursery:
-            for peer in pair:
-                nursery.start_soon(run_on, peer)
-        answered = list(outputs)
-        if not answered:
-            return await self._through(
-                call, index, stage=stage, replicas=call.route[stage], rest=(), frame=frame
-            )
-        first = outputs[answered[0]]
-        if len(answered) == 2 and self._agree(call, first, outputs[answered[1]])[0]:
-            return first
-        if len(answered) == 1 and local is None:
-            return first  # the other replica failed: nothing to compare with
-        if len(answered) == 2:
-            self.stats.mismatches += 1
-        referee = await self._referee(call, index, stage=stage, frame=frame, local=local, exclude=pair)
-        liars = [p for p in answered if not self._agree(call, outputs[p], referee)[0]]
-        if local is None and len(liars) == len(answered):
-            raise ShardVerificationError(
-                f"spot check of stage {stage} of {call.model}: replicas {[str(p) for p in answered]} and the "
-                "referee replica all disagree"
-            )
-        for peer in liars:
-            diff = self._agree(call, outputs[peer], referee)[1]
-            self._penalise(peer, f"stage {stage} of {call.model}: activations differ from the referee's "
-                                 f"(max abs diff {diff:.3g})")  # fmt: skip
-        return referee
-
-    def _agree(self, call: _Call, a: Arrays, b: Arrays) -> tuple[bool, float]:
-        """Whether two outputs of a stage agree. Under fp16 compression the outputs travelled rounded to
-        float16, so the relative tolerance is at least two float16 steps (2**-9)."""
-        rtol = max(self.rtol, FP16_RTOL) if call.fp16 else self.rtol
-        return frames_agree(a, b, atol=self.atol, rtol=rtol)
-
-    async def _referee(
-        self,
-        call: _Call,
-        index: int,
-        *,
-        stage: int,
-        frame: Arrays,
-        local: StageRunner | None,
-        exclude: Sequence[ID],
-    ) -> Arrays:
-        if local is not None:
-            frame = await trio.to_thread.run_sync(local.run, frame)
-            if call.fp16:  # what an honest replica's output looks like after the trip
-                frame = {n: a.astype(np.float16).astype(np.float32) if a.dtype == np.float32 else a
-                         for n, a in frame.items()}  # fmt: skip
-            return frame
-        others = [p for p in call.route[stage] if p not in exclude and self.health.usable(p, self.penalties)]
-        if not others:
-            raise ShardVerificationError(
-                f"spot check of stage {stage} of {call.model}: two replicas disagree and there is no referee "
-                "(no third replica, no local copy of the stage)"
-            )
-        return await self._through(call, index, stage=stage, replicas=others, rest=(), frame=frame)
-
-    async def _local_runner(self, call: _Call, stage: int) -> StageRunner | None:
-        if stage not in call.local_stages:
-            return None
-        key = (call.model, stage)
-        async with self._runner_lock:
-            runner = self._runners.get(key)
-            if runner is None:
-                model, spec = call.local_stages[stage]
-                runner = await trio.to_thread.run_sync(
-                    lambda: StageRunner.load(model, spec, intra_op_threads=self.intra_op_threads)
-                )
-                self._runners[key] = runner
-                while len(self._runners) > LOCAL_RUNNERS:
-                    self._runners.popitem(last=False)
-            self._runners.move_to_end(key)
-            return runner
-
-    # -- results --------------------------------------------------------------------------------------
-
-    async def _serve_results(self, channel: Channel, peer: ID) -> None:
-        """``shard-result/1``: take RESULTs pushed by last stages, answer each with ACK or FAIL."""
-        messages = MessageChannel(channel, self.limits)
-        while True:
-            try:
-                message = await messages.receive()
-            except ShardWireError as exc:
-                self._penalise(peer, f"malformed shard result: {exc}")
-                reply = fail(exc.request_id, exc.tag, stage=0, code=MALFORMED, reason=str(exc))
-            except FrameError as exc:
-                self._penalise(peer, f"bad shard result frame: {exc}")
-                return
-            except (ChannelClosed, BulkError):
-                return
-            else:
-                reply = self.accept_result(message, peer)
-            try:
-                await messages.send(reply)
-            except (BulkError, ShardWireError):
-                return
-
-    def accept_result(self, message: Message, peer: ID) -> Message:
-        """Take a RESULT from ``peer``; the ACK or FAIL to answer it with (first one wins, see above)."""
-        if message.kind != Kind.RESULT:
-            return reject(message, MALFORMED, f"expected RESULT, got {message.kind.name}")
-        expected = self._expected.get(message.request_id)
-        if expected is None:
-            self.stats.late += 1
-            return ack(message)  # finished or unknown: the chain may stop
-        if peer not in expected.senders or message.model != expected.model or message.stage != expected.stage:
-            self.stats.refused_results += 1
-            self._penalise(peer, f"sent a result for stage {message.stage} it was not asked for")
-            return reject(message, INVALID, "this peer was not asked for this result")
-        if expected.message is not None:
-            self.stats.duplicates += 1
-            return ack(message)
-        expected.message, expected.sender = message, peer
-        expected.event.set()
-        return ack(message)
 
 
 async def _first(*events: trio.Event) -> None:

@@ -7,16 +7,18 @@ symbolic dims); the outgoing frame is ``boundary`` in order, computed outputs an
 through untouched.
 
 Both the stage server and the router's local referee use :class:`StageRunner`. Loading and running are
-blocking: call them from a worker thread.
+blocking: call them through an :class:`Offload` (:func:`in_worker_thread` by default; :func:`inline` in
+tests on a mock clock).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
+import trio
 
 from accel_node.runtime.errors import InputError, RuntimeFailure
 from accel_node.runtime.sessions import available_providers, create_session, ort, session_options
@@ -125,3 +127,25 @@ class StageRunner:
         """Check, compute and build the outgoing frame (blocking)."""
         checked = self.check(frame)
         return self.next_frame(checked, self.compute(checked))
+
+
+_T = TypeVar("_T")
+
+
+class Offload(Protocol):
+    """How blocking stage work (loading a session, running it) is kept off the event loop."""
+
+    def __call__(self, work: Callable[[], _T], /) -> Awaitable[_T]: ...
+
+
+async def in_worker_thread(work: Callable[[], _T]) -> _T:
+    """The default :class:`Offload`: a trio worker thread, so networking never stalls on ORT."""
+    return await trio.to_thread.run_sync(work)
+
+
+async def inline(work: Callable[[], _T]) -> _T:
+    """An :class:`Offload` that runs the work on the event loop. For tests on ``trio.testing.MockClock``
+    with ``autojump_threshold=0``: waiting on a worker thread counts as idle there, so the clock would
+    jump past every timeout while ONNX Runtime computes; run inline, the computation takes no clock time."""
+    await trio.lowlevel.checkpoint()
+    return work()

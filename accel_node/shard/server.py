@@ -13,16 +13,19 @@ Protocol (bulk purpose ``shard/1``, encrypted channels only; messages in :mod:`a
      output), sends ``RESULT`` to the reply-to peer on ``shard-result/1``;
    - answers its upstream with ``ACK`` only once the rest of the chain has delivered (each hop ACKs when
      its downstream ACKed; the requester ACKs the RESULT), or with ``FAIL`` and a code.
-3. Fail-over: a FAIL, a broken channel or a timeout from replica r backs r off (:class:`ReplicaHealth`)
-   and the server replays its own output (the last good boundary, kept until ACKed) to the next
-   replica; when no replica is left it FAILs upstream with ``exhausted`` naming the stage, so the
-   requester can re-place it.
+3. Fail-over (:class:`~accel_node.shard.failover.FailOver`, the router's rules): a FAIL, a broken channel
+   or a timeout from replica r backs r off (:class:`ReplicaHealth`) and the server replays its own output
+   (the last good boundary, kept until ACKed) to the next replica; when no replica is left it FAILs
+   upstream with ``exhausted`` naming the stage, so the requester can re-place it.
 
 Channels to next hops are reused (:class:`~accel_node.shard.links.LinkPool`): many requests are
 multiplexed on one channel by tag, so every stage works on a different micro-batch at the same time.
 A malformed or oversize message is answered with ``FAIL malformed`` (the sender is penalised in the
 :class:`~p2p.penalties.PenaltyBox`) and the server keeps serving. :meth:`StageServer.loads` gives the
 figures to announce (queue depth, in flight, busy fraction).
+
+The server talks through a :class:`~p2p.bulk.ChannelTransport`: next hops and the reply-to peer that are
+this node itself are reached over the transport's in-memory channel to itself, like any other peer.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -41,9 +44,10 @@ from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
 from accel_node.shard.errors import ShardLinkError, ShardWireError, StageInputError, StageRunFailed
+from accel_node.shard.failover import FailOver
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
-from accel_node.shard.runner import StageRunner, StageSpec
+from accel_node.shard.runner import Offload, StageRunner, StageSpec, in_worker_thread
 from accel_node.shard.wire import (
     DEFAULT_LIMITS,
     EXHAUSTED,
@@ -60,7 +64,7 @@ from accel_node.shard.wire import (
     fail,
     reject,
 )
-from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed, FrameError
+from p2p.bulk import BulkError, ChannelClosed, ChannelTransport, FrameChannel, FrameError
 from p2p.penalties import PenaltyBox
 
 log = logging.getLogger(__name__)
@@ -103,16 +107,17 @@ class _Served:
 
 
 class StageServer:
-    """Serves pipeline stages over ``bulk``; see the module docstring.
+    """Serves pipeline stages over ``transport``; see the module docstring.
 
     ``penalties`` (the node's box) receives malformed messages and malformed answers; ``health`` backs off
     next-hop replicas that fail (both default to private instances). ``hop_timeout_s`` bounds one attempt
-    per remaining stage (an attempt waits for the whole rest of the chain).
+    per remaining stage (an attempt waits for the whole rest of the chain). ``offload`` loads and runs
+    ONNX Runtime sessions (a worker thread by default).
     """
 
     def __init__(
         self,
-        bulk: BulkService,
+        transport: ChannelTransport,
         *,
         penalties: PenaltyBox | None = None,
         health: ReplicaHealth | None = None,
@@ -126,11 +131,13 @@ class StageServer:
         open_timeout_s: float = 5.0,
         busy_window_s: float = 10.0,
         link_idle_s: float = 300.0,
+        offload: Offload = in_worker_thread,
     ) -> None:
         if concurrency < 1 or max_in_flight < 1:
             raise ValueError("concurrency and max_in_flight must be >= 1")
-        self.bulk = bulk
-        self.local_id: ID = bulk.host.get_id()
+        self.transport = transport
+        self.local_id: ID = transport.local_id
+        self.offload = offload
         self.penalties = penalties
         self.health = health or ReplicaHealth()
         self.concurrency = concurrency
@@ -142,7 +149,7 @@ class StageServer:
         self.hop_timeout_s = hop_timeout_s
         self.busy_window_s = busy_window_s
         self.pool = LinkPool(
-            bulk,
+            transport,
             limits=limits,
             open_timeout_s=open_timeout_s,
             idle_close_s=link_idle_s,
@@ -152,8 +159,6 @@ class StageServer:
         self._stages: dict[tuple[str, int], _Served] = {}
         self._run_ids = 0
         self.malformed = 0
-        self.result_sink: Callable[[Message, ID], Message] | None = None
-        """Takes RESULTs for this node itself (the node's router sets it: ``ShardRouter(local_server=)``)."""
 
     # -- lifecycle and stages ---------------------------------------------------------------------
 
@@ -161,17 +166,17 @@ class StageServer:
         """Accept ``shard/1`` channels until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pool.run)
-            self.bulk.set_handler(SHARD_PURPOSE, self._serve_channel, require_encryption=True)
+            self.transport.set_handler(SHARD_PURPOSE, self._serve_channel, require_encryption=True)
             try:
                 task_status.started()
                 await trio.sleep_forever()
             finally:
-                self.bulk.remove_handler(SHARD_PURPOSE)
+                self.transport.remove_handler(SHARD_PURPOSE)
 
     async def serve(self, model_cid: str, stage_index: int, model: Path | bytes, spec: StageSpec) -> None:
         """Load stage ``stage_index`` of ``model_cid`` (its ONNX file or bytes, and its spec) and serve it.
         Raises :class:`~accel_node.shard.runner.StageLoadError`."""
-        runner = await trio.to_thread.run_sync(
+        runner = await self.offload(
             lambda: StageRunner.load(
                 model,
                 spec,
@@ -275,7 +280,7 @@ class StageServer:
         served.running += 1
         served.active[run_id] = trio.current_time()
         try:
-            return await trio.to_thread.run_sync(self.run_stage, served.runner, frame)
+            return await self.offload(lambda: self.run_stage(served.runner, frame))
         finally:
             served.busy.append((served.active.pop(run_id), trio.current_time()))
             served.running -= 1
@@ -288,33 +293,24 @@ class StageServer:
     # -- pushing on -------------------------------------------------------------------------------
 
     async def _request(self, peer: ID, purpose: str, message: Message, timeout_s: float) -> Message:
-        """Send ``message`` to ``peer`` on a reused link; its ACK/FAIL. A RUN for ourselves stays local."""
+        """Send ``message`` to ``peer`` (this node included) on a reused link; its ACK/FAIL."""
         with trio.fail_after(timeout_s):
-            if peer == self.local_id and purpose == SHARD_PURPOSE:
-                return await self.process(message, self.local_id)
-            if peer == self.local_id and purpose == RESULT_PURPOSE and self.result_sink is not None:
-                return self.result_sink(message, self.local_id)
             link = await self.pool.get(peer, purpose)
             return await link.request(message, timeout_s=timeout_s)
 
     async def _forward(self, served: _Served, message: Message, frame: Arrays, deadline: float) -> Message:
         nxt = message.stage + 1
         replicas = message.route[0]
-        for peer in replicas:
-            self.pool.learn_addrs(peer, message.addrs.get(peer, ()))
+        for replica in replicas:
+            self.transport.learn_addrs(replica, message.addrs.get(replica, ()))
         outgoing = replace(message, stage=nxt, route=message.route[1:], tensors=frame, tag=0)
-        reasons: list[str] = []
-        exhausted: list[int] = []
-        attempts = 0
-        for peer in replicas:
-            if not self.health.usable(peer, self.penalties):
-                reasons.append(f"{peer}: skipped ({self.health.why(peer) or 'excluded'})")
-                continue
+        failover = FailOver(nxt, replicas, self.health, self.penalties)
+        while (peer := failover.next()) is not None:
             remaining = deadline - trio.current_time()
             if remaining <= 0:
+                failover.not_tried(peer, "no time left")
                 break
-            attempts += 1
-            if attempts > 1:
+            if failover.retrying:
                 served.replays += 1
             timeout = min(remaining, self.hop_timeout_s * len(message.route))
             try:
@@ -322,29 +318,23 @@ class StageServer:
                     peer, SHARD_PURPOSE, replace(outgoing, ttl_ms=math.floor(remaining * 1000)), timeout
                 )
             except ShardLinkError as exc:
-                self.health.failed(peer, str(exc))
-                reasons.append(f"{peer}: {exc}")
+                failover.broke(peer, str(exc))
                 continue
             except trio.TooSlowError:
-                self.health.failed(peer, f"no answer within {timeout:.3g} s")
-                reasons.append(f"{peer}: no answer within {timeout:.3g} s")
+                failover.timed_out(peer, timeout)
                 continue
             if reply.kind == Kind.ACK:
-                self.health.succeeded(peer)
+                failover.delivered(peer)
                 return ack(message)
-            reasons.append(f"{peer}: {reply.code}: {reply.reason}")
-            if reply.code == EXHAUSTED and reply.stage > nxt:
-                exhausted.append(reply.stage)  # a later stage has no replica: not this replica's fault
-            elif reply.code != INVALID:
-                self.health.failed(peer, f"{reply.code}: {reply.reason}")
-        stage = exhausted[0] if exhausted and len(exhausted) == attempts else nxt
-        reason = f"no replica of stage {stage} delivered: " + "; ".join(reasons)
+            failover.refused(peer, reply.code, reply.reason, at_stage=reply.stage)
+        stage = failover.stage_to_blame
+        reason = f"no replica of stage {stage} delivered: {failover.summary()}"
         return reject(message, EXHAUSTED, reason, stage=stage)
 
     async def _deliver(self, message: Message, frame: Arrays, deadline: float) -> Message:
         reply_to = message.reply_to
         assert reply_to is not None
-        self.pool.learn_addrs(reply_to, message.addrs.get(reply_to, ()))
+        self.transport.learn_addrs(reply_to, message.addrs.get(reply_to, ()))
         result = Message(
             Kind.RESULT,
             message.request_id,
@@ -375,7 +365,7 @@ class StageServer:
 
     # -- channels from upstreams --------------------------------------------------------------------
 
-    async def _serve_channel(self, channel: Channel, peer: ID) -> None:
+    async def _serve_channel(self, channel: FrameChannel, peer: ID) -> None:
         """``shard/1``: read RUNs, answer each from its own task; cancel them when the channel ends."""
         messages = MessageChannel(channel, self.limits)
         async with trio.open_nursery() as nursery:

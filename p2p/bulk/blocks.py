@@ -26,9 +26,8 @@ import cbor2
 import trio
 from libp2p.peer.id import ID
 
-from p2p.bulk.channel import Channel
 from p2p.bulk.errors import ChannelClosed, FrameError
-from p2p.bulk.service import BulkService
+from p2p.bulk.seam import ChannelAcceptor, FrameChannel
 from p2p.content.cid import CID
 from p2p.content.errors import InvalidCIDError
 
@@ -116,7 +115,7 @@ class BlockServer:
         self.blocks_sent = 0
         self.bytes_sent = 0
 
-    async def handle(self, channel: Channel, peer_id: ID) -> None:
+    async def handle(self, channel: FrameChannel, peer_id: ID) -> None:
         wants_in, wants_out = trio.open_memory_channel[list[CID]](self.queued_want_frames)
         loaded_in, loaded_out = trio.open_memory_channel[list[bytes | None]](1)
         try:
@@ -130,7 +129,7 @@ class BlockServer:
             with trio.move_on_after(1):
                 await channel.send(reason.encode()[:MAX_ERROR_BYTES], frame_type=ERROR)
 
-    async def _read_wants(self, channel: Channel, wants: trio.MemorySendChannel[list[CID]]) -> None:
+    async def _read_wants(self, channel: FrameChannel, wants: trio.MemorySendChannel[list[CID]]) -> None:
         async with wants:
             while True:
                 try:
@@ -165,7 +164,9 @@ class BlockServer:
                 out.append(None)
         return out
 
-    async def _send(self, channel: Channel, loaded: trio.MemoryReceiveChannel[list[bytes | None]]) -> None:
+    async def _send(
+        self, channel: FrameChannel, loaded: trio.MemoryReceiveChannel[list[bytes | None]]
+    ) -> None:
         room = channel.max_send_payload - _COUNT.size
         async with loaded:
             async for blocks in loaded:
@@ -183,7 +184,7 @@ class BlockServer:
                 if frame:
                     await self._send_frame(channel, frame)
 
-    async def _send_frame(self, channel: Channel, blocks: list[bytes | None]) -> None:
+    async def _send_frame(self, channel: FrameChannel, blocks: list[bytes | None]) -> None:
         await channel.send_parts(encode_blocks(blocks), frame_type=BLOCKS)
         sent = [b for b in blocks if b is not None]
         self.blocks_sent += len(sent)
@@ -191,7 +192,7 @@ class BlockServer:
 
 
 def serve_blocks(
-    bulk: BulkService, get_block: BlockGetter, *, purpose: str = BLOCKS_PURPOSE, read_ahead: int = 8
+    bulk: ChannelAcceptor, get_block: BlockGetter, *, purpose: str = BLOCKS_PURPOSE, read_ahead: int = 8
 ) -> BlockServer:
     """Serve ``get_block`` to peers that open ``purpose`` channels (plain or encrypted)."""
     server = BlockServer(get_block, read_ahead=read_ahead)

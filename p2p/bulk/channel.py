@@ -1,9 +1,12 @@
-"""A bulk channel: framed messages over a direct TCP socket, after the handshake.
+"""A bulk channel: framed messages over a byte stream, after the handshake.
 
-Thin trio wrapper around :mod:`p2p.bulk.framing`: sends are vectored (``sendmsg`` of the header
-and the caller's buffers, so a plain frame's payload is never copied), receives go straight into
-the frame's buffer for large bodies. One task may send while another receives; concurrent sends
-(or receives) are serialised by a lock each, so frames never interleave.
+Thin trio wrapper around :mod:`p2p.bulk.framing` that implements :class:`~p2p.bulk.seam.FrameChannel`
+over any :class:`trio.abc.HalfCloseableStream`. On a TCP socket (a :class:`trio.SocketStream`) sends
+are vectored (``sendmsg`` of the header and the caller's buffers, so a plain frame's payload is never
+copied) and receives go straight into the frame's buffer for large bodies; on other streams (the
+in-memory ones of :mod:`p2p.bulk.memory`) the same frames go through ``send_all``/``receive_some``.
+One task may send while another receives; concurrent sends (or receives) are serialised by a lock
+each, so frames never interleave.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ from libp2p.peer.id import ID
 from p2p.bulk.errors import BulkError, ChannelClosed
 from p2p.bulk.framing import Buffer, Frame, FrameDecoder, FrameEncoder
 from p2p.bulk.handshake import Mode
+from p2p.bulk.seam import DATA
 
-DATA = 0
-"""The default frame type; the meaning of types is up to each purpose's protocol."""
+__all__ = ["DATA", "Channel"]
 
 
 class Channel:
@@ -27,7 +30,7 @@ class Channel:
 
     def __init__(
         self,
-        stream: trio.SocketStream,
+        stream: trio.abc.HalfCloseableStream,
         *,
         peer_id: ID,
         purpose: str,
@@ -41,7 +44,7 @@ class Channel:
         self.mode: Mode = mode
         self.cipher = cipher
         self._stream = stream
-        self._sock = stream.socket
+        self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._encoder = encoder
         self._decoder = decoder
         self._send_lock = trio.Lock()
@@ -76,8 +79,13 @@ class Channel:
 
     async def _write(self, buffers: list[Buffer]) -> None:
         views = [memoryview(b).cast("B") for b in buffers if len(b)]
+        if self._sock is None:
+            if views:
+                await self._stream.send_all(views[0] if len(views) == 1 else b"".join(views))
+            return
+        sock = self._sock
         while views:
-            sent = await self._sock.sendmsg(views) if len(views) > 1 else await self._sock.send(views[0])
+            sent = await sock.sendmsg(views) if len(views) > 1 else await sock.send(views[0])
             while sent:
                 if sent >= len(views[0]):
                     sent -= len(views[0])
@@ -116,8 +124,13 @@ class Channel:
     async def _read_more(self) -> None:
         buffer = self._decoder.get_buffer()
         try:
-            received = await self._sock.recv_into(buffer)
-        except (OSError, trio.ClosedResourceError) as exc:
+            if self._sock is not None:
+                received = await self._sock.recv_into(buffer)
+            else:
+                data = await self._stream.receive_some(len(buffer))
+                received = len(data)
+                buffer[:received] = data
+        except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise BulkError(f"bulk channel to {self.peer_id} broke while receiving: {exc}") from exc
         if received == 0:
             self._decoder.eof()

@@ -36,9 +36,8 @@ from p2p.bulk.blocks import (
     decode_blocks,
     encode_wants,
 )
-from p2p.bulk.channel import Channel
 from p2p.bulk.errors import BlocksNotFoundError, BulkError, ChannelClosed, FrameError
-from p2p.bulk.service import BulkService
+from p2p.bulk.seam import ChannelOpener, FrameChannel
 from p2p.content.cid import CID, SHA2_256
 
 log = logging.getLogger(__name__)
@@ -149,7 +148,7 @@ class _ProviderRun:
     def __init__(
         self,
         fetcher: BlockFetcher,
-        channel: Channel,
+        channel: FrameChannel,
         queue: _WantQueue,
         out: trio.MemorySendChannel[list[tuple[CID, bytes]]],
         timeout_s: float,
@@ -264,7 +263,7 @@ class BlockFetcher:
 
     def __init__(
         self,
-        bulk: BulkService,
+        bulk: ChannelOpener,
         *,
         on_bad_block: BadBlockCallback | None = None,
         purpose: str = BLOCKS_PURPOSE,
@@ -330,7 +329,7 @@ class BlockFetcher:
         unique = list(dict.fromkeys(cids))
         unsupported = [c for c in unique if c.hash_code != SHA2_256]
         wants = [_Want(cid, i) for i, cid in enumerate(unique) if cid.hash_code == SHA2_256]
-        own = self.bulk.host.get_id()
+        own = self.bulk.local_id
         peers = [p for p in dict.fromkeys(providers) if p != own]
         if not peers:
             raise BlocksNotFoundError(unique, len(unique), "no providers to fetch from")

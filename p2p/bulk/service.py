@@ -12,16 +12,21 @@ in :mod:`p2p.bulk.handshake`; this module runs it:
   bounds are closed at once.
 - client: :meth:`BulkService.open` asks the peer for a ticket, dials the TCP port at the IP the
   libp2p connection already reaches the peer at, proves the ticket, checks the server's proof and
-  yields the :class:`~p2p.bulk.channel.Channel`.
+  yields the :class:`~p2p.bulk.channel.Channel`. A channel to the node itself is an in-memory pair
+  (:func:`~p2p.bulk.memory.memory_channel_pair`: same framing, no socket, no ticket) served by the
+  same handlers, so callers need no special case for their own peer id.
+
+:class:`BulkService` is a :class:`~p2p.bulk.seam.ChannelTransport`; protocol code should depend on
+that interface, so that tests can run it on :class:`~p2p.bulk.memory.MemoryTransport`.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
@@ -31,12 +36,19 @@ from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from p2p.bulk.channel import Channel
+from p2p.bulk.endpoints import bindable, ips_of, quiet_reset, read_control, read_exactly
 from p2p.bulk.errors import BulkError, HandshakeError, RefusedError
-from p2p.bulk.framing import CIPHERS, DEFAULT_MAX_PAYLOAD, FrameDecoder, FrameEncoder, check_max_payload
+from p2p.bulk.framing import (
+    AES_256_GCM,
+    CIPHERS,
+    DEFAULT_MAX_PAYLOAD,
+    FrameDecoder,
+    FrameEncoder,
+    check_max_payload,
+)
+from p2p.bulk.handlers import HandlerTable, Route, describe
 from p2p.bulk.handshake import (
-    CONTROL_LENGTH,
     HELLO_SIZE,
-    MAX_CONTROL_MESSAGE,
     REPLY_SIZE,
     ChannelRequest,
     Mode,
@@ -56,77 +68,16 @@ from p2p.bulk.handshake import (
     parse_client_hello,
     server_reply,
 )
+from p2p.bulk.memory import memory_channel_pair
+from p2p.bulk.seam import FrameChannel, Handler
+from p2p.host import listening_addrs
 
 log = logging.getLogger(__name__)
 
 PROTOCOL_ID = TProtocol("/accel/bulk/1.0.0")
-Handler = Callable[[Channel, ID], Awaitable[None]]
+ADDR_TTL_S = 600
+"""How long addresses learnt from requests (:meth:`BulkService.learn_addrs`) stay in the peerstore."""
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-
-
-@dataclass(frozen=True)
-class _Route:
-    handler: Handler
-    require_encryption: bool
-
-
-async def _read_exactly(stream: trio.SocketStream, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        if not chunk:
-            raise HandshakeError(f"connection closed after {len(data)} of {size} handshake bytes")
-        data += chunk
-    return bytes(data)
-
-
-async def _read_control(stream: INetStream) -> bytes:
-    """A u16-length-prefixed control message from a libp2p stream, at most MAX_CONTROL_MESSAGE bytes."""
-    data = b""
-    need = CONTROL_LENGTH.size
-    header_done = False
-    while True:
-        while len(data) < need:
-            chunk = await stream.read(need - len(data))
-            if not chunk:
-                raise HandshakeError("stream closed before the end of a control message")
-            data += chunk
-        if header_done:
-            return data[CONTROL_LENGTH.size :]
-        (length,) = CONTROL_LENGTH.unpack(data)
-        if length > MAX_CONTROL_MESSAGE:
-            raise HandshakeError(f"control message of {length} bytes exceeds {MAX_CONTROL_MESSAGE}")
-        need += length
-        header_done = True
-
-
-def _ips_of(addrs: Sequence[Multiaddr]) -> list[str]:
-    ips: list[str] = []
-    for addr in addrs:
-        names = [p.name for p in addr.protocols()]
-        if names and names[0] in ("ip4", "ip6"):
-            ip = str(addr.value_for_protocol(names[0]))
-            if ip not in ips:
-                ips.append(ip)
-    return ips
-
-
-_WILDCARDS = {"ip4": "0.0.0.0", "ip6": "::"}  # noqa: S104 - compared with, not bound here
-
-
-def _bindable(ips: Sequence[str]) -> list[str]:
-    """``ips`` without the addresses a wildcard of the same family already covers."""
-    unique = list(dict.fromkeys(ips))
-    covered = {family for family, wildcard in _WILDCARDS.items() if wildcard in unique}
-    return [
-        ip for ip in unique if ip in _WILDCARDS.values() or ("ip6" if ":" in ip else "ip4") not in covered
-    ]
-
-
-def _describe(exc: BaseException) -> str:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return str(exc) or type(exc).__name__
 
 
 class BulkService:
@@ -163,12 +114,12 @@ class BulkService:
         self._listen_ips = list(listen_ips) if listen_ips is not None else None
         self._requested_port = port
         self._tickets = TicketBook(ttl_s=ticket_ttl_s, max_per_peer=max_tickets_per_peer)
-        self._routes: dict[str, _Route] = {}
+        self._handlers = HandlerTable()
         self._nursery: trio.Nursery | None = None
         self._port = 0
         self._pending = 0
-        self.active_channels = 0
         self.refused_connections = 0
+        self.loopback_channels = 0
 
     # -- configuration --------------------------------------------------------------------------
 
@@ -178,10 +129,35 @@ class BulkService:
         The channel is closed when the handler returns. ``require_encryption`` refuses plain
         channels for this purpose (activations, anything private).
         """
-        self._routes[check_purpose(purpose)] = _Route(handler, require_encryption)
+        self._handlers.set(purpose, handler, require_encryption=require_encryption)
 
     def remove_handler(self, purpose: str) -> None:
-        self._routes.pop(purpose, None)
+        self._handlers.remove(purpose)
+
+    @property
+    def local_id(self) -> ID:
+        return self.host.get_id()
+
+    @property
+    def active_channels(self) -> int:
+        """Channels being served by a handler (TCP and loopback)."""
+        return self._handlers.active_channels
+
+    def advertised_addrs(self) -> list[Multiaddr]:
+        """The host's listen addresses (wildcards expanded): where peers dial this node."""
+        return listening_addrs(self.host)
+
+    def learn_addrs(self, peer_id: ID, addrs: Sequence[Multiaddr]) -> None:
+        """Put ``addrs`` in the peerstore for ``peer_id`` unless it already has some (or is us)."""
+        if not addrs or peer_id == self.local_id:
+            return
+        peerstore: Any = self.host.get_peerstore()
+        try:
+            known = peerstore.addrs(peer_id)
+        except Exception:  # py-libp2p raises PeerStoreError for unknown peers
+            known = []
+        if not known:
+            peerstore.add_addrs(peer_id, list(addrs), ADDR_TTL_S)
 
     @property
     def port(self) -> int:
@@ -211,8 +187,8 @@ class BulkService:
                     await listener.aclose()
 
     async def _listen(self) -> list[trio.SocketListener]:
-        ips = _bindable(
-            self._listen_ips if self._listen_ips is not None else _ips_of(self.host.get_transport_addrs())
+        ips = bindable(
+            self._listen_ips if self._listen_ips is not None else ips_of(self.host.get_transport_addrs())
         )
         if not ips:
             raise BulkError("no IP address to listen on (the host has no ip4/ip6 listen address)")
@@ -253,7 +229,7 @@ class BulkService:
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         channel: Channel | None = None
-        route: _Route | None = None
+        route: Route | None = None
         try:
             with trio.move_on_after(self.handshake_timeout_s):
                 channel, route = await self._accept_handshake(stream)
@@ -262,28 +238,18 @@ class BulkService:
                 log.info("bulk handshake timed out", extra={"timeout_s": self.handshake_timeout_s})
         except Exception as exc:  # refused ticket, broken socket, ...: drop it, keep serving
             self.refused_connections += 1
-            log.info("bulk handshake refused", extra={"error": _describe(exc)})
+            log.info("bulk handshake refused", extra={"error": describe(exc)})
         finally:
             self._pending -= 1
         if channel is None or route is None:
             await stream.aclose()
             return
-        self.active_channels += 1
-        try:
-            await route.handler(channel, channel.peer_id)
-        except Exception as exc:  # a handler's failure ends its channel, never the service
-            log.info(
-                "bulk handler failed",
-                extra={"purpose": channel.purpose, "peer_id": str(channel.peer_id), "error": _describe(exc)},
-            )
-        finally:
-            self.active_channels -= 1
-            await channel.aclose()
+        await self._handlers.serve(route, channel, channel.peer_id)
 
-    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, _Route]:
-        ticket_id, client_nonce, mac = parse_client_hello(await _read_exactly(stream, HELLO_SIZE))
+    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, Route]:
+        ticket_id, client_nonce, mac = parse_client_hello(await read_exactly(stream, HELLO_SIZE))
         ticket = self._tickets.redeem(ticket_id, trio.current_time())
-        route = self._routes.get(ticket.purpose)
+        route = self._handlers.get(ticket.purpose)
         if route is None:
             raise HandshakeError(f"purpose {ticket.purpose!r} is no longer served")
         transcript = Transcript(
@@ -317,11 +283,11 @@ class BulkService:
         peer = stream.muxed_conn.peer_id
         try:
             with trio.fail_after(self.handshake_timeout_s):
-                request = ChannelRequest.decode(await _read_control(stream))
+                request = ChannelRequest.decode(await read_control(stream))
                 await stream.write(encode_response(self._grant(peer, request)))
             await stream.close()
         except Exception as exc:  # a malformed request or a broken stream: reset and move on
-            log.info("bulk channel request failed", extra={"peer_id": str(peer), "error": _describe(exc)})
+            log.info("bulk channel request failed", extra={"peer_id": str(peer), "error": describe(exc)})
             try:
                 await stream.reset()
             except Exception as reset_exc:  # already broken
@@ -332,12 +298,7 @@ class BulkService:
             return "not accepting bulk channels"
         if self.active_channels >= self.max_channels:
             return f"busy: {self.active_channels} bulk channels open"
-        route = self._routes.get(request.purpose)
-        if route is None:
-            return f"no handler for purpose {request.purpose!r}"
-        if route.require_encryption and request.mode != "encrypted":
-            return f"purpose {request.purpose!r} requires an encrypted channel"
-        return None
+        return self._handlers.refusal(request.purpose, request.mode)
 
     def _grant(self, peer: ID, request: ChannelRequest) -> TicketGrant | Refusal:
         reason = self._refusal_reason(request)
@@ -367,16 +328,20 @@ class BulkService:
     @asynccontextmanager
     async def open(
         self, peer_id: ID, purpose: str, *, encrypted: bool = True, timeout_s: float = 10.0
-    ) -> AsyncIterator[Channel]:
+    ) -> AsyncIterator[FrameChannel]:
         """A channel to ``peer_id`` for ``purpose``, closed when the block exits.
 
-        Needs a libp2p connection to the peer (or its address in the peerstore). Raises
-        :class:`RefusedError` when the peer refuses (no handler, mode not allowed, too busy) and
-        :class:`HandshakeError` for anything else that keeps the channel from being established
-        within ``timeout_s``.
+        Needs a libp2p connection to the peer (or its address in the peerstore); a channel to this
+        node itself is served in memory by its own handlers. Raises :class:`RefusedError` when the
+        peer refuses (no handler, mode not allowed, too busy) and :class:`HandshakeError` for
+        anything else that keeps the channel from being established within ``timeout_s``.
         """
         check_purpose(purpose)
         mode: Mode = "encrypted" if encrypted else "plain"
+        if peer_id == self.local_id:
+            async with self._loopback(purpose, mode) as own:
+                yield own
+            return
         try:
             with trio.fail_after(timeout_s):
                 channel = await self._connect(peer_id, purpose, mode)
@@ -388,6 +353,30 @@ class BulkService:
             yield channel
         finally:
             await channel.aclose()
+
+    @asynccontextmanager
+    async def _loopback(self, purpose: str, mode: Mode) -> AsyncIterator[Channel]:
+        """A channel to ourselves: an in-memory pair, the far end served like an accepted channel."""
+        request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
+        reason = self._refusal_reason(request)
+        route = self._handlers.get(purpose)
+        if reason is not None or route is None or self._nursery is None:
+            raise RefusedError(f"this node refused a {mode} bulk channel for {purpose!r} to itself: {reason}")
+        ours, theirs = memory_channel_pair(
+            self.local_id,
+            self.local_id,
+            purpose,
+            mode=mode,
+            cipher=choose_cipher(self.ciphers) or AES_256_GCM,
+            opener_max_payload=self.max_payload,
+            acceptor_max_payload=self.max_payload,
+        )
+        self.loopback_channels += 1
+        self._nursery.start_soon(self._handlers.serve, route, theirs, self.local_id)
+        try:
+            yield ours
+        finally:
+            await ours.aclose()
 
     async def _connect(self, peer_id: ID, purpose: str, mode: Mode) -> Channel:
         request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
@@ -408,7 +397,7 @@ class BulkService:
             )
             await stream.send_all(client_hello(grant.secret, transcript))
             try:
-                reply = await _read_exactly(stream, REPLY_SIZE)
+                reply = await read_exactly(stream, REPLY_SIZE)
             except HandshakeError as exc:
                 raise HandshakeError(f"{peer_id} refused the bulk channel ticket ({exc})") from None
             server_nonce = check_server_reply(grant.secret, transcript, reply)
@@ -435,18 +424,18 @@ class BulkService:
         try:
             stream = await self.host.new_stream(peer_id, [PROTOCOL_ID])
         except Exception as exc:  # py-libp2p raises a wide, unstable set of error types
-            raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {_describe(exc)}") from exc
+            raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {describe(exc)}") from exc
         try:
             await stream.write(request.encode())
-            raw = await _read_control(stream)
+            raw = await read_control(stream)
             address = stream.get_remote_address()
             await stream.close()
         except HandshakeError:
-            await _quiet_reset(stream)
+            await quiet_reset(stream)
             raise
         except Exception as exc:
-            await _quiet_reset(stream)
-            raise HandshakeError(f"bulk channel request to {peer_id} failed: {_describe(exc)}") from exc
+            await quiet_reset(stream)
+            raise HandshakeError(f"bulk channel request to {peer_id} failed: {describe(exc)}") from exc
         response = decode_response(raw)
         if isinstance(response, Refusal):
             raise RefusedError(
@@ -462,14 +451,7 @@ class BulkService:
             addrs = self.host.get_peerstore().addrs(peer_id)
         except Exception:  # py-libp2p raises PeerStoreError for unknown peers
             addrs = []
-        ips = _ips_of(addrs)
+        ips = ips_of(addrs)
         if not ips:
             raise HandshakeError(f"no IP address known for {peer_id}")
         return ips[0]
-
-
-async def _quiet_reset(stream: INetStream) -> None:
-    try:
-        await stream.reset()
-    except Exception as exc:  # already broken; nothing to add
-        log.debug("bulk stream reset failed", extra={"error": str(exc)})
