@@ -82,3 +82,62 @@ def test_shard_wire_does_not_load_onnx() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def _contract() -> list[set[str]]:
+    """The layer list of docs/ARCHITECTURE.md, top to bottom."""
+    text = (REPO / "docs" / "ARCHITECTURE.md").read_text()
+    block = text.split("```layer-contract\n", 1)[1].split("```", 1)[0]
+    return [{name.strip() for name in line.split("|")} for line in block.splitlines() if line.strip()]
+
+
+def _unit(module: str, units: set[str]) -> str | None:
+    """The contract entry a dotted module name belongs to (the longest prefix listed)."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in units:
+            return ".".join(parts[:end])
+    return None
+
+
+def _violations(module: str, source_text: str, layers: list[set[str]]) -> list[str]:
+    """Imports in ``source_text`` (of ``module``) that break the contract."""
+    level = {unit: i for i, layer in enumerate(layers) for unit in layer}
+    source = _unit(module, set(level))
+    assert source is not None, module
+    found = []
+    for node in ast.walk(ast.parse(source_text)):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        else:
+            continue
+        for name in names:
+            target = _unit(name, set(level))
+            if target is not None and target != source and level[target] <= level[source]:
+                found.append(f"{module} imports {name} ({target} is not below {source})")
+    return found
+
+
+def test_imports_follow_the_layer_contract_of_architecture_md() -> None:
+    layers = _contract()
+    units = set().union(*layers)
+    unplaced, violations = [], []
+    for file in sorted([*(REPO / "accel_node").rglob("*.py"), *(REPO / "p2p").rglob("*.py")]):
+        module = ".".join(file.relative_to(REPO).with_suffix("").parts).removesuffix(".__init__")
+        if _unit(module, units) == "accel_node" and module != "accel_node":
+            unplaced.append(module)  # a package of accel_node missing from the contract
+            continue
+        violations += _violations(module, file.read_text(), layers)
+    assert unplaced == [], "place these in docs/ARCHITECTURE.md's layer-contract"
+    assert violations == []
+
+
+def test_the_layer_contract_refuses_upward_and_sideways_imports() -> None:
+    layers = _contract()
+    assert _violations("accel_node.store.db", "from accel_node.api.app import create_app", layers)
+    assert _violations("accel_node.runtime.x", "def f():\n    import accel_node.presence", layers)
+    assert _violations("p2p.host", "import accel_node.errors", layers)
+    assert not _violations("accel_node.api.app", "from accel_node.store import AsyncStore", layers)
+    assert not _violations("accel_node.api.app", "from accel_node.api.errors import error_body", layers)
