@@ -108,6 +108,11 @@ def test_outputs_equal_ort_and_refusals(node: Daemon, tmp_path: Path) -> None:
     assert wrong_name.status_code == 400 and "x" in wrong_name.json()["detail"]
     wrong_dtype = infer(node, cid, npz(x=x.astype(np.float64)), "application/x-npz")
     assert wrong_dtype.status_code == 400 and wrong_dtype.json()["input"] == "x"
+    assert wrong_dtype.json()["error"] == {
+        "code": "invalid_input",
+        "message": wrong_dtype.json()["detail"],
+        "input": "x",
+    }
     wrong_shape = infer(node, cid, npz(x=x[:, :10]), "application/x-npz")
     assert wrong_shape.status_code == 400 and wrong_shape.json()["input"] == "x"
     assert infer(node, cid, b"{not json", "application/json").status_code == 400

@@ -1,7 +1,8 @@
 """The one error boundary of the control API.
 
 Every exception that leaves a route is rendered here as ``{"error": {"code", "message", ...},
-"detail": message}`` (``detail`` repeats the message for clients written before codes existed):
+"detail": message}`` (``detail``, and ``input`` where an input is named, repeat what ``error``
+says for clients written before codes existed):
 
 - :class:`~accel_node.errors.AccelNodeError`: its own ``status``, ``code``, ``extra()`` and
   ``headers()`` (the taxonomy lives with each package, in its ``errors.py``);
@@ -48,9 +49,14 @@ HTTP_CODES = {
 MAX_VALIDATION_ITEMS = 20
 
 
+LEGACY_FIELDS = ("input",)  # top-level fields of error bodies before error.code existed
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
-    """The JSON of an error answer."""
-    return {"error": {"code": code, "message": message, **extra}, "detail": message}
+    """The JSON of an error answer (``detail`` and the legacy fields repeat what ``error`` says)."""
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}, "detail": message}
+    body.update({name: extra[name] for name in LEGACY_FIELDS if name in extra})
+    return body
 
 
 def error_response(
