@@ -27,8 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from p2p.codec.errors import MalformedVarintError, TruncatedVarintError, VarintError
-from p2p.codec.varint import PROTOBUF, decode_uvarint, encode_uvarint, try_decode_uvarint
 from p2p.content import (
     CID,
     DAG_PB,
@@ -501,29 +499,6 @@ def test_cid_edge_cases() -> None:
     assert CID.parse(str(blake)) == blake
     with pytest.raises(UnsupportedError, match="sha2-256"):
         blake.verify(b"")
-
-
-def test_varint_codec() -> None:
-    for value in (0, 1, 127, 128, 300, 2**63 - 1):
-        assert decode_uvarint(encode_uvarint(value)) == (value, len(encode_uvarint(value)))
-    assert decode_uvarint(b"\x00\xac\x02", 1) == (300, 3)
-    for bad in (b"\x80", b"\x80\x00", b"\xff" * 10):
-        with pytest.raises(VarintError):
-            decode_uvarint(bad)
-    with pytest.raises(TruncatedVarintError):  # a stream reader waits for more bytes ...
-        decode_uvarint(b"\xff\xff")
-    assert try_decode_uvarint(b"\xff\xff") is None
-    assert try_decode_uvarint(b"\xac\x02\x05", end=1) is None  # ... also at the end of a sub-message
-    for malformed in (b"\x80\x00", b"\xff" * 9):  # ... but not for what no byte can fix
-        with pytest.raises(MalformedVarintError):
-            try_decode_uvarint(malformed)
-    # protobuf varints: 10 bytes, uint64, padding allowed
-    assert decode_uvarint(b"\x80\x00", rules=PROTOBUF) == (0, 2)
-    assert decode_uvarint(encode_uvarint(2**64 - 1), rules=PROTOBUF) == (2**64 - 1, 10)
-    with pytest.raises(MalformedVarintError, match="64 bits"):
-        decode_uvarint(b"\xff" * 9 + b"\x7f", rules=PROTOBUF)
-    with pytest.raises(ValueError):
-        encode_uvarint(-1)
 
 
 # -- block store ----------------------------------------------------------------------------------
