@@ -23,11 +23,14 @@ from tests.test_dht import line
 ROOT = Path(__file__).resolve().parents[1]
 
 THREE_HOSTS = """
+import warnings
+
 import trio
 from accel_node.logs import configure_logging
 from tests.test_dht import line
 
 configure_logging("info", "json")
+warnings.warn("a library's warning", UserWarning)
 
 async def main() -> None:
     async with line(3) as (a, b, c):
@@ -61,7 +64,8 @@ def test_three_hosts_exchanging_records_write_only_structured_lines() -> None:
         assert text.startswith("{"), f"a line the daemon did not write: {text[:200]!r}"
         entry = json.loads(text)
         assert "Failed to read DHT message" not in entry["msg"]
-    assert {json.loads(text)["logger"] for text in lines} <= {"p2p.host", "p2p.dht"}
+    assert {json.loads(text)["logger"] for text in lines} <= {"p2p.host", "p2p.dht", "py.warnings"}
+    assert any("a library's warning" in json.loads(text)["msg"] for text in lines)
 
 
 async def test_clean_stream_ends_are_debug_and_real_problems_stay_warnings(
