@@ -129,7 +129,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     with _client(ctx) as api:
         data = api.get("/v1/status")
         data["api"] = api.url
-    render.show(data, as_json=as_json, human=lambda data: render.key_values("accel-node", data))
+    render.show(data, as_json=as_json, human=render.status)
 
 
 @cli.group(invoke_without_command=True)
@@ -184,13 +184,7 @@ def peers_perf(ctx: click.Context, peer_id: str, payload_bytes: int | None, as_j
     params = {"payload_bytes": payload_bytes} if payload_bytes else None
     with _client(ctx) as api:
         data = api.request("POST", f"/v1/peers/{peer_id}/perf", params=params)
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.line(
-            f"{data['peer_id']}: rtt {data['rtt_ms']:.2f} ms, upload {data['upload_mbps']:.1f} MB/s, "
-            f"download {data['download_mbps']:.1f} MB/s ({data['payload_bytes']} bytes)"
-        )
+    render.show(data, as_json=as_json, human=render.perf)
 
 
 @cli.command()

@@ -6,7 +6,6 @@ bodies (or JSON) and writes the outputs the same way.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ import click
 
 from accel_node.cli import render
 from accel_node.cli.client import ApiClient
+from accel_node.cli.units import fmt_bytes
 from accel_node.errors import UsageError
 
 LONG_TIMEOUT_S = 3600.0
@@ -101,7 +101,7 @@ def infer(
         return
     output_path.write_bytes(response.content)
     render.line(
-        f"wrote {output_path} ({len(response.content)} bytes, {response.headers.get('content-type')})"
+        f"wrote {output_path} ({fmt_bytes(len(response.content))}, {response.headers.get('content-type')})"
     )
 
 
@@ -171,11 +171,7 @@ def models_variants(ctx: click.Context, cid: str, build: str | None, as_json: bo
         if build:
             api.post(f"/v1/models/{cid}/variants", {"variant": build})
         data = api.get(f"/v1/models/{cid}/variants")
-    if as_json:
-        render.emit_json(data)
-        return
-    for v in data["variants"]:
-        render.line(f"{v['variant']:5} {v['cid']}  {v['size']} B  accuracy {json.dumps(v['accuracy'])}")
+    render.show(data, as_json=as_json, human=render.variants)
 
 
 @click.group()
