@@ -52,7 +52,7 @@ def loads_bounded(
     if len(raw) > max_bytes:
         raise error(f"{what} is {len(raw)} bytes; the limit is {max_bytes}")
     try:
-        return cbor2.loads(bytes(raw))
+        return cbor2.loads(raw if isinstance(raw, bytes) else bytes(raw))
     except Exception as exc:  # cbor2 raises several decoder error types (and ValueError, TypeError)
         raise error(f"{what} is not valid CBOR: {exc}") from exc
 
