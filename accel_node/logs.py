@@ -52,7 +52,11 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(level: str = "info", fmt: str = "text", libp2p_level: str = "warning") -> None:
-    """Send logs to stderr in ``fmt`` ("text" or "json"); idempotent."""
+    """Send logs to stderr in ``fmt`` ("text" or "json"); idempotent.
+
+    Python warnings raised by libraries (``warnings.warn``) become ``py.warnings`` records, so that
+    the daemon's stderr holds only lines of this format.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
@@ -62,3 +66,4 @@ def configure_logging(level: str = "info", fmt: str = "text", libp2p_level: str 
     root.setLevel(level.upper())
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(libp2p_level.upper())
+    logging.captureWarnings(True)

@@ -30,8 +30,10 @@ from trio_typing import TaskStatus
 
 from p2p.addrs import expand_wildcard
 from p2p.errors import DialError
+from p2p.liblogs import route_libp2p_logs
 
 log = logging.getLogger(__name__)
+route_libp2p_logs()  # py-libp2p's records go through the application's logging (see p2p.liblogs)
 
 
 @dataclass(frozen=True)

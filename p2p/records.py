@@ -25,6 +25,7 @@ from libp2p.crypto.keys import KeyPair, PublicKey
 from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.peer.id import ID
 
+from p2p.codec.cbor import load_map
 from p2p.errors import P2PError
 
 DOMAIN = b"accel-node/record/v1\n"
@@ -33,6 +34,8 @@ MAX_PUBKEY_BYTES = 128
 MAX_SIG_BYTES = 128
 FIELDS = frozenset({"kind", "peer", "seq", "expires_at", "body", "pubkey", "sig"})
 MAX_SEQ = (1 << 63) - 1
+MAX_KIND_CHARS = 64
+MAX_PEER_BYTES = 128
 
 
 class RecordError(P2PError, ValueError):
@@ -80,34 +83,17 @@ def sign_record(
     return SignedRecord(kind, peer_id, seq, int(expires_at), body, raw)
 
 
-def _field(data: dict[Any, Any], name: str, kind: type | tuple[type, ...]) -> Any:
-    value = data[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise RecordError(f"record field {name!r} has the wrong type")
-    return value
-
-
 def _parse(raw: bytes, max_bytes: int) -> dict[Any, Any]:
-    if not isinstance(raw, bytes | bytearray):
-        raise RecordError("record must be bytes")
-    if len(raw) > max_bytes:
-        raise RecordError(f"record is {len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        data = cbor2.loads(bytes(raw))
-    except Exception as exc:  # cbor2 raises several decoder error types
-        raise RecordError(f"record is not valid CBOR: {exc}") from exc
-    if not isinstance(data, dict) or set(data) != FIELDS:
-        raise RecordError("record does not have exactly the expected fields")
-    for name, kind in (("kind", str), ("peer", bytes), ("seq", int), ("expires_at", int), ("body", dict)):
-        _field(data, name, kind)
-    if not 0 <= data["seq"] <= MAX_SEQ:
-        raise RecordError("record sequence number out of range")
-    if (
-        len(_field(data, "pubkey", bytes)) > MAX_PUBKEY_BYTES
-        or len(_field(data, "sig", bytes)) > MAX_SIG_BYTES
-    ):
-        raise RecordError("record key or signature too long")
-    return data
+    fields = load_map(raw, max_bytes=max_bytes, what="record", error=RecordError)
+    fields.require_exactly(FIELDS)
+    fields.text("kind", max_len=MAX_KIND_CHARS)
+    fields.bytes_("peer", max_len=MAX_PEER_BYTES)
+    fields.integer("seq", max_value=MAX_SEQ)
+    fields.integer("expires_at")
+    fields.map_("body")
+    fields.bytes_("pubkey", max_len=MAX_PUBKEY_BYTES)
+    fields.bytes_("sig", max_len=MAX_SIG_BYTES)
+    return fields.data
 
 
 def decode_record(

@@ -137,7 +137,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     with _client(ctx) as api:
         data = _dump(api.node.status())
         data["api"] = api.url
-    render.show(data, as_json=as_json, human=lambda data: render.key_values("accel-node", data))
+    render.show(data, as_json=as_json, human=render.status)
 
 
 @cli.group(invoke_without_command=True)
@@ -189,13 +189,7 @@ def peers_perf(ctx: click.Context, peer_id: str, payload_bytes: int | None, as_j
     """Measure round-trip time and throughput to a connected peer."""
     with _client(ctx) as api:
         data = _dump(api.peers.perf(peer_id, payload_bytes=payload_bytes))
-    if as_json:
-        render.emit_json(data)
-    else:
-        render.line(
-            f"{data['peer_id']}: rtt {data['rtt_ms']:.2f} ms, upload {data['upload_mbps']:.1f} MB/s, "
-            f"download {data['download_mbps']:.1f} MB/s ({data['payload_bytes']} bytes)"
-        )
+    render.show(data, as_json=as_json, human=render.perf)
 
 
 @cli.command()

@@ -1,20 +1,44 @@
-"""Output of CLI commands: rich tables for people, JSON with ``--json`` for scripts."""
+"""Output of CLI commands: rich tables for people, JSON with ``--json`` for scripts.
+
+Tables are laid out for an 80-column terminal: figures carry their unit and four significant
+digits (:mod:`accel_node.cli.units`), long identifiers (peer ids, CIDs, key ids) fold inside their
+column instead of pushing the table wider, and long free text (methods, reasons) goes on lines of
+its own. A machine without a GPU says so in one line instead of a row per missing GPU figure.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-console = Console()
+from accel_node.cli.units import (
+    fmt_age,
+    fmt_bytes,
+    fmt_count,
+    fmt_duration,
+    fmt_gb,
+    fmt_ms,
+    fmt_number,
+    fmt_percent,
+    fmt_rate,
+)
+
+
+def make_console(**options: Any) -> Console:
+    """A console for CLI output: no emoji codes (``:1234:`` in an IPv6 address is not an emoji)."""
+    return Console(emoji=False, **options)
+
+
+console = make_console()
 
 
 def emit_json(data: Any) -> None:
@@ -29,9 +53,24 @@ def show(data: Any, *, as_json: bool, human: Callable[[Any], None]) -> None:
         human(data)
 
 
+def _table(title: str, *columns: str, figures: Sequence[str] = (), whole: Sequence[str] = ()) -> Table:
+    """A compact table: ``figures`` right-aligned, they and ``whole`` columns unwrapped, the rest fold."""
+    table = Table(title=escape(title), title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        if column in figures:
+            table.add_column(column, justify="right", no_wrap=True)
+        elif column in whole:
+            table.add_column(column, no_wrap=True)
+        else:
+            table.add_column(column, overflow="fold")
+    return table
+
+
 def key_values(title: str, rows: Mapping[str, Any]) -> None:
-    table = Table(title=escape(title), show_header=False, title_justify="left")
-    table.add_column(style="bold")
+    table = Table(
+        title=escape(title), show_header=False, title_justify="left", box=box.SIMPLE, pad_edge=False
+    )
+    table.add_column(style="bold", no_wrap=True)
     table.add_column(overflow="fold")
     for key, value in rows.items():
         table.add_row(
@@ -41,36 +80,78 @@ def key_values(title: str, rows: Mapping[str, Any]) -> None:
     console.print(table)
 
 
-def _num(value: Any, fmt: str = "{:.1f}", unit: str = "") -> str:
-    return "-" if value is None else fmt.format(value) + unit
+def status(data: Mapping[str, Any]) -> None:
+    rows = {k: v for k, v in data.items() if k != "uptime_s"}
+    if "uptime_s" in data:
+        rows["uptime"] = fmt_duration(data["uptime_s"])
+    key_values("accel-node", rows)
 
 
-def _age(ts: Any) -> str:
-    return "-" if ts is None else f"{max(0.0, time.time() - ts):.0f} s ago"
+def perf(data: Mapping[str, Any]) -> None:
+    line(
+        f"{data['peer_id']}: rtt {fmt_ms(data['rtt_ms'])}, upload {fmt_rate(data['upload_mbps'], 'MB/s')}, "
+        f"download {fmt_rate(data['download_mbps'], 'MB/s')} ({fmt_bytes(data['payload_bytes'])} payload)"
+    )
+
+
+def _gpus(gpus: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per GPU, or the one line saying there is none."""
+    if not gpus:
+        return ["GPU: none"]
+    out = []
+    for gpu in gpus:
+        figures = [fmt_gb(gpu.get("memory_gb"))]
+        for key, label in (("fp32_tflops", "fp32"), ("fp16_tflops", "fp16"), ("bf16_tflops", "bf16")):
+            if gpu.get(key) is not None:
+                figures.append(f"{fmt_rate(gpu[key], 'TFLOP/s')} {label}")
+        if gpu.get("mem_bw_gbs") is not None:
+            figures.append(fmt_rate(gpu["mem_bw_gbs"], "GB/s"))
+        out.append(f"GPU: {gpu.get('name', '?')}: {', '.join(figures)}")
+    return out
+
+
+def _hardware_rows(hw: Mapping[str, Any]) -> dict[str, Any]:
+    """A hardware summary (as records carry it) in words and units."""
+    rows: dict[str, Any] = {
+        "cpu": f"{hw.get('cpu') or '?'} ({hw.get('cores', '?')} cores)",
+        "compute": fmt_rate(hw.get("peak_gflops"), "GFLOP/s"),
+        "memory": f"{fmt_gb(hw.get('mem_free_gb'))} free of {fmt_gb(hw.get('mem_total_gb'))}",
+        "memory bandwidth": fmt_rate(hw.get("mem_bw_gbs"), "GB/s"),
+    }
+    known = {"cpu", "cores", "peak_gflops", "mem_free_gb", "mem_total_gb", "mem_bw_gbs", "gpus"}
+    rows.update({k: v for k, v in hw.items() if k not in known})
+    return rows
+
+
+def _load(load: Mapping[str, Any] | None) -> str:
+    if not load:
+        return "-"
+    return f"{fmt_percent(load.get('utilisation'))} busy, {load.get('queue_depth', 0)} queued"
 
 
 def peers_table(peers: Sequence[Mapping[str, Any]]) -> None:
     if not peers:
         line("no known peers")
         return
-    table = Table(title=f"{len(peers)} peer(s)", title_justify="left")
-    table.add_column("peer id", overflow="fold")
-    table.add_column("conn")
-    table.add_column("latency", justify="right")
-    table.add_column("GFLOP/s", justify="right")
-    table.add_column("mem free", justify="right")
-    table.add_column("verified")
-    table.add_column("addresses", overflow="fold")
+    table = _table(
+        f"{len(peers)} peer(s)",
+        "peer id / addresses",
+        "conn",
+        "latency",
+        "GFLOP/s",
+        "mem free",
+        "verified",
+        figures=("conn", "latency", "GFLOP/s", "mem free", "verified"),
+    )
     for peer in peers:
         hw = (peer.get("capability") or {}).get("hw") or {}
         table.add_row(
-            peer["peer_id"],
+            "\n".join([peer["peer_id"], *(escape(a) for a in peer.get("addrs", []))]),
             "yes" if peer.get("connected") else "no",
-            _num(peer.get("latency_ms"), "{:.2f}", " ms"),
-            _num(hw.get("peak_gflops")),
-            _num(hw.get("mem_free_gb"), unit=" GB"),
-            _age(peer.get("capability_verified_at")),
-            escape("\n".join(peer.get("addrs", []))),
+            fmt_ms(peer.get("latency_ms")),
+            fmt_number(hw.get("peak_gflops")),
+            fmt_gb(hw.get("mem_free_gb")),
+            fmt_age(peer.get("capability_verified_at")),
         )
     console.print(table)
 
@@ -79,22 +160,18 @@ def capability_table(peers: Sequence[Mapping[str, Any]]) -> None:
     if not peers:
         line("no matching peers")
         return
-    table = Table(title=f"{len(peers)} matching peer(s)", title_justify="left")
-    for column in ("peer id", "name", "cpu", "GFLOP/s", "mem BW", "mem free", "GPUs", "load"):
-        table.add_column(column, overflow="fold")
+    figures = ("GFLOP/s", "mem GB/s", "mem free", "load")
+    table = _table(f"{len(peers)} matching peer(s)", "peer id / name", *figures, "GPUs", figures=figures)
     for peer in peers:
         cap = peer.get("capability") or {}
         hw = cap.get("hw") or {}
-        load = cap.get("load") or {}
         table.add_row(
-            peer["peer_id"],
-            escape(str(cap.get("name", ""))),
-            escape(str(hw.get("cpu", ""))),
-            _num(hw.get("peak_gflops")),
-            _num(hw.get("mem_bw_gbs"), unit=" GB/s"),
-            _num(hw.get("mem_free_gb"), unit=" GB"),
-            escape(", ".join(g.get("name", "?") for g in hw.get("gpus", [])) or "-"),
-            _num(load.get("utilisation"), "{:.0%}"),
+            "\n".join([peer["peer_id"], escape(str(cap.get("name", "")))]),
+            fmt_number(hw.get("peak_gflops")),
+            fmt_number(hw.get("mem_bw_gbs")),
+            fmt_gb(hw.get("mem_free_gb")),
+            fmt_percent((cap.get("load") or {}).get("utilisation")),
+            escape(", ".join(g.get("name", "?") for g in hw.get("gpus", [])) or "none"),
         )
     console.print(table)
 
@@ -104,26 +181,30 @@ def peer_detail(peer: Mapping[str, Any]) -> None:
     rows: dict[str, Any] = {
         "peer id": peer["peer_id"],
         "connected": peer.get("connected"),
-        "latency": _num(peer.get("latency_ms"), "{:.2f}", " ms"),
+        "latency": fmt_ms(peer.get("latency_ms")),
         "addresses": peer.get("addrs", []),
-        "verified": _age(peer.get("capability_verified_at")),
+        "verified": fmt_age(peer.get("capability_verified_at")),
         "record seq": peer.get("capability_seq"),
     }
-    for key, value in (cap.get("hw") or {}).items():
-        rows[f"hw.{key}"] = value
-    rows["load"] = cap.get("load") or peer.get("load")
+    rows.update(_hardware_rows(cap.get("hw") or {}))
+    rows["load"] = _load(cap.get("load") or peer.get("load"))
     if peer.get("perf"):
-        rows["perf"] = peer["perf"]
+        p = peer["perf"]
+        rows["perf"] = (
+            f"rtt {fmt_ms(p.get('rtt_ms'))}, up {fmt_rate(p.get('upload_mbps'), 'MB/s')}, "
+            f"down {fmt_rate(p.get('download_mbps'), 'MB/s')}"
+        )
     key_values("peer", rows)
+    if cap.get("hw"):
+        for text in _gpus(cap["hw"].get("gpus") or []):
+            line(text)
 
 
 def keys_table(keys: Sequence[Mapping[str, Any]], *, title: str) -> None:
     if not keys:
         line(f"no {title}")
         return
-    table = Table(title=title, title_justify="left")
-    for column in ("name", "key id", "public key", "own"):
-        table.add_column(column, overflow="fold")
+    table = _table(title, "name", "key id", "public key", "own", whole=("key id", "own"))
     for key in keys:
         table.add_row(escape(key["name"]), key["key_id"], key["public_key"], "yes" if key["own"] else "")
     console.print(table)
@@ -133,90 +214,101 @@ def models_table(models: Sequence[Mapping[str, Any]]) -> None:
     if not models:
         line("no models")
         return
-    table = Table(title=f"{len(models)} model(s)", title_justify="left")
-    for column in ("cid", "name", "version", "size", "publisher", "pinned"):
-        table.add_column(column, overflow="fold")
+    table = _table(
+        f"{len(models)} model(s)", "name", "version", "size", "cid", "pinned", figures=("version", "size")
+    )
     for m in models:
         table.add_row(
-            m["cid"], escape(m["name"]), str(m["version"]), f"{m['size']:,}", m["publisher"], str(m["pinned"])
+            escape(m["name"]),
+            str(m["version"]),
+            fmt_bytes(m["size"]),
+            m["cid"],
+            "yes" if m["pinned"] else "no",
         )
     console.print(table)
 
 
+def _spec(t: Mapping[str, Any]) -> str:
+    return f"{t['name']}: {t['dtype']}{t['shape']}"
+
+
 def model_detail(model: Mapping[str, Any]) -> None:
     manifest = model.get("manifest") or {}
+    io = manifest.get("io", {})
     key_values(
         f"model {model['cid']}",
         {
             "name": model["name"],
             "version": model["version"],
             "publisher": model["publisher"],
-            "size": f"{model['size']:,} bytes",
+            "size": f"{fmt_bytes(model['size'])} ({model['size']:,} bytes)",
             "path": model["path"],
             "pinned": model["pinned"],
             "entry": manifest.get("entry"),
-            "files": [f"{f['path']} {f['size']:,} B {f['cid']}" for f in manifest.get("files", [])],
-            "inputs": [
-                f"{t['name']}: {t['dtype']}{t['shape']}" for t in manifest.get("io", {}).get("inputs", [])
-            ],
-            "outputs": [
-                f"{t['name']}: {t['dtype']}{t['shape']}" for t in manifest.get("io", {}).get("outputs", [])
-            ],
+            "files": [f"{f['path']} ({fmt_bytes(f['size'])}) {f['cid']}" for f in manifest.get("files", [])],
+            "inputs": [_spec(t) for t in io.get("inputs", [])],
+            "outputs": [_spec(t) for t in io.get("outputs", [])],
             "expires": manifest.get("expires"),
         },
     )
 
 
+def _is_gpu_figure(name: str) -> bool:
+    return name.startswith("gpu")
+
+
 def hardware(data: Mapping[str, Any]) -> None:
     profile = data.get("profile")
     summary = data.get("summary") or {}
-    key_values(
-        "hardware",
-        {k: v for k, v in summary.items() if k != "gpus"} | {"fingerprint": data["fingerprint"][:16]},
-    )
+    rows = _hardware_rows(summary) | {"fingerprint": data["fingerprint"][:16]}
+    key_values("hardware", rows)
+    for text in _gpus(summary.get("gpus") or []):
+        line(text)
     if not profile:
         line("not profiled yet: run 'accel-node profile'")
         return
-    table = Table(title=f"{profile['mode']} profile, {profile['duration_s']:.1f} s", title_justify="left")
-    for column in ("measurement", "median", "unit", "CV", "threads", "repeats", "method"):
-        table.add_column(column, overflow="fold")
-    for m in profile["measurements"]:
+    measurements = profile["measurements"]
+    if not summary.get("gpus"):  # no GPU: the "GPU: none" line above, not a row per GPU figure
+        measurements = [m for m in measurements if not _is_gpu_figure(m["name"])]
+    table = _table(
+        f"{profile['mode']} profile, {fmt_duration(profile['duration_s'])}",
+        "measurement",
+        "median",
+        "CV",
+        "threads",
+        "repeats",
+        figures=("median", "CV", "threads", "repeats"),
+    )
+    unavailable = []
+    for m in measurements:
         if m.get("median") is None:
-            table.add_row(
-                m["name"],
-                "n/a",
-                m["unit"],
-                "",
-                str(m.get("threads", "")),
-                "",
-                escape(m.get("unavailable_reason") or ""),
-            )
+            unavailable.append(f"{m['name']}: {m.get('unavailable_reason') or 'unavailable'}")
+            table.add_row(m["name"], "n/a", "", str(m.get("threads", "")), "")
             continue
         table.add_row(
             m["name"],
-            f"{m['median']:.2f}",
-            m["unit"],
-            f"{m['cv']:.1%}",
+            fmt_rate(m["median"], m["unit"]),
+            fmt_percent(m.get("cv")),
             str(m.get("threads", "")),
             str(m.get("repeats", len(m.get("samples", [])))),
-            escape(m.get("method", "")),
         )
     console.print(table)
+    for text in unavailable:
+        line(f"n/a {text}")
 
 
 def bench_table(points: Sequence[Mapping[str, Any]]) -> None:
-    table = Table(title=f"{len(points)} benchmark point(s)", title_justify="left")
-    for column in ("variant", "batch", "threads", "p50 ms", "p90 ms", "items/s", "peak RSS MiB"):
-        table.add_column(column, justify="right")
+    columns = ("variant", "batch", "threads", "p50", "p90", "items/s", "peak RSS")
+    table = _table(f"{len(points)} benchmark point(s)", *columns, figures=columns[1:])
     for p in points:
         table.add_row(
             p["variant"],
             str(p["batch"]),
             str(p["threads"]),
-            _num(p["latency_ms_p50"], "{:.2f}"),
-            _num(p["latency_ms_p90"], "{:.2f}"),
-            _num(p["throughput_items_s"], "{:.0f}"),
-            _num(p["peak_rss_bytes"] / 2**20 if p.get("peak_rss_bytes") else None, "{:.0f}"),
+            fmt_ms(p["latency_ms_p50"]),
+            fmt_ms(p["latency_ms_p90"]),
+            fmt_number(p["throughput_items_s"]),
+            fmt_bytes(p.get("peak_rss_bytes") or None),
         )
     console.print(table)
 
@@ -227,38 +319,40 @@ def analysis(data: Mapping[str, Any]) -> None:
         "model analysis",
         {
             "dims": json.dumps(data.get("dim_values")),
-            "parameters": f"{params['count']:,} ({params['bytes']:,} bytes)",
-            "FLOPs": f"{flops['total']:,.0f}",
+            "parameters": f"{fmt_count(params['count'])} ({fmt_bytes(params['bytes'])})",
+            "FLOPs": fmt_count(flops["total"], "FLOP"),
             "FLOPs (polynomial in dims)": json.dumps(flops["polynomial"]["total"]),
-            "activation peak": f"{activations['peak_bytes']:,} bytes",
+            "activation peak": fmt_bytes(activations["peak_bytes"]),
             "opsets": json.dumps(data.get("opsets")),
         },
     )
-    table = Table(title="FLOPs by operator type", title_justify="left")
-    table.add_column("operator")
-    table.add_column("FLOPs", justify="right")
-    table.add_column("nodes", justify="right")
+    table = _table("FLOPs by operator type", "operator", "FLOPs", "nodes", figures=("FLOPs", "nodes"))
     histogram = data.get("op_histogram") or {}
     for op, count in sorted(flops["by_op"].items(), key=lambda kv: -kv[1]):
-        table.add_row(escape(op), f"{count:,.0f}", str(histogram.get(op, "")))
+        table.add_row(escape(op), fmt_count(count, "FLOP"), str(histogram.get(op, "")))
     console.print(table)
 
 
 def shard_plan(plan: Mapping[str, Any]) -> None:
-    line(f"plan {plan['plan']} of model {plan['model']}")
-    table = Table(title=f"{len(plan['stages'])} stage(s)", title_justify="left")
-    for column in ("stage", "cid", "GFLOP", "params MiB", "peer"):
-        table.add_column(column, overflow="fold")
+    line(f"plan  {plan['plan']}")  # one identifier a line: each fits 80 columns and copies whole
+    line(f"model {plan['model']}")
+    table = _table(
+        f"{len(plan['stages'])} stage(s)",
+        "stage",
+        "FLOP",
+        "params",
+        "cid / peer",
+        figures=("stage", "FLOP", "params"),
+    )
     placement = plan.get("placement") or []
     for stage in plan["stages"]:
         peer = placement[stage["index"]] if stage["index"] < len(placement) else ""
         peers = ", ".join(stage.get("peers", [])) or peer
         table.add_row(
             str(stage["index"]),
-            stage["cid"],
-            f"{stage['flops'] / 1e9:.3f}",
-            f"{stage['param_bytes'] / 2**20:.1f}",
-            peers,
+            fmt_count(stage["flops"], "FLOP"),
+            fmt_bytes(stage["param_bytes"]),
+            "\n".join(part for part in (stage["cid"], peers) if part),
         )
     console.print(table)
     for outcome in plan.get("assignments") or []:
@@ -275,6 +369,11 @@ def shards(data: Mapping[str, Any]) -> None:
         line(f"serving here: stage {served['stage']} of plan {served['plan']}")
 
 
+def variants(data: Mapping[str, Any]) -> None:
+    for v in data["variants"]:
+        line(f"{v['variant']:5} {v['cid']}  {fmt_bytes(v['size'])}  accuracy {json.dumps(v['accuracy'])}")
+
+
 @contextlib.contextmanager
 def progress(*, enabled: bool) -> Iterator[Progress]:
     """A progress bar on stderr (disabled for --json output)."""
@@ -283,7 +382,7 @@ def progress(*, enabled: bool) -> Iterator[Progress]:
         TextColumn("{task.description}"),
         BarColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=make_console(stderr=True),
         disable=not enabled,
         transient=True,
     )
@@ -297,4 +396,4 @@ def line(text: str) -> None:
 
 
 def error(message: str) -> None:
-    Console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    make_console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

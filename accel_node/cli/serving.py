@@ -6,7 +6,6 @@ bodies (or JSON) and writes the outputs the same way.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from accel_node.cli import render
+from accel_node.cli.units import fmt_bytes
 from accel_node.errors import UsageError
 
 if TYPE_CHECKING:
@@ -97,7 +97,7 @@ def infer(
         sys.stdout.write(response.content.decode("utf-8", errors="replace") + "\n")
         return
     output_path.write_bytes(response.content)
-    render.line(f"wrote {output_path} ({len(response.content)} bytes, {response.media_type})")
+    render.line(f"wrote {output_path} ({fmt_bytes(len(response.content))}, {response.media_type})")
 
 
 @click.command()
@@ -168,11 +168,7 @@ def models_variants(ctx: click.Context, cid: str, build: str | None, as_json: bo
         if build:
             api.models.build_variant(cid, build)
         data = api.models.variants(cid)
-    if as_json:
-        render.emit_json(data)
-        return
-    for v in data["variants"]:
-        render.line(f"{v['variant']:5} {v['cid']}  {v['size']} B  accuracy {json.dumps(v['accuracy'])}")
+    render.show(data, as_json=as_json, human=render.variants)
 
 
 @click.group()

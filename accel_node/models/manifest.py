@@ -29,11 +29,14 @@ from accel_node.models.errors import (
     UnknownPublisherError,
 )
 from accel_node.models.keys import PublisherKey, verify
+from p2p.codec.cbor import CborMap, as_list, load_map
 
 DOMAIN = b"accel-node/model-manifest/v1\n"
 FORMAT_VERSION = 1
 MAX_FILES = 1024
 MAX_IO = 256
+MAX_TEXT = 4096
+"""Bound on any text field before its own check (names, paths, ids are far shorter)."""
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
 HEX64 = re.compile(r"^[0-9a-f]{64}$")
 KEY_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -128,74 +131,58 @@ def safe_path(path: object) -> str:
     return str(pure)
 
 
-def _get(data: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str = "manifest") -> Any:
-    if key not in data:
-        raise ManifestError(f"{where} lacks {key!r}")
-    value = data[key]
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise ManifestError(f"{where} field {key!r} has the wrong type")
-    return value
-
-
 def _specs(items: object, where: str) -> tuple[TensorSpec, ...]:
-    if not isinstance(items, list) or len(items) > MAX_IO:
-        raise ManifestError(f"{where} must be a list of at most {MAX_IO} tensors")
     specs = []
-    for item in items:
-        if not isinstance(item, dict):
-            raise ManifestError(f"{where} entries must be maps")
-        name = _get(item, "name", str, where)
-        dtype = _get(item, "dtype", str, where)
-        shape = _get(item, "shape", list, where)
+    for item in as_list(items, where, MAX_IO, ManifestError):
+        fields = CborMap(item, what=f"{where} entry", error=ManifestError)
+        name = fields.text("name", max_len=MAX_TEXT)
+        dtype = fields.text("dtype", max_len=MAX_TEXT)
+        shape = fields.list_("shape", max_len=16)
         if dtype not in DTYPES:
-            raise ManifestError(f"{where} tensor {name!r} has unknown dtype {dtype!r}")
-        if len(shape) > 16 or not all(
-            d is None or (isinstance(d, int | str) and not isinstance(d, bool)) for d in shape
-        ):
-            raise ManifestError(f"{where} tensor {name!r} has a malformed shape")
+            raise ManifestError(f"{where} tensor {name[:256]!r} has unknown dtype {dtype[:32]!r}")
+        if not all(d is None or (isinstance(d, int | str) and not isinstance(d, bool)) for d in shape):
+            raise ManifestError(f"{where} tensor {name[:256]!r} has a malformed shape")
         specs.append(TensorSpec(name[:256], dtype, tuple(shape)))
     return tuple(specs)
 
 
 def parse_manifest_map(data: object) -> Manifest:
     """Structure and safety checks of a manifest map (no signature, trust or time checks)."""
-    if not isinstance(data, dict):
-        raise ManifestError("manifest must be a map")
-    if _get(data, "v", int) != FORMAT_VERSION:
-        raise ManifestError(f"unsupported manifest version {data['v']}")
-    name = _get(data, "name", str)
+    fields = CborMap(data, what="manifest", error=ManifestError)
+    if (v := fields.integer("v")) != FORMAT_VERSION:
+        raise ManifestError(f"unsupported manifest version {v}")
+    name = fields.text("name", max_len=MAX_TEXT)
     if not NAME_RE.fullmatch(name):
-        raise ManifestError(f"invalid model name {name!r}")
-    version = _get(data, "version", int)
-    fmt = _get(data, "format", str)
+        raise ManifestError(f"invalid model name {name[:256]!r}")
+    version = fields.integer("version")
+    fmt = fields.text("format", max_len=MAX_TEXT)
     if fmt != "onnx":
-        raise ManifestError(f"unsupported model format {fmt!r}")
-    publisher = _get(data, "publisher", str)
+        raise ManifestError(f"unsupported model format {fmt[:32]!r}")
+    publisher = fields.text("publisher", max_len=MAX_TEXT)
     if not KEY_ID.fullmatch(publisher):
         raise ManifestError("publisher must be a 32-hex-digit key id")
-    created, expires = _get(data, "created", int), _get(data, "expires", int)
-    if version < 0 or expires <= created:
+    created, expires = fields.integer("created"), fields.integer("expires")
+    if expires <= created:
         raise ManifestError("manifest version must be >= 0 and expires later than created")
-    raw_files = _get(data, "files", list)
-    if not 0 < len(raw_files) <= MAX_FILES:
+    raw_files = fields.list_("files", max_len=MAX_FILES)
+    if not raw_files:
         raise ManifestError(f"manifest must list 1..{MAX_FILES} files")
     files = []
     for item in raw_files:
-        if not isinstance(item, dict):
-            raise ManifestError("manifest files must be maps")
-        path = safe_path(_get(item, "path", str, "file"))
-        cid = _get(item, "cid", str, "file")
-        size = _get(item, "size", int, "file")
-        digest = _get(item, "sha256", str, "file")
-        if not CID_RE.fullmatch(cid) or size < 0 or not HEX64.fullmatch(digest):
+        entry_fields = CborMap(item, what="file", error=ManifestError)
+        path = safe_path(entry_fields.text("path", max_len=MAX_TEXT))
+        cid = entry_fields.text("cid", max_len=MAX_TEXT)
+        size = entry_fields.integer("size")
+        digest = entry_fields.text("sha256", max_len=MAX_TEXT)
+        if not CID_RE.fullmatch(cid) or not HEX64.fullmatch(digest):
             raise ManifestError(f"file {path!r} has a malformed cid, size or sha256")
         files.append(ManifestFile(path, cid, size, digest))
     if len({f.path for f in files}) != len(files):
         raise ManifestError("manifest lists a path twice")
-    entry = safe_path(_get(data, "entry", str))
+    entry = safe_path(fields.text("entry", max_len=MAX_TEXT))
     if entry not in {f.path for f in files}:
         raise ManifestError(f"entry {entry!r} is not one of the manifest's files")
-    io = _get(data, "io", dict)
+    io = fields.map_("io")
     return Manifest(
         name=name,
         version=version,
@@ -224,26 +211,17 @@ def verify_package(
     ``trusted_key(key_id)`` returns the public key of a trusted publisher (None if unknown);
     ``highest_version(publisher, name)`` the highest version accepted so far (None if none).
     """
-    if len(raw) > max_manifest_bytes:
-        raise ManifestError(f"manifest is {len(raw)} bytes; the limit is {max_manifest_bytes}")
-    try:
-        outer = cbor2.loads(raw)
-    except Exception as exc:  # cbor2 raises several decoder error types
-        raise ManifestError(f"manifest is not valid CBOR: {exc}") from exc
-    if (
-        not isinstance(outer, dict)
-        or set(outer) != {"manifest", "sig"}
-        or not isinstance(outer["sig"], bytes)
-    ):
+    outer = load_map(raw, max_bytes=max_manifest_bytes, what="manifest", error=ManifestError)
+    if set(outer) != {"manifest", "sig"} or not isinstance(outer.get("sig"), bytes):
         raise ManifestError("package must be a map of exactly 'manifest' and 'sig'")
-    manifest = parse_manifest_map(outer["manifest"])
+    manifest = parse_manifest_map(outer.get("manifest"))
     public_key = trusted_key(manifest.publisher)
     if public_key is None:
         raise UnknownPublisherError(
             f"manifest of {manifest.name!r} is signed by unknown publisher {manifest.publisher}; "
             "trust it with 'accel-node trust add'"
         )
-    if not verify(public_key, signed_bytes(outer["manifest"]), outer["sig"]):
+    if not verify(public_key, signed_bytes(outer.get("manifest")), outer.get("sig")):
         raise BadSignatureError(f"signature of manifest {manifest.name!r} does not verify")
     for f in manifest.files:
         if f.size > max_file_bytes:

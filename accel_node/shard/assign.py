@@ -24,6 +24,7 @@ from libp2p.peer.id import ID
 
 from accel_node.errors import AccelNodeError
 from accel_node.shard.errors import AssignmentError
+from p2p.codec.cbor import CborMap, load_map
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +46,12 @@ async def _read_exactly(stream: INetStream, size: int) -> bytes:
     return data
 
 
-async def _read_message(stream: INetStream) -> dict[Any, Any]:
+async def _read_message(stream: INetStream) -> CborMap:
     (size,) = LENGTH.unpack(await _read_exactly(stream, LENGTH.size))
     if size > MAX_MESSAGE_BYTES:
         raise AssignmentError(f"message of {size} bytes exceeds {MAX_MESSAGE_BYTES}")
-    try:
-        message = cbor2.loads(await _read_exactly(stream, size))
-    except (cbor2.CBORDecodeError, ValueError) as exc:
-        raise AssignmentError(f"malformed message: {exc}") from exc
-    if not isinstance(message, dict):
-        raise AssignmentError("message is not a map")
-    return message
+    raw = await _read_exactly(stream, size)
+    return load_map(raw, max_bytes=MAX_MESSAGE_BYTES, what="assignment message", error=AssignmentError)
 
 
 async def _write_message(stream: INetStream, message: dict[str, Any]) -> None:
@@ -63,13 +59,12 @@ async def _write_message(stream: INetStream, message: dict[str, Any]) -> None:
     await stream.write(LENGTH.pack(len(body)) + body)
 
 
-def _request(message: dict[Any, Any]) -> tuple[str, str, int]:
-    model, plan, stage = message.get("model"), message.get("plan"), message.get("stage")
-    if not (isinstance(model, str) and isinstance(plan, str) and len(model) <= 256 and len(plan) <= 256):
-        raise AssignmentError("model and plan must be CID strings")
-    if not isinstance(stage, int) or isinstance(stage, bool) or not 0 <= stage <= 1024:
-        raise AssignmentError("stage must be an integer in 0..1024")
-    return model, plan, stage
+def _request(message: CborMap) -> tuple[str, str, int]:
+    return (
+        message.text("model", max_len=256),
+        message.text("plan", max_len=256),
+        message.integer("stage", max_value=1024),
+    )
 
 
 def assignment_handler(serve: Serve) -> Callable[[INetStream], Awaitable[None]]:
@@ -113,6 +108,6 @@ async def assign(host: IHost, peer: ID, *, model: str, plan: str, stage: int) ->
         await stream.reset()
         reason = str(exc) or type(exc).__name__
         raise AssignmentError(f"assigning stage {stage} to {peer} failed: {reason}") from exc
-    if answer.get("ok") is not True or not isinstance(answer.get("stage_cid"), str):
+    if answer.get("ok") is not True:
         raise AssignmentError(f"{peer} refused stage {stage}: {answer.get('error', 'no reason given')}")
-    return str(answer["stage_cid"])
+    return answer.text("stage_cid", max_len=256)

@@ -41,6 +41,7 @@ from accel_node.models.manifest import TensorSpec
 from accel_node.shard.errors import PartitionError, PlanError
 from accel_node.shard.limits import MAX_STAGES
 from accel_node.shard.partition import Partition, Stage, profile_graph
+from p2p.codec.cbor import CborMap, as_int, as_list, as_text, load_map
 from p2p.content import CID, InvalidCIDError, compute_cid
 from p2p.records import MAX_PUBKEY_BYTES, MAX_SIG_BYTES
 
@@ -198,25 +199,6 @@ def plan_cid(raw: bytes) -> str:
 # -- decoding ----------------------------------------------------------------------------------------
 
 
-def _get(data: dict[Any, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
-    value = data[key]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise PlanError(f"{where}: field {key!r} has the wrong type")
-    return value
-
-
-def _uint(value: object, where: str, limit: int = MAX_UINT) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-        raise PlanError(f"{where} must be an integer from 0 to {limit}")
-    return value
-
-
-def _text(value: object, where: str, limit: int = MAX_NAME_CHARS) -> str:
-    if not isinstance(value, str) or not value or len(value) > limit:
-        raise PlanError(f"{where} must be a non-empty text of at most {limit} characters")
-    return value
-
-
 def _number(value: object) -> float | None:
     """A finite float (integers up to 2**63 accepted), else None."""
     if isinstance(value, bool) or not isinstance(value, float | int):
@@ -228,7 +210,7 @@ def _number(value: object) -> float | None:
 
 
 def _cid(value: object, where: str) -> str:
-    text = _text(value, where, 256)
+    text = as_text(value, where, min_len=1, max_len=256, error=PlanError)
     try:
         CID.parse(text)
     except InvalidCIDError as exc:
@@ -236,77 +218,78 @@ def _cid(value: object, where: str) -> str:
     return text
 
 
-def _list(value: object, where: str, limit: int) -> list[Any]:
-    if not isinstance(value, list) or len(value) > limit:
-        raise PlanError(f"{where} must be a list of at most {limit} items")
-    return value
+def _name(value: object, where: str, limit: int = MAX_NAME_CHARS) -> str:
+    return as_text(value, where, min_len=1, max_len=limit, error=PlanError)
 
 
 def _specs(value: object, where: str) -> tuple[TensorSpec, ...]:
     specs = []
-    for item in _list(value, where, MAX_TENSORS):
-        if not isinstance(item, dict) or set(item) != {"name", "dtype", "shape"}:
-            raise PlanError(f"{where}: tensors must be maps of exactly name, dtype and shape")
-        name = _text(item["name"], f"{where} tensor name")
-        dtype = _text(item["dtype"], f"{where} tensor {name!r} dtype", 32)
-        shape = _list(item["shape"], f"{where} tensor {name!r} shape", MAX_RANK)
+    for item in as_list(value, where, MAX_TENSORS, PlanError):
+        fields = CborMap(item, what=f"{where} tensor", error=PlanError)
+        fields.require_exactly({"name", "dtype", "shape"})
+        name = fields.text("name", min_len=1, max_len=MAX_NAME_CHARS)
+        dtype = fields.text("dtype", min_len=1, max_len=32)
+        shape = fields.list_("shape", max_len=MAX_RANK)
         for d in shape:
-            if d is not None and not isinstance(d, str):
-                _uint(d, f"{where} tensor {name!r} dims", MAX_UINT)
-            elif isinstance(d, str):
-                _text(d, f"{where} tensor {name!r} dim name", 128)
+            if isinstance(d, str):
+                _name(d, f"{where} tensor {name!r} dim name", 128)
+            elif d is not None:
+                as_int(d, f"{where} tensor {name!r} dims", max_value=MAX_UINT, error=PlanError)
         specs.append(TensorSpec(name, dtype, tuple(shape)))
     return tuple(specs)
 
 
 def _stage(data: object, index: int) -> StagePlan:
     where = f"plan stage {index}"
-    if not isinstance(data, dict) or set(data) != STAGE_KEYS:
-        raise PlanError(f"{where} does not have exactly the expected fields")
-    flops = _number(data["flops"])
+    fields = CborMap(data, what=where, error=PlanError)
+    fields.require_exactly(STAGE_KEYS)
+    flops = _number(fields.get("flops"))
     if flops is None or flops < 0:
         raise PlanError(f"{where}: flops must be a finite non-negative number")
-    boundary = _list(data["boundary"], f"{where} boundary", MAX_TENSORS)
+    boundary = fields.list_("boundary", max_len=MAX_TENSORS)
     return StagePlan(
         index=index,
-        cid=_cid(data["cid"], f"{where} cid"),
-        start=_uint(data["start"], f"{where} start"),
-        end=_uint(data["end"], f"{where} end"),
-        inputs=_specs(data["inputs"], f"{where} inputs"),
-        outputs=_specs(data["outputs"], f"{where} outputs"),
-        carried=_specs(data["carried"], f"{where} carried"),
-        boundary=tuple(_text(name, f"{where} boundary name") for name in boundary),
+        cid=_cid(fields.get("cid"), f"{where} cid"),
+        start=fields.integer("start", max_value=MAX_UINT),
+        end=fields.integer("end", max_value=MAX_UINT),
+        inputs=_specs(fields.get("inputs"), f"{where} inputs"),
+        outputs=_specs(fields.get("outputs"), f"{where} outputs"),
+        carried=_specs(fields.get("carried"), f"{where} carried"),
+        boundary=tuple(_name(name, f"{where} boundary name") for name in boundary),
         flops=flops,
-        param_bytes=_uint(data["param_bytes"], f"{where} param_bytes"),
-        activation_bytes=_uint(data["activation_bytes"], f"{where} activation_bytes"),
+        param_bytes=fields.integer("param_bytes", max_value=MAX_UINT),
+        activation_bytes=fields.integer("activation_bytes", max_value=MAX_UINT),
     )
 
 
 def parse_plan_map(data: object) -> ShardPlan:
     """Structure and bounds checks of a plan map (no signature, no model)."""
-    if not isinstance(data, dict) or set(data) != PLAN_KEYS:
-        raise PlanError("plan does not have exactly the expected fields")
-    if data["v"] != FORMAT_VERSION or isinstance(data["v"], bool):
-        raise PlanError(f"unsupported plan version {data['v']!r}")
-    stages = _list(data["stages"], "plan stages", MAX_STAGES)
+    fields = CborMap(data, what="plan", error=PlanError)
+    fields.require_exactly(PLAN_KEYS)
+    version = fields.get("v")
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise PlanError(f"unsupported plan version {version!r}")
+    stages = fields.list_("stages", max_len=MAX_STAGES)
     if not stages:
         raise PlanError("plan has no stages")
-    cuts = tuple(_uint(c, "plan cut") for c in _list(data["cuts"], "plan cuts", MAX_STAGES))
+    cuts = tuple(
+        as_int(c, "plan cut", max_value=MAX_UINT, error=PlanError)
+        for c in fields.list_("cuts", max_len=MAX_STAGES)
+    )
     if len(cuts) != len(stages) - 1 or any(a >= b for a, b in zip((0, *cuts), cuts, strict=False)):
         raise PlanError("plan cuts must be strictly increasing positions, one fewer than the stages")
-    dims_map = _get(data, "dims", dict, "plan")
-    if len(dims_map) > MAX_DIMS:
-        raise PlanError(f"plan has more than {MAX_DIMS} dims")
+    dims_map = fields.map_("dims", max_len=MAX_DIMS)
     dims = {
-        _text(k, "plan dim name", 128): _uint(v, f"plan dim {k}", MAX_DIM_VALUE) for k, v in dims_map.items()
+        _name(k, "plan dim name", 128): as_int(v, f"plan dim {k}", max_value=MAX_DIM_VALUE, error=PlanError)
+        for k, v in dims_map.data.items()
     }
     if any(v < 1 for v in dims.values()):
         raise PlanError("plan dims must be positive")
-    weights = _list(data["weights"], "plan weights", MAX_STAGES)
+    weights = fields.list_("weights", max_len=MAX_STAGES)
     values = [_number(w) for w in weights]
     if len(values) != len(stages) or not all(v is not None and v > 0 for v in values):
         raise PlanError("plan weights must be one finite positive number per stage")
-    planner = _text(data["planner"], "plan planner", 128)
+    planner = fields.text("planner", min_len=1, max_len=128)
     try:
         ID.from_base58(planner)
     except Exception as exc:  # base58 and multihash decoders raise assorted errors
@@ -320,12 +303,12 @@ def parse_plan_map(data: object) -> ShardPlan:
         if stage.end != following.start:
             raise PlanError(f"plan stage {stage.index} does not end where stage {following.index} starts")
     return ShardPlan(
-        model_cid=_cid(data["model"], "plan model"),
+        model_cid=_cid(fields.get("model"), "plan model"),
         stages=parsed,
         cuts=cuts,
         dims=dims,
         weights=tuple(float(v) for v in values if v is not None),
-        created=_uint(data["created"], "plan created"),
+        created=fields.integer("created", max_value=MAX_UINT),
         planner=planner,
     )
 
@@ -338,22 +321,12 @@ def decode_plan(
     max_bytes: int = MAX_PLAN_BYTES,
 ) -> ShardPlan:
     """Parse signed plan bytes and check bounds, structure and signature (not the stages: see verify_plan)."""
-    if not isinstance(raw, bytes | bytearray):
-        raise PlanError("plan must be bytes")
-    if len(raw) > max_bytes:
-        raise PlanError(f"plan is {len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        outer = cbor2.loads(bytes(raw))
-    except Exception as exc:  # cbor2 raises several decoder error types
-        raise PlanError(f"plan is not valid CBOR: {exc}") from exc
-    if not isinstance(outer, dict) or set(outer) != {"plan", "pubkey", "sig"}:
+    outer = load_map(raw, max_bytes=max_bytes, what="plan", error=PlanError)
+    if set(outer) != {"plan", "pubkey", "sig"}:
         raise PlanError("signed plan must be a map of exactly plan, pubkey and sig")
-    pubkey, sig = outer["pubkey"], outer["sig"]
-    if not isinstance(pubkey, bytes) or not isinstance(sig, bytes):
-        raise PlanError("plan pubkey and sig must be bytes")
-    if len(pubkey) > MAX_PUBKEY_BYTES or len(sig) > MAX_SIG_BYTES:
-        raise PlanError("plan key or signature too long")
-    plan = parse_plan_map(outer["plan"])
+    pubkey = outer.bytes_("pubkey", max_len=MAX_PUBKEY_BYTES)
+    sig = outer.bytes_("sig", max_len=MAX_SIG_BYTES)
+    plan = parse_plan_map(outer.get("plan"))
     try:
         public_key: PublicKey = deserialize_public_key(pubkey)
     except Exception as exc:
@@ -361,7 +334,7 @@ def decode_plan(
     if ID.from_pubkey(public_key).to_base58() != plan.planner:
         raise PlanError("plan is signed by a key that is not the planner's")
     try:
-        valid = public_key.verify(_signed_bytes(outer["plan"]), sig)
+        valid = public_key.verify(_signed_bytes(outer.get("plan")), sig)
     except Exception:  # malformed signatures raise instead of returning False
         valid = False
     if not valid:

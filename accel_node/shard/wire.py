@@ -53,6 +53,7 @@ from accel_node.shard.errors import (  # re-exported: the wire's errors live wit
     ShardWireError,
 )
 from accel_node.shard.limits import MAX_STAGES
+from p2p.codec.cbor import CborMap, as_bytes, as_list, loads_bounded
 
 Buffer = bytes | bytearray | memoryview
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -263,41 +264,27 @@ def encode_bytes(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> bytes
 # -- decoding -----------------------------------------------------------------------------------------
 
 
-class _Fields:
-    """Typed access to a decoded header map, raising ShardWireError with the key's name."""
+class _Fields(CborMap):
+    """The decoded header map; its errors are ShardWireErrors that carry the request id and tag
+    as soon as those are known (so the sender can be answered with a FAIL it can match)."""
 
-    def __init__(self, header: dict[Any, Any], limits: WireLimits) -> None:
-        self.header = header
+    def __init__(self, header: object, limits: WireLimits) -> None:
         self.limits = limits
         self.request_id: bytes | None = None
         self.tag: int | None = None
+        super().__init__(header, what="header", error=self.error)
 
     def error(self, message: str) -> ShardWireError:
         return ShardWireError(message, request_id=self.request_id, tag=self.tag)
 
-    def uint(self, key: str, default: int | None = None, limit: int = (1 << 63) - 1) -> int:
-        value = self.header.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= limit:
-            raise self.error(f"header field {key!r} must be an integer from 0 to {limit}")
-        return value
-
-    def text(self, key: str, limit: int) -> str:
-        value = self.header.get(key, "")
-        if not isinstance(value, str) or len(value) > limit:
-            raise self.error(f"header field {key!r} must be text of at most {limit} characters")
-        return value
-
     def list(self, value: object, what: str, limit: int) -> list[Any]:
-        if not isinstance(value, list) or len(value) > limit:
-            raise self.error(f"{what} must be a list of at most {limit} items")
-        return value
+        return as_list(value, what, limit, self.error)
 
     def peer(self, value: object, what: str) -> ID:
-        if not isinstance(value, bytes) or not 0 < len(value) <= self.limits.max_peer_id_bytes:
-            raise self.error(f"{what} must be a peer id of 1 to {self.limits.max_peer_id_bytes} bytes")
-        return ID(value)
+        return ID(as_bytes(value, what, min_len=1, max_len=self.limits.max_peer_id_bytes, error=self.error))
 
 
+_MAX_INT = (1 << 63) - 1
 _KEYS = {
     Kind.RUN: {"v", "k", "t", "r", "s", "m", "b", "f16", "route", "ttl", "reply", "addrs", "x"},
     Kind.RESULT: {"v", "k", "t", "r", "s", "m", "b", "f16", "x"},
@@ -307,37 +294,32 @@ _KEYS = {
 
 
 def _parse_header(raw: bytes, limits: WireLimits) -> tuple[_Fields, Kind]:
-    try:
-        header = cbor2.loads(raw)
-    except Exception as exc:  # cbor2 raises several decoder error types
-        raise ShardWireError(f"message header is not valid CBOR: {exc}") from exc
-    if not isinstance(header, dict):
-        raise ShardWireError("message header must be a map")
+    header = loads_bounded(
+        raw, max_bytes=limits.max_header_bytes, what="message header", error=ShardWireError
+    )
     f = _Fields(header, limits)
-    request_id = header.get("r")
+    request_id = f.get("r")
     if isinstance(request_id, bytes) and len(request_id) == REQUEST_ID_BYTES:
         f.request_id = request_id
-    tag = header.get("t")
+    tag = f.get("t")
     if isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < (1 << 63):
         f.tag = tag
-    if not {"v", "k", "t", "r", "s"} <= set(header):
+    if not {"v", "k", "t", "r", "s"} <= set(f):
         raise f.error("header lacks one of v, k, t, r, s")
-    if header["v"] != FORMAT_VERSION or isinstance(header["v"], bool):
-        raise f.error(f"unsupported message version {header['v']!r}")
+    if f.get("v") != FORMAT_VERSION or isinstance(f.get("v"), bool):
+        raise f.error(f"unsupported message version {f.get('v')!r}")
     if f.request_id is None or f.tag is None:
         raise f.error(f"header needs a {REQUEST_ID_BYTES}-byte request id and an integer tag")
-    code = f.uint("k")
+    code = f.integer("k", max_value=_MAX_INT)
     if code not in {k.value for k in Kind}:
         raise f.error(f"unknown message kind {code}")
     kind = Kind(code)
-    unknown = set(header) - _KEYS[kind]
-    if unknown:
-        raise f.error(f"unexpected header fields for {kind.name}: {sorted(map(str, unknown))}")
+    f.require_within(_KEYS[kind])
     return f, kind
 
 
 def _parse_route(f: _Fields) -> tuple[tuple[ID, ...], ...]:
-    hops = f.list(f.header.get("route", []), "route", f.limits.max_stages)
+    hops = f.list(f.get("route", []), "route", f.limits.max_stages)
     route = []
     for hop in hops:
         peers = f.list(hop, "route hop", f.limits.max_replicas)
@@ -346,7 +328,7 @@ def _parse_route(f: _Fields) -> tuple[tuple[ID, ...], ...]:
 
 
 def _parse_addrs(f: _Fields) -> dict[ID, tuple[Multiaddr, ...]]:
-    raw = f.header.get("addrs", {})
+    raw = f.get("addrs", {})
     limit = f.limits.max_stages * f.limits.max_replicas + 1
     if not isinstance(raw, dict) or len(raw) > limit:
         raise f.error(f"addrs must be a map of at most {limit} peers")
@@ -370,7 +352,7 @@ def _parse_addrs(f: _Fields) -> dict[ID, tuple[Multiaddr, ...]]:
 
 def _parse_tensors(f: _Fields, data: memoryview, start: int, fp16: bool) -> dict[str, np.ndarray[Any, Any]]:
     limits = f.limits
-    table = f.list(f.header.get("x", []), "tensor table", limits.max_tensors)
+    table = f.list(f.get("x", []), "tensor table", limits.max_tensors)
     tensors: dict[str, np.ndarray[Any, Any]] = {}
     offset = start
     for entry in table:
@@ -426,28 +408,26 @@ def decode_message(data: Buffer, limits: WireLimits = DEFAULT_LIMITS) -> Message
             f"message prefix announces {PREFIX.size + header_len + body_len} bytes, got {len(view)}"
         )
     f, kind = _parse_header(bytes(view[PREFIX.size : PREFIX.size + header_len]), limits)
-    fp16 = f.header.get("f16", False)
-    if not isinstance(fp16, bool):
-        raise f.error("header field 'f16' must be a bool")
-    stage = f.uint("s", None, limits.max_stages - 1)
-    code = f.text("code", 64)
+    fp16 = f.boolean("f16", default=False)
+    stage = f.integer("s", max_value=limits.max_stages - 1)
+    code = f.text("code", max_len=64, default="")
     if kind == Kind.FAIL and code not in FAIL_CODES:
         raise f.error(f"unknown FAIL code {code!r}")
-    reply = f.header.get("reply")
+    reply = f.get("reply")
     assert f.request_id is not None and f.tag is not None
     return Message(
         kind=kind,
         request_id=f.request_id,
         stage=stage,
         tag=f.tag,
-        model=f.text("m", limits.max_text_chars),
-        micro_batch=f.uint("b", 0),
+        model=f.text("m", max_len=limits.max_text_chars, default=""),
+        micro_batch=f.integer("b", max_value=_MAX_INT, default=0),
         route=_parse_route(f),
         reply_to=None if reply is None else f.peer(reply, "reply"),
         addrs=_parse_addrs(f),
-        ttl_ms=f.uint("ttl", 0),
+        ttl_ms=f.integer("ttl", max_value=_MAX_INT, default=0),
         fp16=fp16,
         code=code,
-        reason=f.text("why", limits.max_text_chars),
+        reason=f.text("why", max_len=limits.max_text_chars, default=""),
         tensors=_parse_tensors(f, view, PREFIX.size + header_len, fp16),
     )

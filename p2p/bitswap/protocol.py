@@ -14,8 +14,9 @@ from libp2p.bitswap.pb.bitswap_pb2 import Message
 from libp2p.custom_types import TProtocol
 
 from p2p.bitswap.errors import ProtocolError
+from p2p.codec.errors import VarintError
+from p2p.codec.varint import LENGTH_PREFIX, MULTIFORMATS, VarintRules, encode_uvarint, try_decode_uvarint
 from p2p.content.cid import CID
-from p2p.content.cid import encode_varint as encode_uvarint
 from p2p.content.errors import ContentError
 
 PROTOCOLS = (
@@ -31,18 +32,12 @@ SHA2_256 = 0x12
 DAG_PB = 0x70
 
 
-def decode_uvarint(data: bytes | bytearray | memoryview, offset: int = 0) -> tuple[int, int] | None:
+def _try_uvarint(data: bytes | bytearray, offset: int, rules: VarintRules) -> tuple[int, int] | None:
     """(value, new offset), or None if ``data`` ends inside the varint."""
-    value = shift = 0
-    for i in range(offset, min(len(data), offset + 10)):
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i + 1
-        shift += 7
-    if len(data) - offset >= 10:
-        raise ProtocolError("varint longer than 10 bytes")
-    return None
+    try:
+        return try_decode_uvarint(data, offset, rules=rules)
+    except VarintError as exc:
+        raise ProtocolError(str(exc)) from exc
 
 
 def parse_cid(raw: bytes) -> CID:
@@ -66,7 +61,7 @@ def cid_from_prefix(prefix: bytes, data: bytes) -> CID:
     fields = []
     offset = 0
     for _ in range(4):
-        parsed = decode_uvarint(prefix, offset)
+        parsed = _try_uvarint(prefix, offset, MULTIFORMATS)
         if parsed is None:
             raise ProtocolError("truncated block prefix")
         value, offset = parsed
@@ -167,7 +162,7 @@ class FrameReader:
         self._buffer += data
         frames = []
         while True:
-            parsed = decode_uvarint(self._buffer, 0)
+            parsed = _try_uvarint(self._buffer, 0, LENGTH_PREFIX)
             if parsed is None:
                 break
             length, offset = parsed

@@ -28,6 +28,7 @@ from libp2p.peer.id import ID
 
 from p2p.bulk.errors import ChannelClosed, FrameError
 from p2p.bulk.seam import ChannelAcceptor, FrameChannel
+from p2p.codec.cbor import load_list
 from p2p.content.cid import CID
 from p2p.content.errors import InvalidCIDError
 
@@ -54,14 +55,13 @@ def encode_wants(cids: Sequence[CID]) -> bytes:
 
 def decode_wants(payload: bytes) -> list[CID]:
     """The CIDs of a WANT frame; :class:`FrameError` for anything malformed or over the bounds."""
-    if len(payload) > MAX_WANT_FRAME_BYTES:
-        raise FrameError(f"want frame of {len(payload)} bytes exceeds {MAX_WANT_FRAME_BYTES}")
-    try:
-        items = cbor2.loads(payload)
-    except Exception as exc:  # cbor2 raises several decoder error types
-        raise FrameError(f"want frame is not valid CBOR: {exc}") from exc
-    if not isinstance(items, list) or len(items) > MAX_WANTS_PER_FRAME:
-        raise FrameError(f"a want frame is a list of at most {MAX_WANTS_PER_FRAME} CIDs")
+    items = load_list(
+        payload,
+        max_bytes=MAX_WANT_FRAME_BYTES,
+        max_len=MAX_WANTS_PER_FRAME,
+        what="want frame",
+        error=FrameError,
+    )
     if not all(isinstance(item, bytes) for item in items):
         raise FrameError("a want frame may only hold binary CIDs")
     try:

@@ -33,6 +33,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from p2p.bulk.errors import HandshakeError, RefusedError
 from p2p.bulk.framing import CIPHERS, KEY_SIZE, MAX_PAYLOAD_LIMIT
+from p2p.codec.cbor import CborMap, load_map
 
 Mode = Literal["plain", "encrypted"]
 MODES: tuple[Mode, ...] = ("plain", "encrypted")
@@ -53,23 +54,11 @@ REPLY_SIZE = len(MAGIC) + NONCE_SIZE + MAC_SIZE
 _DOMAIN = b"accel-bulk/1"
 
 
-def _decode_map(raw: bytes | bytearray, what: str) -> dict[str, Any]:
-    if len(raw) > MAX_CONTROL_MESSAGE:
-        raise HandshakeError(f"{what} of {len(raw)} bytes exceeds {MAX_CONTROL_MESSAGE}")
-    try:
-        doc = cbor2.loads(bytes(raw))
-    except Exception as exc:  # cbor2 raises several decoder error types
-        raise HandshakeError(f"{what} is not valid CBOR: {exc}") from exc
-    if not isinstance(doc, dict) or doc.get("v") != VERSION:
+def _decode_map(raw: bytes | bytearray, what: str) -> CborMap:
+    doc = load_map(raw, max_bytes=MAX_CONTROL_MESSAGE, what=what, error=HandshakeError)
+    if doc.get("v") != VERSION or isinstance(doc.get("v"), bool):
         raise HandshakeError(f"{what} is not a version {VERSION} map")
     return doc
-
-
-def _get(doc: dict[str, Any], name: str, kind: type, what: str) -> Any:
-    value = doc.get(name)
-    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
-        raise HandshakeError(f"{what}: field {name!r} is missing or has the wrong type")
-    return value
 
 
 def encode_control(doc: dict[str, Any]) -> bytes:
@@ -113,10 +102,10 @@ class ChannelRequest:
     def decode(cls, raw: bytes | bytearray) -> ChannelRequest:
         what = "channel request"
         doc = _decode_map(raw, what)
-        purpose = _get(doc, "purpose", str, what)
-        mode = _get(doc, "mode", str, what)
-        ciphers = _get(doc, "ciphers", list, what)
-        max_payload = _get(doc, "max", int, what)
+        purpose = doc.text("purpose", max_len=MAX_CONTROL_MESSAGE)
+        mode = doc.text("mode", max_len=MAX_CONTROL_MESSAGE)
+        ciphers = doc.list_("ciphers", max_len=MAX_CONTROL_MESSAGE)
+        max_payload = doc.integer("max")
         try:
             check_purpose(purpose)
         except ValueError as exc:
@@ -168,14 +157,14 @@ def encode_response(response: TicketGrant | Refusal) -> bytes:
 def decode_response(raw: bytes | bytearray) -> TicketGrant | Refusal:
     what = "channel response"
     doc = _decode_map(raw, what)
-    if not _get(doc, "ok", bool, what):
-        return Refusal(str(_get(doc, "error", str, what))[:MAX_REASON_LENGTH])
-    port = _get(doc, "port", int, what)
-    ticket_id = _get(doc, "ticket", bytes, what)
-    secret = _get(doc, "secret", bytes, what)
-    cipher = _get(doc, "cipher", str, what) or None
-    max_payload = _get(doc, "max", int, what)
-    ttl_ms = _get(doc, "ttl_ms", int, what)
+    if not doc.boolean("ok"):
+        return Refusal(doc.text("error", max_len=MAX_CONTROL_MESSAGE)[:MAX_REASON_LENGTH])
+    port = doc.integer("port")
+    ticket_id = doc.bytes_("ticket", max_len=MAX_CONTROL_MESSAGE)
+    secret = doc.bytes_("secret", max_len=MAX_CONTROL_MESSAGE)
+    cipher = doc.text("cipher", max_len=MAX_CONTROL_MESSAGE) or None
+    max_payload = doc.integer("max")
+    ttl_ms = doc.integer("ttl_ms")
     if not 0 < port < 65536:
         raise HandshakeError(f"{what}: port {port} out of range")
     if len(ticket_id) != TICKET_ID_SIZE or len(secret) != SECRET_SIZE:

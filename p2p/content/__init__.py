@@ -8,7 +8,7 @@ client, which is trio-native.
 
 Modules:
 - ``errors``: this package's error taxonomy (all subclasses of ``p2p.errors.P2PError``).
-- ``cid``: :class:`CID` parsing/formatting (CIDv1 base32 and base58, CIDv0), varints, verify.
+- ``cid``: :class:`CID` parsing/formatting (CIDv1 base32 and base58, CIDv0), verify (varints: ``p2p.codec``).
 - ``dagpb``: bounded codecs for dag-pb nodes and UnixFS ``Data`` (canonical, Kubo byte order).
 - ``unixfs``: the streaming file importer (``import_blocks``, ``import_file``, ``compute_cid``).
 - ``reader``: the verifying, bounded reader (``read_file``, ``read_bytes``, ``export_file``).

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 from dataclasses import dataclass
 
+from p2p.codec.errors import VarintError
+from p2p.codec.varint import decode_uvarint, encode_uvarint
 from p2p.content.errors import BlockVerificationError, InvalidCIDError, UnsupportedError
 
 RAW = 0x55
@@ -36,53 +37,19 @@ MAX_CID_BYTES = 128
 MAX_CID_STRING = 256
 """Upper bound on a CID string (a sha2-256 CIDv1 in base32 is 59 characters)."""
 MAX_DIGEST_LENGTH = 64
-MAX_VARINT_BYTES = 9
-"""The multiformats unsigned-varint spec caps varints at 9 bytes (63 bits)."""
 
 _SHA256_HEADER = bytes((SHA2_256, SHA2_256_LENGTH))
-_SMALL_VARINTS = [bytes((i,)) for i in range(0x80)]
 _B58_ALPHABET = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
 _B58_INDEX = {c: i for i, c in enumerate(_B58_ALPHABET)}
 
 
-@functools.lru_cache(maxsize=4096)
-def encode_varint(value: int) -> bytes:
-    """Encode a non-negative integer as an unsigned LEB128 varint.
-
-    Cached: an import encodes the same few lengths and sizes (262144, 34, ...) thousands of times.
-    """
-    if 0 <= value < 0x80:
-        return _SMALL_VARINTS[value]
-    if value < 0:
-        raise ValueError(f"varint must be non-negative, got {value}")
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def decode_varint(data: bytes | memoryview, offset: int = 0) -> tuple[int, int]:
-    """Decode a multiformats unsigned varint at ``offset``; return ``(value, next_offset)``.
-
-    Refuses truncated, over-long (> 9 bytes) and non-minimal encodings (a trailing ``0x00`` byte),
-    because two spellings of one number would give two different byte strings for one CID.
-    """
-    value = 0
-    shift = 0
-    end = len(data)
-    for index in range(offset, min(offset + MAX_VARINT_BYTES, end)):
-        byte = data[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if byte == 0 and index > offset:
-                raise InvalidCIDError("non-minimal varint")
-            return value, index + 1
-        shift += 7
-    if end - offset >= MAX_VARINT_BYTES:
-        raise InvalidCIDError("varint longer than 9 bytes")
-    raise InvalidCIDError("truncated varint")
+def _read_varint(data: bytes, offset: int) -> tuple[int, int]:
+    """A multiformats varint (at most 9 bytes, minimal: one number, one spelling, so one CID has
+    one byte string); a bad one makes the CID invalid."""
+    try:
+        return decode_uvarint(data, offset)
+    except VarintError as exc:
+        raise InvalidCIDError(str(exc)) from exc
 
 
 def b32encode(data: bytes) -> str:
@@ -128,8 +95,8 @@ def b58decode(text: str) -> bytes:
 
 def decode_multihash(data: bytes) -> tuple[int, bytes]:
     """Split a multihash into ``(hash_code, digest)``; the digest must fill the rest exactly."""
-    code, pos = decode_varint(data, 0)
-    length, pos = decode_varint(data, pos)
+    code, pos = _read_varint(data, 0)
+    length, pos = _read_varint(data, pos)
     if length > MAX_DIGEST_LENGTH:
         raise InvalidCIDError(f"multihash digest of {length} bytes exceeds {MAX_DIGEST_LENGTH}")
     if len(data) - pos != length:
@@ -187,10 +154,10 @@ class CID:
             raise InvalidCIDError(f"binary CID of {len(raw)} bytes exceeds {MAX_CID_BYTES}")
         if len(raw) == 34 and raw[0] == SHA2_256 and raw[1] == SHA2_256_LENGTH:
             return cls(0, DAG_PB, raw)
-        version, pos = decode_varint(raw, 0)
+        version, pos = _read_varint(raw, 0)
         if version != 1:
             raise InvalidCIDError(f"unsupported binary CID version {version}")
-        codec, pos = decode_varint(raw, pos)
+        codec, pos = _read_varint(raw, pos)
         return cls(1, codec, raw[pos:])
 
     @classmethod
@@ -248,7 +215,7 @@ class CID:
         """Binary form: the bare multihash for v0, ``0x01 <codec> <multihash>`` for v1."""
         if self.version == 0:
             return self.multihash
-        return b"\x01" + encode_varint(self.codec) + self.multihash
+        return b"\x01" + encode_uvarint(self.codec) + self.multihash
 
     def to_v1(self) -> CID:
         """The same content as a CIDv1 (CIDv0 converts to dag-pb v1; v1 is returned as is)."""

@@ -34,7 +34,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from p2p.content.cid import CID, encode_varint
+from p2p.codec.errors import VarintError
+from p2p.codec.varint import PROTOBUF, decode_uvarint, encode_uvarint
+from p2p.content.cid import CID
 from p2p.content.errors import InvalidCIDError, MalformedBlockError
 
 MAX_BLOCK_SIZE = 1024 * 1024 + 4096
@@ -55,25 +57,16 @@ _WIRE_VARINT = 0
 _WIRE_I64 = 1
 _WIRE_LEN = 2
 _WIRE_I32 = 5
-_MAX_PB_VARINT_BYTES = 10
-_UINT64_LIMIT = 1 << 64
 
 
 # -- protobuf primitives --------------------------------------------------------------------------
 
 
 def _read_varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
-    value = 0
-    shift = 0
-    for index in range(pos, min(pos + _MAX_PB_VARINT_BYTES, end)):
-        byte = buf[index]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            if value >= _UINT64_LIMIT:
-                raise MalformedBlockError("protobuf varint exceeds 64 bits")
-            return value, index + 1
-        shift += 7
-    raise MalformedBlockError("truncated or over-long protobuf varint")
+    try:
+        return decode_uvarint(buf, pos, end=end, rules=PROTOBUF)
+    except VarintError as exc:
+        raise MalformedBlockError(f"bad protobuf varint: {exc}") from exc
 
 
 def _read_key(buf: memoryview, pos: int, end: int) -> tuple[int, int, int]:
@@ -106,11 +99,11 @@ def _skip(buf: memoryview, wire: int, pos: int, end: int) -> int:
 
 
 def _len_field(field: int, payload: bytes) -> bytes:
-    return encode_varint(field << 3 | _WIRE_LEN) + encode_varint(len(payload)) + payload
+    return encode_uvarint(field << 3 | _WIRE_LEN) + encode_uvarint(len(payload)) + payload
 
 
 def _varint_field(field: int, value: int) -> bytes:
-    return encode_varint(field << 3 | _WIRE_VARINT) + encode_varint(value)
+    return encode_uvarint(field << 3 | _WIRE_VARINT) + encode_uvarint(value)
 
 
 # -- dag-pb ---------------------------------------------------------------------------------------
@@ -138,13 +131,13 @@ def encode_pbnode(links: Sequence[PBLink], data: bytes | None) -> bytes:
     parts = []
     for link in links:  # hot in the importer: keys written as literal bytes
         cid = link.cid.encode()
-        body = b"\x0a" + encode_varint(len(cid)) + cid  # Hash = 1
+        body = b"\x0a" + encode_uvarint(len(cid)) + cid  # Hash = 1
         if link.name is not None:
             name = link.name.encode("utf-8")
-            body += b"\x12" + encode_varint(len(name)) + name  # Name = 2
+            body += b"\x12" + encode_uvarint(len(name)) + name  # Name = 2
         if link.tsize is not None:
-            body += b"\x18" + encode_varint(link.tsize)  # Tsize = 3
-        parts.append(b"\x12" + encode_varint(len(body)) + body)  # Links = 2
+            body += b"\x18" + encode_uvarint(link.tsize)  # Tsize = 3
+        parts.append(b"\x12" + encode_uvarint(len(body)) + body)  # Links = 2
     if data is not None:
         parts.append(_len_field(1, data))
     return b"".join(parts)
