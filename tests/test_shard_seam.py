@@ -21,10 +21,10 @@ import trio
 import trio.testing
 from libp2p.peer.id import ID
 
-from accel_node.shard import Partition, partition
 from accel_node.shard.errors import ShardRouteError
 from accel_node.shard.failover import FailOver
 from accel_node.shard.health import ReplicaHealth
+from accel_node.shard.partition import Partition, partition
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.runner import StageRunner, inline
 from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
