@@ -1,11 +1,17 @@
-"""The composition root: builds every service from config and owns the root nursery.
+"""The node: one daemon's lifetime, from taking the home lock to flushing the store.
 
-Start-up order: lock the home, open the store, start the libp2p host, the network service and the
-control API (each with ``nursery.start``, so each is ready before the next starts), then publish
-``api.json``. Shutdown on SIGINT/SIGTERM is the reverse: stop accepting API connections and let
-in-flight requests finish within ``[node] shutdown_grace_s``, cancel the network services and close
-the host, remove ``api.json``, then checkpoint and close the store under a shielded scope.
-A second signal during shutdown cancels everything at once.
+Subsystems are built by :mod:`accel_node.assembly` (constructor injection, nothing runs while
+building) and run in three nested layers, each service started with ``nursery.start`` so that each is
+ready before the next: the substrate (libp2p host, DHT, GossipSub, network, bulk channels) outermost,
+the services (content, runtime, announcements, sharding, mDNS) inside it, the control API innermost;
+then ``api.json`` is written and :attr:`Node.ready` set.
+
+Shutdown on SIGINT/SIGTERM unwinds the layers within ``[node] shutdown_grace_s``: (1) the API stops
+accepting connections and lets in-flight requests finish (a sharded request in flight completes or
+fails over); (2) services finish what peers asked of them by the same deadline, refusing new work so
+that peers fail over (the stage server drains); then they are cancelled; (3) the substrate closes the
+peer connections. Finally ``api.json`` is removed and the store is checkpointed and closed under a
+shielded cancel scope. A second signal during shutdown cancels everything at once.
 """
 
 from __future__ import annotations
@@ -13,60 +19,38 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from functools import partial
-from typing import Any
 
 import trio
-from libp2p.abc import IHost
+from fastapi import FastAPI
 from libp2p.crypto.keys import KeyPair
-from trio_typing import TaskStatus
 
-from accel_node import __version__, capability
+from accel_node import __version__
 from accel_node.api.app import create_app
 from accel_node.api.context import ApiContext
 from accel_node.api.server import client_url, serve_api
+from accel_node.assembly import (
+    Basis,
+    Substrate,
+    build_announcing,
+    build_content,
+    build_core,
+    build_runtime,
+    build_sharding,
+    build_substrate,
+    node_name,
+    offer,
+)
 from accel_node.config import Config
-from accel_node.hardware import HardwareService
 from accel_node.home import NodeHome
-from accel_node.local import LocalApi, LocalServices
+from accel_node.local import LocalApi
 from accel_node.metrics import NodeMetrics
-from accel_node.models.backend import ContentBackend, EmbeddedBackend, KuboBackend
-from accel_node.models.keys import KeyFiles
-from accel_node.models.service import Limits, ModelService, local_block
-from accel_node.models.trust import TrustStore
-from accel_node.network import PeerNetwork
-from accel_node.presence import PresenceService
-from accel_node.runtime.library import ModelLibrary
-from accel_node.runtime.metrics import RuntimeMetrics
-from accel_node.runtime.service import InferenceService, RuntimeSettings
-from accel_node.shard.router import ShardRouter
-from accel_node.shard.server import StageServer
-from accel_node.shard.service import ShardService
 from accel_node.store import AsyncStore
-from p2p.addrs import parse_listen_addr
-from p2p.bitswap.service import BitswapService
-from p2p.bulk import BlockFetcher, BulkService, serve_blocks
-from p2p.content import BlockStore
-from p2p.content.kubo_rpc import KuboRpcClient
-from p2p.dht import RecordDHT
-from p2p.host import HostSettings, build_host, run_host
 from p2p.identity import peer_id_of
 from p2p.mdns import run_mdns
-from p2p.pubsub import PubSub
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class _Services:
-    host: IHost
-    network: PeerNetwork
-    context: ApiContext
-    starters: list[Callable[..., Awaitable[Any]]]
-    name: str
 
 
 class Node:
@@ -114,164 +98,67 @@ class Node:
                 await store.close()
                 log.info("node stopped", extra={"peer_id": peer_id})
 
-    def _build(self, store: AsyncStore, key_pair: KeyPair, token: str) -> _Services:
-        """Every service, wired together from config (nothing runs yet)."""
-        cfg = self.config
-        listen = [parse_listen_addr(a) for a in cfg.p2p.listen_addrs]
-        host = build_host(
-            key_pair,
-            HostSettings(listen_addrs=listen, low_water=cfg.p2p.low_water, high_water=cfg.p2p.high_water),
-        )
-        name = cfg.node.name or socket.gethostname()
-        network = PeerNetwork(host, store, cfg.p2p, self.metrics)
-        dht = RecordDHT(host, namespace=capability.NAMESPACE, kinds=[capability.KIND])
-        pubsub = PubSub(host)
-        hardware = HardwareService(store=store, disk_dir=self.home.root, auto=cfg.profile.auto)
-        capabilities = capability.CapabilityService(
-            key_pair=key_pair,
-            dht=dht,
-            store=store,
-            hardware=hardware,
-            network=network,
-            settings=cfg.p2p,
-            metrics=self.metrics,
-            name=name,
-        )
-        # Not flushed block by block (that caps fetches at tens of MB/s): the model service syncs once
-        # before a model becomes loadable, and every read is verified.
-        blocks = BlockStore(self.home.root / "ipfs", max_bytes=cfg.ipfs.store_max_bytes, fsync=False)
-        bitswap = BitswapService(host, partial(local_block, blocks), network.penalties)
-        bulk = BulkService(host, port=cfg.shard.bulk_port)
-        serve_blocks(bulk, partial(local_block, blocks))  # the fast path next to Bitswap
-        trust = TrustStore(store, KeyFiles(self.home.root / "keys"))
-        models = ModelService(
-            home=self.home.root,
-            store=store,
-            blocks=blocks,
-            backend=self._content_backend(host=host, blocks=blocks, bitswap=bitswap, dht=dht, bulk=bulk),
-            trust=trust,
-            limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
-        )
-        library = ModelLibrary(home=self.home.root, models=models, store=store, hardware=hardware)
-        inference = self._inference(library)
-        presence = PresenceService(
-            key_pair=key_pair,
-            pubsub=pubsub,
-            store=store,
-            network=network,
-            settings=cfg.p2p,
-            metrics=self.metrics,
-        )
-        server = StageServer(
-            bulk,
-            penalties=network.penalties,
-            intra_op_threads=cfg.runtime.intra_op_threads,
-            hop_timeout_s=cfg.shard.hop_timeout_s,
-        )
-        shards = ShardService(
-            key_pair=key_pair,
-            dht=dht,
-            network=network,
-            store=store,
-            models=models,
-            library=library,
-            hardware=hardware,
-            capabilities=capabilities,
-            server=server,
-            router=ShardRouter(
-                bulk,
-                penalties=network.penalties,
-                spot_check_p=cfg.shard.spot_check_p,
-                hop_timeout_s=cfg.shard.hop_timeout_s,
-                intra_op_threads=cfg.runtime.intra_op_threads,
-            ),
-            settings=cfg.shard,
-        )
-        self._offer(capabilities, presence, models, inference, shards)
-        core = LocalApi(
-            LocalServices(
-                network=network,
-                capability=capabilities,
-                hardware=hardware,
-                store=store,
-                trust=trust,
-                models=models,
-                inference=inference,
-                library=library,
-                shards=shards,
-                config=cfg,
-                metrics=self.metrics,
-                name=name,
-            )
-        )
-        self.core = core
-        context = ApiContext(core=core, metrics=self.metrics, token=token)
-        # Started in this order, each ready before the next (see the module docstring).
-        starters: list[Callable[..., Awaitable[Any]]] = [
-            partial(run_host, host, listen, auto_connect=cfg.p2p.auto_connect),
-            dht.run,
-            pubsub.run,
-            network.run,
-            hardware.run,
-            capabilities.run,
-            presence.run,
-            bitswap.run,
-            bulk.run,
-            models.backend.run,
-            inference.run,
-            server.run,
-            shards.router.run,
-            shards.run,
-        ]
-        return _Services(host=host, network=network, context=context, starters=starters, name=name)
-
-    @staticmethod
-    def _offer(
-        capabilities: capability.CapabilityService,
-        presence: PresenceService,
-        models: ModelService,
-        inference: InferenceService,
-        shards: ShardService,
-    ) -> None:
-        """What the capability record and heartbeats say this node offers (models, load, stages)."""
-
-        async def installed() -> list[str]:
-            return [str(m["cid"]) for m in await models.list()]
-
-        def queue_depth() -> int:
-            return sum(int(b["queue_depth"]) for b in inference.stats()["batchers"].values())
-
-        capabilities.offer.models = installed
-        capabilities.offer.queue_depth = queue_depth
-        capabilities.offer.shards = shards.entries
-        presence.queue_depth = queue_depth
-
     async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
+        """Build every subsystem, then run them in three nested layers: the substrate outermost,
+        the services inside it, the control API innermost; shutdown unwinds them in that order."""
         cfg = self.config
-        services = self._build(store, key_pair, token)
-        app = create_app(services.context)
-        api_done = trio.Event()
+        basis = Basis(cfg, self.home.root, key_pair, store, self.metrics)
+        substrate = build_substrate(basis)
+        content = build_content(basis, substrate=substrate)
+        runtime = build_runtime(basis, content=content)
+        announcing = build_announcing(basis, substrate=substrate, runtime=runtime)
+        sharding = build_sharding(
+            basis, substrate=substrate, content=content, runtime=runtime, announcing=announcing
+        )
+        offer(announcing=announcing, content=content, runtime=runtime, sharding=sharding)
+        self.core = build_core(
+            basis,
+            substrate=substrate,
+            content=content,
+            runtime=runtime,
+            announcing=announcing,
+            sharding=sharding,
+        )
+        app = create_app(ApiContext(core=self.core, metrics=self.metrics, token=token))
 
-        async def api_task(*, task_status: TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-            try:
-                await serve_api(
+        async with trio.open_nursery() as substrate_nursery:
+            for start in substrate.starters():
+                await substrate_nursery.start(start)
+            async with trio.open_nursery() as services:
+                for start in [*content.starters(), *runtime.starters(), *announcing.starters()]:
+                    await services.start(start)
+                for start in sharding.starters():
+                    await services.start(start)
+                if cfg.p2p.mdns:
+                    services.start_soon(run_mdns, substrate.host, substrate.network.connect_discovered)
+                deadline = await self._serve_api(app, store, substrate)
+                # Layer 2: services finish what peers asked of them (stages in flight) by the same
+                # deadline as the API, refusing new work meanwhile so that peers fail over.
+                with trio.move_on_at(deadline) as drain:
+                    await sharding.server.drain()
+                log.info("services stopping", extra={"drained": not drain.cancelled_caught})
+                services.cancel_scope.cancel()
+            # Layer 3: the substrate closes peer connections last.
+            log.info("network stopping")
+            substrate_nursery.cancel_scope.cancel()
+
+    async def _serve_api(self, app: FastAPI, store: AsyncStore, substrate: Substrate) -> float:
+        """Serve the control API until a stop is requested and its in-flight requests have drained
+        (layer 1 of shutdown); the deadline by which everything must have finished."""
+        cfg = self.config
+        network = substrate.network
+        grace = cfg.node.shutdown_grace_s
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(
+                partial(
+                    serve_api,
                     app,
                     host=cfg.api.host,
                     port=cfg.api.port,
-                    grace_s=cfg.node.shutdown_grace_s,
+                    grace_s=grace,
                     shutdown_trigger=self._stopping.wait,
-                    task_status=task_status,
                 )
-            finally:
-                api_done.set()
-
-        network = services.network
-        async with trio.open_nursery() as nursery:
-            for start in services.starters:
-                await nursery.start(start)
-            if cfg.p2p.mdns:
-                nursery.start_soon(run_mdns, services.host, network.connect_discovered)
-            binds = await nursery.start(api_task)
+            )
             url = client_url(binds[0], cfg.api.host)
             self.home.write_api_info(
                 {"url": url, "peer_id": network.peer_id, "addrs": network.own_addrs(), "pid": os.getpid()}
@@ -284,34 +171,16 @@ class Node:
                     "peer_id": network.peer_id,
                     "api": url,
                     "addrs": network.own_addrs(),
-                    "node_name": services.name,
+                    "node_name": node_name(cfg),
                 },
             )
             await self._stopping.wait()
-            log.info("shutting down", extra={"grace_s": cfg.node.shutdown_grace_s})
-            with trio.move_on_after(cfg.node.shutdown_grace_s + 1.0):
-                await api_done.wait()
-            nursery.cancel_scope.cancel()
-
-    def _content_backend(
-        self, *, host: IHost, blocks: BlockStore, bitswap: BitswapService, dht: RecordDHT, bulk: BulkService
-    ) -> ContentBackend:
-        """Where model blocks come from and go to: a Kubo node over RPC, or our own bulk channels and
-        Bitswap with providers from the DHT."""
-        if self.config.ipfs.backend == "kubo":
-            return KuboBackend(kubo=KuboRpcClient(self.config.ipfs.kubo_api), blocks=blocks)
-        penalties = bitswap.penalties
-        fetcher = BlockFetcher(bulk, on_bad_block=lambda peer: penalties.penalise(peer, "bad-block"))
-        return EmbeddedBackend(host=host, bitswap=bitswap, dht=dht, fetcher=fetcher)
-
-    def _inference(self, library: ModelLibrary) -> InferenceService:
-        return InferenceService(
-            RuntimeSettings(**self.config.runtime.model_dump()),
-            resolve=library.resolve,
-            variant_path=library.variant_path,
-            record=library.record,
-            metrics=RuntimeMetrics(self.metrics.registry),
-        )
+            deadline = trio.current_time() + grace
+            log.info("shutting down", extra={"grace_s": grace})
+            # hypercorn stops accepting connections and gives in-flight requests `grace` seconds;
+            # past that (plus a margin) the API is cancelled.
+            nursery.cancel_scope.deadline = deadline + 1.0
+        return deadline
 
     async def _watch_signals(self, signals: AsyncIterator[int], scope: trio.CancelScope) -> None:
         async for signum in signals:

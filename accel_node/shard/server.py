@@ -49,6 +49,7 @@ from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
 from accel_node.shard.runner import Offload, StageRunner, StageSpec, in_worker_thread
 from accel_node.shard.wire import (
+    BUSY,
     DEFAULT_LIMITS,
     EXHAUSTED,
     FAILED,
@@ -159,6 +160,10 @@ class StageServer:
         self._stages: dict[tuple[str, int], _Served] = {}
         self._run_ids = 0
         self.malformed = 0
+        self._draining = False
+        self._in_flight = 0
+        self._idle = trio.Event()
+        self._idle.set()
 
     # -- lifecycle and stages ---------------------------------------------------------------------
 
@@ -172,6 +177,13 @@ class StageServer:
                 await trio.sleep_forever()
             finally:
                 self.transport.remove_handler(SHARD_PURPOSE)
+
+    async def drain(self) -> None:
+        """Shutdown, first step: refuse new RUNs (``busy``, so that upstreams fail over to another
+        replica at once) and return when the RUNs in flight have finished. The caller bounds the
+        wait (the node gives it what is left of ``[node] shutdown_grace_s``)."""
+        self._draining = True
+        await self._idle.wait()
 
     async def serve(self, model_cid: str, stage_index: int, model: Path | bytes, spec: StageSpec) -> None:
         """Load stage ``stage_index`` of ``model_cid`` (its ONNX file or bytes, and its spec) and serve it.
@@ -242,8 +254,12 @@ class StageServer:
             )
         if message.reply_to is None:
             return reject(message, MALFORMED, "RUN without a reply-to peer")
+        if self._draining:
+            return reject(message, BUSY, f"{self.local_id} is shutting down")
         deadline = trio.current_time() + min(MAX_TTL_S, message.ttl_ms / 1000)
         served.in_flight += 1
+        self._in_flight += 1
+        self._idle = trio.Event() if self._in_flight == 1 else self._idle
         try:
             with trio.move_on_at(deadline):
                 reply = await self._process(served, message, deadline)
@@ -256,6 +272,9 @@ class StageServer:
             return reject(message, TIMEOUT, f"stage {message.stage} on {self.local_id} ran out of time")
         finally:
             served.in_flight -= 1
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
 
     async def _process(self, served: _Served, message: Message, deadline: float) -> Message:
         try:

@@ -1,0 +1,292 @@
+"""Building a node from its configuration, one subsystem at a time.
+
+Each builder takes what the subsystems below it built and returns a frozen record of its own
+services, wired by constructor arguments; each record says which of its services run
+(``starters``, started in order with ``nursery.start``, so each is ready before the next). The
+node (:mod:`accel_node.node`) runs the records in layers, so that shutdown can go in the reverse:
+
+- :class:`Substrate`: the libp2p host, the DHT, GossipSub, the network service, bulk channels;
+- :class:`Content`: the block store, Bitswap, the trust store, the model service and its backend;
+- :class:`Runtime`: hardware profile, the model library, the inference service;
+- :class:`Sharding`: the stage server, the router, the shard service;
+- :class:`Announcing`: the capability record and presence heartbeats, which say what the others offer;
+- :func:`build_core`: the core API over all of them (what the control API serves).
+
+Nothing here starts anything; building has no side effects beyond creating directories.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from libp2p.abc import IHost
+from libp2p.crypto.keys import KeyPair
+from multiaddr import Multiaddr
+
+from accel_node import capability
+from accel_node.config import Config
+from accel_node.hardware import HardwareService
+from accel_node.local import LocalApi, LocalServices
+from accel_node.metrics import NodeMetrics
+from accel_node.models.backend import ContentBackend, EmbeddedBackend, KuboBackend
+from accel_node.models.keys import KeyFiles
+from accel_node.models.service import Limits, ModelService, local_block
+from accel_node.models.trust import TrustStore
+from accel_node.network import PeerNetwork
+from accel_node.presence import PresenceService
+from accel_node.runtime.library import ModelLibrary
+from accel_node.runtime.metrics import RuntimeMetrics
+from accel_node.runtime.service import InferenceService, RuntimeSettings
+from accel_node.shard.router import ShardRouter
+from accel_node.shard.server import StageServer
+from accel_node.shard.service import ShardService
+from accel_node.store import AsyncStore
+from p2p.addrs import parse_listen_addr
+from p2p.bitswap.service import BitswapService
+from p2p.bulk import BlockFetcher, BulkService, serve_blocks
+from p2p.content import BlockStore
+from p2p.content.kubo_rpc import KuboRpcClient
+from p2p.dht import RecordDHT
+from p2p.host import HostSettings, build_host, run_host
+from p2p.pubsub import PubSub
+
+Starter = Callable[..., Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Basis:
+    """What every subsystem is built from."""
+
+    config: Config
+    home: Path
+    key_pair: KeyPair
+    store: AsyncStore
+    metrics: NodeMetrics
+
+
+@dataclass(frozen=True)
+class Substrate:
+    host: IHost
+    listen: list[Multiaddr]
+    dht: RecordDHT
+    pubsub: PubSub
+    network: PeerNetwork
+    bulk: BulkService
+    auto_connect: bool
+
+    def starters(self) -> list[Starter]:
+        run = partial(run_host, self.host, self.listen, auto_connect=self.auto_connect)
+        return [run, self.dht.run, self.pubsub.run, self.network.run, self.bulk.run]
+
+
+def build_substrate(basis: Basis) -> Substrate:
+    cfg, key_pair = basis.config, basis.key_pair
+    listen = [parse_listen_addr(a) for a in cfg.p2p.listen_addrs]
+    host = build_host(
+        key_pair,
+        HostSettings(listen_addrs=listen, low_water=cfg.p2p.low_water, high_water=cfg.p2p.high_water),
+    )
+    return Substrate(
+        host=host,
+        listen=listen,
+        dht=RecordDHT(host, namespace=capability.NAMESPACE, kinds=[capability.KIND]),
+        pubsub=PubSub(host),
+        network=PeerNetwork(host, basis.store, cfg.p2p, basis.metrics),
+        bulk=BulkService(host, port=cfg.shard.bulk_port),
+        auto_connect=cfg.p2p.auto_connect,
+    )
+
+
+@dataclass(frozen=True)
+class Content:
+    blocks: BlockStore
+    bitswap: BitswapService
+    trust: TrustStore
+    models: ModelService
+
+    def starters(self) -> list[Starter]:
+        return [self.bitswap.run, self.models.backend.run]
+
+
+def build_content(basis: Basis, *, substrate: Substrate) -> Content:
+    cfg, home, store = basis.config, basis.home, basis.store
+    # Not flushed block by block (that caps fetches at tens of MB/s): the model service syncs once
+    # before a model becomes loadable, and every read is verified.
+    blocks = BlockStore(home / "ipfs", max_bytes=cfg.ipfs.store_max_bytes, fsync=False)
+    bitswap = BitswapService(substrate.host, partial(local_block, blocks), substrate.network.penalties)
+    serve_blocks(substrate.bulk, partial(local_block, blocks))  # the fast path next to Bitswap
+    trust = TrustStore(store, KeyFiles(home / "keys"))
+    models = ModelService(
+        home=home,
+        store=store,
+        blocks=blocks,
+        backend=_content_backend(cfg, substrate, blocks, bitswap),
+        trust=trust,
+        limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
+    )
+    return Content(blocks=blocks, bitswap=bitswap, trust=trust, models=models)
+
+
+def _content_backend(
+    cfg: Config, substrate: Substrate, blocks: BlockStore, bitswap: BitswapService
+) -> ContentBackend:
+    """Where model blocks come from and go to: a Kubo node over RPC, or our own bulk channels and
+    Bitswap with providers from the DHT."""
+    if cfg.ipfs.backend == "kubo":
+        return KuboBackend(kubo=KuboRpcClient(cfg.ipfs.kubo_api), blocks=blocks)
+    penalties = bitswap.penalties
+    fetcher = BlockFetcher(substrate.bulk, on_bad_block=lambda peer: penalties.penalise(peer, "bad-block"))
+    return EmbeddedBackend(host=substrate.host, bitswap=bitswap, dht=substrate.dht, fetcher=fetcher)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    hardware: HardwareService
+    library: ModelLibrary
+    inference: InferenceService
+
+    def starters(self) -> list[Starter]:
+        return [self.hardware.run, self.inference.run]
+
+
+def build_runtime(basis: Basis, *, content: Content) -> Runtime:
+    cfg, home, store = basis.config, basis.home, basis.store
+    hardware = HardwareService(store=store, disk_dir=home, auto=cfg.profile.auto)
+    library = ModelLibrary(home=home, models=content.models, store=store, hardware=hardware)
+    inference = InferenceService(
+        RuntimeSettings(**cfg.runtime.model_dump()),
+        resolve=library.resolve,
+        variant_path=library.variant_path,
+        record=library.record,
+        metrics=RuntimeMetrics(basis.metrics.registry),
+    )
+    return Runtime(hardware=hardware, library=library, inference=inference)
+
+
+@dataclass(frozen=True)
+class Announcing:
+    capabilities: capability.CapabilityService
+    presence: PresenceService
+
+    def starters(self) -> list[Starter]:
+        return [self.capabilities.run, self.presence.run]
+
+
+def build_announcing(basis: Basis, *, substrate: Substrate, runtime: Runtime) -> Announcing:
+    cfg, key_pair, store, metrics = basis.config, basis.key_pair, basis.store, basis.metrics
+    capabilities = capability.CapabilityService(
+        key_pair=key_pair,
+        dht=substrate.dht,
+        store=store,
+        hardware=runtime.hardware,
+        network=substrate.network,
+        settings=cfg.p2p,
+        metrics=metrics,
+        name=node_name(cfg),
+    )
+    presence = PresenceService(
+        key_pair=key_pair,
+        pubsub=substrate.pubsub,
+        store=store,
+        network=substrate.network,
+        settings=cfg.p2p,
+        metrics=metrics,
+    )
+    return Announcing(capabilities=capabilities, presence=presence)
+
+
+@dataclass(frozen=True)
+class Sharding:
+    server: StageServer
+    router: ShardRouter
+    shards: ShardService
+
+    def starters(self) -> list[Starter]:
+        return [self.server.run, self.router.run, self.shards.run]
+
+
+def build_sharding(
+    basis: Basis, *, substrate: Substrate, content: Content, runtime: Runtime, announcing: Announcing
+) -> Sharding:
+    cfg = basis.config
+    penalties = substrate.network.penalties
+    server = StageServer(
+        substrate.bulk,
+        penalties=penalties,
+        intra_op_threads=cfg.runtime.intra_op_threads,
+        hop_timeout_s=cfg.shard.hop_timeout_s,
+    )
+    router = ShardRouter(
+        substrate.bulk,
+        penalties=penalties,
+        spot_check_p=cfg.shard.spot_check_p,
+        hop_timeout_s=cfg.shard.hop_timeout_s,
+        intra_op_threads=cfg.runtime.intra_op_threads,
+    )
+    shards = ShardService(
+        key_pair=basis.key_pair,
+        dht=substrate.dht,
+        network=substrate.network,
+        store=basis.store,
+        models=content.models,
+        library=runtime.library,
+        hardware=runtime.hardware,
+        capabilities=announcing.capabilities,
+        server=server,
+        router=router,
+        settings=cfg.shard,
+    )
+    return Sharding(server=server, router=router, shards=shards)
+
+
+def offer(*, announcing: Announcing, content: Content, runtime: Runtime, sharding: Sharding) -> None:
+    """What the capability record and heartbeats say this node offers (models, load, stages)."""
+    models, inference = content.models, runtime.inference
+
+    async def installed() -> list[str]:
+        return [str(m["cid"]) for m in await models.list()]
+
+    def queue_depth() -> int:
+        return sum(int(b["queue_depth"]) for b in inference.stats()["batchers"].values())
+
+    announcing.capabilities.offer.models = installed
+    announcing.capabilities.offer.queue_depth = queue_depth
+    announcing.capabilities.offer.shards = sharding.shards.entries
+    announcing.presence.queue_depth = queue_depth
+
+
+def node_name(cfg: Config) -> str:
+    return cfg.node.name or socket.gethostname()
+
+
+def build_core(
+    basis: Basis,
+    *,
+    substrate: Substrate,
+    content: Content,
+    runtime: Runtime,
+    announcing: Announcing,
+    sharding: Sharding,
+) -> LocalApi:
+    cfg, store, metrics = basis.config, basis.store, basis.metrics
+    return LocalApi(
+        LocalServices(
+            network=substrate.network,
+            capability=announcing.capabilities,
+            hardware=runtime.hardware,
+            store=store,
+            trust=content.trust,
+            models=content.models,
+            inference=runtime.inference,
+            library=runtime.library,
+            shards=sharding.shards,
+            config=cfg,
+            metrics=metrics,
+            name=node_name(cfg),
+        )
+    )
