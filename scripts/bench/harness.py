@@ -40,6 +40,7 @@ __all__ = [
     "env_pairs",
     "in_threads",
     "log",
+    "log_timed",
     "machine_info",
     "node_env",
     "npz",
@@ -57,6 +58,11 @@ def log(msg: str, *, elapsed: bool = False) -> None:
     """Progress on stderr (stdout carries the results); ``elapsed`` prefixes the seconds so far."""
     prefix = f"[bench {time.perf_counter() - STARTED:6.1f} s]" if elapsed else "[bench]"
     print(f"{prefix} {msg}", file=sys.stderr, flush=True)
+
+
+def log_timed(msg: str) -> None:
+    """:func:`log` with the seconds since the benchmark started (long benchmarks)."""
+    log(msg, elapsed=True)
 
 
 def source_revision() -> str:
