@@ -68,8 +68,8 @@ import psutil
 
 from scripts.bench.harness import REPO_ROOT, Daemon, env_pairs, machine_info, node_env, source_revision
 from scripts.bench.harness import log_timed as log
-from scripts.bench.serving_load import HTTP_TIMEOUT_S, daemon_quiet, healthz_load
-from scripts.bench.serving_model import ModelBench, Workload
+from scripts.bench.serving_load import HTTP_TIMEOUT_S, Workload, daemon_quiet, healthz_load
+from scripts.bench.serving_model import ModelBench
 from scripts.bench.serving_report import passed, render
 
 MODELS = ("mlp", "cnn", "minilm")

@@ -11,7 +11,7 @@ from typing import Any
 from accel_node.models.manifest import TensorSpec
 from accel_node.runtime.sessions import create_session
 from accel_node.runtime.tensors import Arrays
-from scripts.bench.serving_model import Workload
+from scripts.bench.serving_load import Workload
 from scripts.bench.stats import median
 
 

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +25,14 @@ from scripts.bench.harness import Daemon
 from scripts.bench.stats import latency_ms, percentile
 
 HTTP_TIMEOUT_S = 600.0
+
+
+@dataclass
+class Workload:
+    name: str
+    directory: Path  # published as is: one .onnx file
+    path: Path
+    description: str
 
 
 def encode_body(feeds: Arrays) -> tuple[bytes, str]:

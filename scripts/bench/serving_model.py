@@ -20,12 +20,13 @@ from accel_node.runtime.tensors import (
     decode_response,
     random_inputs,
 )
-from scripts.bench import serving_breakdown
 from scripts.bench.cpu import CpuWindow
 from scripts.bench.harness import Daemon
 from scripts.bench.harness import log_timed as log
+from scripts.bench.serving_breakdown import breakdown
 from scripts.bench.serving_load import (
     LoadResult,
+    Workload,
     daemon_quiet,
     encode_body,
     mean_between,
@@ -39,14 +40,6 @@ from scripts.bench.stats import latency_ms, median
 BREAKDOWN_MAX_ORT_MS = 2.0
 SETTLE_S = 0.2  # before each measured block: ORT's idle worker threads spin ~100 ms after a run
 LIMITS = TensorLimits(max_body_bytes=1 << 30, max_elements=1 << 28)
-
-
-@dataclass
-class Workload:
-    name: str
-    directory: Path  # published as is: one .onnx file
-    path: Path
-    description: str
 
 
 @dataclass
@@ -126,7 +119,7 @@ class ModelBench:
         if args.breakdown_seconds > 0 and ort_p50 <= BREAKDOWN_MAX_ORT_MS:
             log(f"{wl.name}: in-process breakdown")
             settings = {**self.runtime, **options}
-            out["breakdown"] = serving_breakdown.breakdown(
+            out["breakdown"] = breakdown(
                 wl,
                 signature,
                 feeds1,
