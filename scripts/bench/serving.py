@@ -167,7 +167,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "source": {"root": str(REPO_ROOT), "revision": source_revision()},
         "daemon_env": list(args.daemon_env),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "check")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "check", "markdown")},
         "machine": machine_info(
             physical_cores=psutil.cpu_count(logical=False),
             onnxruntime=__import__("onnxruntime").__version__,

@@ -110,7 +110,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "shard",
         "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
         "source": {"root": str(REPO_ROOT), "revision": source_revision()},
-        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "check", "sink")},
+        "settings": {k: v for k, v in vars(args).items() if k not in ("json", "check", "sink", "markdown")},
         "machine": machine_info(),
         "notes": [],
     }
