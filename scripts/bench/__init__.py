@@ -24,5 +24,12 @@ Shared pieces, written once:
 - :mod:`.report`: result tables (aligned text or markdown rows), PASS/FAIL marks and rows of
   figures with their ratio against a named baseline.
 
+A benchmark too big for one module keeps its driver (options, ``run_benchmark``, ``main``) in
+``X.py`` and its parts beside it as ``X_<part>.py``: ``content_fetch``/``content_serve``,
+``dht_network``/``dht_report``, ``node_load``/``node_report``, ``serving_model``/``serving_load``/
+``serving_breakdown``/``serving_report``, ``shard_cluster``/``shard_load``/``shard_throughput``/
+``shard_transport``/``shard_recovery``/``shard_report``. ``tests/test_bench_imports.py`` imports
+every module, so CI keeps them importable without running them.
+
 ``docs/BENCHMARKS.md`` records each benchmark's method and results.
 """

@@ -67,7 +67,7 @@ from scripts.bench.dht_network import (
     p2p_addr,
     scan_logs,
 )
-from scripts.bench.dht_report import render
+from scripts.bench.dht_report import render, summarize_lookups
 from scripts.bench.harness import (
     LOOPBACK_ENV,
     MIB,
@@ -279,32 +279,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         conn1 = connected_counts(clients)
         rss_end = [d.memory() for d in daemons]
 
-        lookup_ms = [r["ms"] for r in records]
-        ok_ms = [r["ms"] for r in records if r["ok"]]
-        lk, st = summarize_ms(lookup_ms), summarize_ms(status_ms)
-        by_hops = {
-            str(h): summarize_ms([r["ms"] for r in records if r["hops"] == h])
-            for h in sorted({r["hops"] for r in records})
-        }
-        half = len(records) // 2
-        slowest = sorted(records, key=lambda r: r["ms"], reverse=True)[:5]
-        results["lookup"] = {
-            **lk,
-            "successful_only": summarize_ms(ok_ms),
-            "success": sum(r["ok"] for r in records),
-            "success_rate": sum(r["ok"] for r in records) / len(records),
-            "failed_timeout": sum(r["status"] == 0 for r in records),
-            "failed_non_200": sum(r["status"] not in (0, 200) for r in records),
-            "failed_stale_copy": sum(r["stale"] for r in records),
-            "by_hops": by_hops,
-            "first_per_source": summarize_ms([r["ms"] for r in records if r["first"]]),
-            "later_per_source": summarize_ms([r["ms"] for r in records if not r["first"]]),
-            "first_half": summarize_ms(lookup_ms[:half]),
-            "second_half": summarize_ms(lookup_ms[half:]),
-            "over_1s": sum(ms > 1000 for ms in lookup_ms),
-            "slowest": slowest,
-            "daemon_cpu_ms_per_lookup": cpu_used * 1e3 / len(records),
-        }
+        results["lookup"] = summarize_lookups(records, cpu_used)
+        lk, st = results["lookup"], summarize_ms(status_ms)
         results["status"] = st
         results["ratio_p50"] = lk["p50_ms"] / st["p50_ms"]
         results["measure_s"] = t_measured - t_measure

@@ -1,4 +1,4 @@
-"""The DHT benchmark's table: lookups against the ``GET /v1/status`` baseline, topology, CPU,
+"""The DHT benchmark's summaries and table: lookups against the ``GET /v1/status`` baseline, topology, CPU,
 memory and the daemons' complaints."""
 
 from __future__ import annotations
@@ -7,8 +7,40 @@ import json
 from typing import Any
 
 from scripts.bench.report import mark, render_table
+from scripts.bench.stats import summarize_ms
 
 LOOKUP_P50_TARGET_MS = 100.0
+
+
+def summarize_lookups(records: list[dict[str, Any]], cpu_used_s: float) -> dict[str, Any]:
+    """Latency summaries of the timed lookups: all, successful only, by hop distance, first and later
+    per source, first and second half, the slowest, and the daemons' CPU per lookup."""
+    lookup_ms = [r["ms"] for r in records]
+    ok_ms = [r["ms"] for r in records if r["ok"]]
+    lk = summarize_ms(lookup_ms)
+    by_hops = {
+        str(h): summarize_ms([r["ms"] for r in records if r["hops"] == h])
+        for h in sorted({r["hops"] for r in records})
+    }
+    half = len(records) // 2
+    slowest = sorted(records, key=lambda r: r["ms"], reverse=True)[:5]
+    return {
+        **lk,
+        "successful_only": summarize_ms(ok_ms),
+        "success": sum(r["ok"] for r in records),
+        "success_rate": sum(r["ok"] for r in records) / len(records),
+        "failed_timeout": sum(r["status"] == 0 for r in records),
+        "failed_non_200": sum(r["status"] not in (0, 200) for r in records),
+        "failed_stale_copy": sum(r["stale"] for r in records),
+        "by_hops": by_hops,
+        "first_per_source": summarize_ms([r["ms"] for r in records if r["first"]]),
+        "later_per_source": summarize_ms([r["ms"] for r in records if not r["first"]]),
+        "first_half": summarize_ms(lookup_ms[:half]),
+        "second_half": summarize_ms(lookup_ms[half:]),
+        "over_1s": sum(ms > 1000 for ms in lookup_ms),
+        "slowest": slowest,
+        "daemon_cpu_ms_per_lookup": cpu_used_s * 1e3 / len(records),
+    }
 
 
 def render(results: dict[str, Any], *, as_markdown: bool = False) -> str:
