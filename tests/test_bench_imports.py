@@ -1,5 +1,5 @@
-"""Every benchmark module imports (cheaply: they import heavy packages lazily or at module level
-only what the tests need anyway), so a refactor elsewhere cannot silently break them."""
+"""Every benchmark module in ``scripts/bench`` imports (nothing runs: a cheap check), so that a
+refactor elsewhere cannot silently break the benchmarks, which CI never runs."""
 
 from __future__ import annotations
 
