@@ -9,6 +9,7 @@ pid; whatever goes wrong before that raises ``AssertionError`` with the tail of 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -215,7 +216,8 @@ class Daemon(Process):
         return self
 
     def on_ready(self) -> None:
-        self._token = (self.home / "api.token").read_text().strip()
+        with contextlib.suppress(FileNotFoundError):  # token() reads it later then
+            self._token = (self.home / "api.token").read_text().strip()
 
     @property
     def url(self) -> str:
