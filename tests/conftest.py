@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from accel_node.models.analysis import AnalysisError, ModelAnalysis, analyse, load_model, node_costs
 from accel_node.models.errors import ModelError
-from tests.modelzoo import build_cnn, build_mlp, build_transformer
+from tests.support.modelzoo import build_cnn, build_mlp, build_transformer
 
 ort: Any = importlib.import_module("onnxruntime")  # ships no type information
 

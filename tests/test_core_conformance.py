@@ -27,8 +27,8 @@ from accel_node.core.schemas import InferOptions, PlanRequest, PublishRequest
 from accel_node.errors import AccelNodeError, ApiError
 from accel_node.home import NodeHome
 from accel_node.node import Node
-from tests.daemons import Daemon, node_env
-from tests.modelzoo import Zoo, zoo  # noqa: F401
+from tests.support.daemons import Daemon, node_env
+from tests.support.modelzoo import Zoo, zoo  # noqa: F401
 
 pytestmark = pytest.mark.multinode
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.daemons import Daemon, bare_env, cli, node_env
+from tests.support.daemons import Daemon, bare_env, cli, node_env
 
 pytestmark = pytest.mark.multinode
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.daemons import Daemon, wait_until
+from tests.support.daemons import Daemon, wait_until
 
 pytestmark = pytest.mark.multinode
 

@@ -34,7 +34,7 @@ def kubo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     workdir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.kubo_peer", *args],
+        [sys.executable, "-m", "tests.support.kubo_peer", *args],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

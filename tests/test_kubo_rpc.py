@@ -35,8 +35,8 @@ from p2p.content import (
     import_bytes,
 )
 from p2p.errors import InvalidAddressError
-from tests.daemons import Daemon
-from tests.jsipfs_peer import JsIpfs, start_jsipfs
+from tests.support.daemons import Daemon
+from tests.support.jsipfs import JsIpfs, start_jsipfs
 from tests.test_models import cli_json, write_model
 
 pytestmark = pytest.mark.kubo

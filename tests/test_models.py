@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 pytestmark = pytest.mark.multinode
 

@@ -18,7 +18,7 @@ from p2p.errors import DialError, IdentityError, InvalidAddressError
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity, load_identity, load_or_create_identity, peer_id_of
 from p2p.ping import Pinger
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 LOOPBACK = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
 

@@ -19,7 +19,7 @@ from p2p.content.cid import CID, RAW
 from p2p.host import HostSettings, build_host, run_host
 from p2p.identity import generate_identity
 from p2p.penalties import PenaltyBox
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 LOOPBACK = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
 

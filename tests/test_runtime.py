@@ -187,7 +187,7 @@ def depth(service: InferenceService, cid: str, variant: str = "fp32") -> int:
 
 @pytest.fixture(scope="module")
 def zoo_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from tests.modelzoo import build_cnn, build_transformer
+    from tests.support.modelzoo import build_cnn, build_transformer
 
     directory = tmp_path_factory.mktemp("runtime-zoo")
     return {"cnn": build_cnn(directory), "transformer": build_transformer(directory)}

@@ -18,8 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.daemons import Daemon
-from tests.modelzoo import build_mlp, build_transformer
+from tests.support.daemons import Daemon
+from tests.support.modelzoo import build_mlp, build_transformer
 
 pytestmark = pytest.mark.multinode
 

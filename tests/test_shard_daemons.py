@@ -15,8 +15,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.daemons import Daemon
-from tests.modelzoo import build_transformer
+from tests.support.daemons import Daemon
+from tests.support.modelzoo import build_transformer
 
 pytestmark = pytest.mark.multinode
 

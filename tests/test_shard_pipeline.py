@@ -50,7 +50,7 @@ from p2p.bulk.framing import HEADER
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity
 from p2p.penalties import PenaltyBox
-from tests.modelzoo import Zoo, zoo  # noqa: F401
+from tests.support.modelzoo import Zoo, zoo  # noqa: F401
 
 LOOPBACK = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
 TOLERANCE = 1e-4

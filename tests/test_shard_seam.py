@@ -32,7 +32,7 @@ from accel_node.shard.spotcheck import Judgement, Tolerance, judge
 from accel_node.shard.wire import EXHAUSTED, FAILED, INVALID
 from p2p.bulk import MemoryNetwork, MemoryTransport
 from p2p.penalties import PenaltyBox
-from tests.modelzoo import Zoo, zoo  # noqa: F401
+from tests.support.modelzoo import Zoo, zoo  # noqa: F401
 
 T = TypeVar("T")
 TOLERANCE = 1e-4

@@ -35,8 +35,9 @@ from p2p.bulk import BulkError, BulkService, Channel, ChannelClosed
 from p2p.bulk.framing import HEADER
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity
-from tests.daemons import Daemon, bare_env, wait_until
-from tests.modelzoo import build_cnn, build_mlp
+from tests.support import fake_peers
+from tests.support.daemons import Daemon, bare_env, wait_until
+from tests.support.modelzoo import build_cnn, build_mlp
 
 pytestmark = pytest.mark.multinode
 
@@ -295,7 +296,7 @@ def liar_process(directory: Path, model: Sharded, stage: int, connect: list[Daem
     status, log_path = directory / "liar.json", directory / "liar.log"
     plan = model.plan
     args = [
-        sys.executable, "-m", "tests.liar_stage", "--model", str(model.path), "--model-cid", model.cid,
+        sys.executable, "-m", fake_peers.__name__, "--model", str(model.path), "--model-cid", model.cid,
         "--plan-cid", model.plan_cid, "--cuts", *map(str, plan["cuts"]), "--dims", json.dumps(plan["dims"]),
         "--stage", str(stage), "--stage-cid", plan["stages"][stage]["cid"], "--status", str(status),
         *(arg for d in connect for arg in ("--connect", d.addr)),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from accel_node.models.keys import KeyFiles, format_public_key
-from tests.daemons import Daemon
+from tests.support.daemons import Daemon
 
 pytestmark = pytest.mark.multinode
 

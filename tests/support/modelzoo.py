@@ -13,7 +13,7 @@ initializer has exactly one consumer node except ``pos``/``tok.weight`` (one eac
 cross a layer boundary are the hidden state and ``mask_bias`` (``/Mul_output_0``).
 
 ``zoo`` is a session-scoped pytest fixture (a :class:`Zoo` whose models are built once per session in a
-temporary directory); to use it from any test module, ``from tests.modelzoo import zoo  # noqa: F401``
+temporary directory); to use it from any test module, ``from tests.support.modelzoo import zoo  # noqa: F401``
 or move it to ``tests/conftest.py``.
 """
 

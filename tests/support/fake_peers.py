@@ -1,4 +1,5 @@
-"""A lying pipeline-stage server, run as its own OS process by tests: ``python -m tests.liar_stage ...``.
+"""A lying pipeline-stage server, run as its own OS process by tests:
+``python -m tests.support.fake_peers ...``.
 
 It joins the network the way a daemon that serves a stage does, built from library pieces only (no
 test hooks in production code): a Noise-only py-libp2p host (:func:`p2p.host.build_host`), the record

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-JSIPFS_DIR = Path(__file__).resolve().parent / "jsipfs"
+JSIPFS_DIR = Path(__file__).resolve().parents[1] / "jsipfs"
 JSIPFS_BIN = JSIPFS_DIR / "node_modules" / ".bin" / "jsipfs"
 START_TIMEOUT_S = 90.0
 

@@ -1,0 +1,1 @@
+"""Operator and developer scripts; the benchmarks are the :mod:`scripts.bench` package."""
