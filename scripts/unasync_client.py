@@ -1,7 +1,7 @@
 """Generate the synchronous HTTP client (accel_node/client/_sync.py) from the asynchronous one.
 
 httpcore keeps its sync code generated from the async source the same way (its unasync script), so
-that the two cannot drift apart; ``tests/test_client.py`` fails when the generated file is stale.
+that the two cannot drift apart; ``tests/client/test_client.py`` fails when the generated file is stale.
 Usage: ``python scripts/unasync_client.py`` (``--check`` only compares).
 """
 

@@ -10,7 +10,7 @@ What lives where:
 
 Two implementations: :mod:`accel_node.local` (in process, over the node's services; it owns the
 orchestration) and :mod:`accel_node.client` (over HTTP). The conformance suite in
-``tests/test_core_conformance.py`` runs the same cases against both.
+``tests/core/test_conformance.py`` runs the same cases against both.
 
 This package imports no service and no py-libp2p, so that the CLI, which uses the client, starts fast.
 """

@@ -1,7 +1,7 @@
 """Every endpoint of the control API, defined once.
 
 The API registers its routes from these (``accel_node.api.routing.route``) and the HTTP client
-builds its requests from them; ``tests/test_core_conformance.py`` checks that the app serves
+builds its requests from them; ``tests/core/test_conformance.py`` checks that the app serves
 exactly this set, so a path can change in one place only.
 """
 

@@ -28,7 +28,7 @@ A benchmark too big for one module keeps its driver (options, ``run_benchmark``,
 ``X.py`` and its parts beside it as ``X_<part>.py``: ``content_fetch``/``content_serve``,
 ``dht_network``/``dht_report``, ``node_load``/``node_report``, ``serving_model``/``serving_load``/
 ``serving_breakdown``/``serving_report``, ``shard_cluster``/``shard_load``/``shard_throughput``/
-``shard_transport``/``shard_recovery``/``shard_report``. ``tests/test_bench_imports.py`` imports
+``shard_transport``/``shard_recovery``/``shard_report``. ``tests/bench/test_imports.py`` imports
 every module, so CI keeps them importable without running them.
 
 ``docs/BENCHMARKS.md`` records each benchmark's method and results.

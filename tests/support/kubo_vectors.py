@@ -19,7 +19,7 @@ The content is deterministic: :func:`content_chunks` is SHAKE-256 of ``seed || c
 so any implementation can regenerate it.
 
 Run ``python -m tests.support.kubo_vectors table`` to print the vector table recorded in
-``tests/test_content.py``.
+``tests/p2p/content/test_content.py``.
 """
 
 from __future__ import annotations

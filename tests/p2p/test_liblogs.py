@@ -13,21 +13,21 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from p2p.liblogs import DHT_LOGGER, route_libp2p_logs
-from tests.test_dht import line
+from tests.p2p.test_dht import line
+from tests.support.daemons import REPO_ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO_ROOT
 
 THREE_HOSTS = """
 import warnings
 
 import trio
 from accel_node.logs import configure_logging
-from tests.test_dht import line
+from tests.p2p.test_dht import line
 
 configure_logging("info", "json")
 warnings.warn("a library's warning", UserWarning)

@@ -1,6 +1,6 @@
 """The Kubo RPC client and the ``kubo`` content backend, against a real IPFS RPC server.
 
-The server is js-ipfs 0.66.1 (``tests/jsipfs_peer.py``; installed by ``scripts/jsipfs.sh``): no
+The server is js-ipfs 0.66.1 (``tests/support/jsipfs.py``; installed by ``scripts/jsipfs.sh``): no
 Kubo binary is installable here. Tests that need a true Kubo ``ipfs`` binary run when one is on
 PATH. The one fake is ``httpx.MockTransport`` standing in for a node that lies (a tampered block,
 a wrong CID), which no honest implementation can be made to do.
@@ -35,9 +35,9 @@ from p2p.content import (
     import_bytes,
 )
 from p2p.errors import InvalidAddressError
+from tests.models.test_models import cli_json, write_model
 from tests.support.daemons import Daemon
 from tests.support.jsipfs import JsIpfs, start_jsipfs
-from tests.test_models import cli_json, write_model
 
 pytestmark = pytest.mark.kubo
 

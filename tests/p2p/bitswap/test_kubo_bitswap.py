@@ -18,6 +18,7 @@ from p2p.bitswap.service import BitswapService
 from p2p.content import CID, BlockStore, import_file, read_bytes
 from p2p.host import HostSettings, build_host, dial, run_host
 from p2p.identity import generate_identity
+from tests.support.daemons import REPO_ROOT
 
 pytestmark = [
     pytest.mark.kubo,
@@ -26,7 +27,7 @@ pytestmark = [
     ),
 ]
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 LOOPBACK = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
 
 

@@ -8,8 +8,9 @@ import pytest
 
 from accel_node.config import Config, load_config, parse_config, render_example
 from accel_node.errors import ConfigError
+from tests.support.daemons import REPO_ROOT
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = REPO_ROOT
 
 
 def problems(data: dict[str, object], **environ: str) -> list[tuple[str, str]]:
