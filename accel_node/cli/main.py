@@ -7,51 +7,26 @@ Exit codes: 0 success, 1 runtime error (daemon not running, peer unreachable, ..
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from accel_node import __version__
-from accel_node.cli import render, serving
+from accel_node.cli import keys, models, render, serving
+from accel_node.cli.common import Settings, json_option
+from accel_node.cli.common import client as _client
+from accel_node.cli.common import dump as _dump
+from accel_node.cli.common import settings as _settings
 from accel_node.errors import AccelNodeError, UsageError
 from accel_node.home import HOME_ENV, NodeHome, default_home_path
 
 if TYPE_CHECKING:
-    from accel_node.client import Client
+    pass
 
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
-FETCH_POLL_S = 0.2
-FETCH_TIMEOUT_S = 7 * 86400.0
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
-
-@dataclass(frozen=True)
-class Settings:
-    home: NodeHome
-    log_format: str | None
-    log_level: str | None
-
-
-def _settings(ctx: click.Context) -> Settings:
-    obj = ctx.find_root().obj
-    assert isinstance(obj, Settings)
-    return obj
-
-
-def _client(ctx: click.Context) -> Client:
-    from accel_node.client import Client
-
-    return Client.for_home(_settings(ctx).home)
-
-
-def _dump(model: BaseModel) -> dict[str, Any]:
-    """A response model as the JSON the daemon sent (for --json and the renderers)."""
-    return model.model_dump(mode="json")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -243,217 +218,6 @@ def connect(ctx: click.Context, addr: str, as_json: bool) -> None:
 
 
 @cli.group()
-def keys() -> None:
-    """Publisher keys held by this node (for signing models)."""
-
-
-@keys.command("new")
-@click.argument("name")
-@json_option
-@click.pass_context
-def keys_new(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Create a publisher key NAME and print its public key (share it with nodes that should trust you)."""
-    with _client(ctx) as api:
-        key = _dump(api.keys.new_key(name))
-    render.show(key, as_json=as_json, human=lambda key: render.line(key["public_key"]))
-
-
-@keys.command("ls")
-@json_option
-@click.pass_context
-def keys_ls(ctx: click.Context, as_json: bool) -> None:
-    """List this node's publisher keys."""
-    with _client(ctx) as api:
-        data = _dump(api.keys.own_keys())
-    render.show(
-        data, as_json=as_json, human=lambda data: render.keys_table(data["keys"], title="own publisher keys")
-    )
-
-
-@cli.group()
-def trust() -> None:
-    """Publisher keys whose signed models this node accepts."""
-
-
-@trust.command("add")
-@click.argument("public_key")
-@click.option("--name", required=True, help="A name for this publisher.")
-@json_option
-@click.pass_context
-def trust_add(ctx: click.Context, public_key: str, name: str, as_json: bool) -> None:
-    """Trust PUBLIC_KEY (ed25519:...) under NAME."""
-    with _client(ctx) as api:
-        key = _dump(api.keys.trust(public_key, name))
-    render.show(
-        key, as_json=as_json, human=lambda key: render.line(f"trusting {key['name']} ({key['key_id']})")
-    )
-
-
-@trust.command("ls")
-@json_option
-@click.pass_context
-def trust_ls(ctx: click.Context, as_json: bool) -> None:
-    """List trusted publisher keys."""
-    with _client(ctx) as api:
-        data = _dump(api.keys.trusted())
-    render.show(
-        data, as_json=as_json, human=lambda data: render.keys_table(data["keys"], title="trusted publishers")
-    )
-
-
-@trust.command("rm")
-@click.argument("name")
-@json_option
-@click.pass_context
-def trust_rm(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Stop trusting the publisher NAME (or key id)."""
-    with _client(ctx) as api:
-        key = _dump(api.keys.untrust(name))
-    render.show(
-        key,
-        as_json=as_json,
-        human=lambda key: render.line(f"no longer trusting {key['name']} ({key['key_id']})"),
-    )
-
-
-@cli.group()
-def models() -> None:
-    """Signed, content-addressed models."""
-
-
-@models.command("publish")
-@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--key", "key_name", required=True, help="Publisher key to sign with ('accel-node keys new').")
-@click.option("--name", help="Model name (default: the directory's name).")
-@click.option("--version", "model_version", type=click.IntRange(min=0), help="Version (default: next).")
-@json_option
-@click.pass_context
-def models_publish(
-    ctx: click.Context,
-    *,
-    directory: Path,
-    key_name: str,
-    name: str | None,
-    model_version: int | None,
-    as_json: bool,
-) -> None:
-    """Add DIRECTORY (one .onnx model plus any files it needs), sign it and print the model's CID."""
-    from accel_node.core.schemas import PublishRequest
-
-    request = PublishRequest(dir=str(directory.resolve()), key=key_name, name=name, version=model_version)
-    with _client(ctx) as api:
-        model = _dump(api.models.publish(request))
-    render.show(model, as_json=as_json, human=lambda m: render.line(m["cid"]))
-
-
-@models.command("fetch")
-@click.argument("cid")
-@json_option
-@click.pass_context
-def models_fetch(ctx: click.Context, cid: str, as_json: bool) -> None:
-    """Fetch a model by CID from peers, verify it and install it (resumable).
-
-    The fetch itself is one API call, made on a worker thread while this thread polls
-    GET /v1/models/fetches/CID every 0.2 s and draws a progress bar (bytes, total, speed).
-    """
-    import threading
-    import time
-
-    from rich.console import Console
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    from accel_node.client import Client
-    from accel_node.errors import ApiError
-
-    home = _settings(ctx).home
-    outcome: dict[str, Any] = {}
-
-    def fetch() -> None:
-        try:  # a long read timeout: the answer comes when the whole model is installed
-            with Client.for_home(home, timeout_s=FETCH_TIMEOUT_S) as api:
-                outcome["model"] = _dump(api.models.fetch(cid, timeout_s=FETCH_TIMEOUT_S))
-        except Exception as exc:  # handed to the main thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=fetch, name="models-fetch", daemon=True)
-    bar = Progress(
-        TextColumn("{task.description:<12}"),
-        BarColumn(),
-        DownloadColumn(),  # decimal units, like TransferSpeedColumn
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-        disable=as_json,
-        transient=True,
-    )
-    with _client(ctx) as api, bar:
-        task = bar.add_task("providers", total=None)
-        begun = time.time() - 1.0  # older than this: a previous fetch of the same model
-        worker.start()
-        while worker.is_alive():
-            worker.join(FETCH_POLL_S)
-            if as_json or not worker.is_alive():
-                continue
-            try:
-                progress = api.models.fetch_progress(cid)
-            except ApiError:
-                continue  # not begun yet (404), or a bad CID that the fetch itself reports
-            if progress.started_at < begun:
-                continue
-            bar.update(
-                task,
-                description=progress.phase,
-                completed=progress.bytes_done,
-                total=progress.bytes_total,
-            )
-    if "error" in outcome:
-        raise outcome["error"]
-    render.show(outcome["model"], as_json=as_json, human=render.model_detail)
-
-
-@models.command("ls")
-@json_option
-@click.pass_context
-def models_ls(ctx: click.Context, as_json: bool) -> None:
-    """List the models this node holds."""
-    with _client(ctx) as api:
-        data = _dump(api.models.list())
-    render.show(data, as_json=as_json, human=lambda d: render.models_table(d["models"]))
-
-
-@models.command("show")
-@click.argument("cid")
-@json_option
-@click.pass_context
-def models_show(ctx: click.Context, cid: str, as_json: bool) -> None:
-    """Show one model and its manifest."""
-    with _client(ctx) as api:
-        model = _dump(api.models.show(cid))
-    render.show(model, as_json=as_json, human=render.model_detail)
-
-
-@models.command("rm")
-@click.argument("cid")
-@json_option
-@click.pass_context
-def models_rm(ctx: click.Context, cid: str, as_json: bool) -> None:
-    """Remove a model (files, pins, unreferenced blocks)."""
-    with _client(ctx) as api:
-        model = _dump(api.models.remove(cid))
-    render.show(model, as_json=as_json, human=lambda m: render.line(f"removed {m['name']} v{m['version']}"))
-
-
-@models.command("pin")
-@click.argument("cid")
-@json_option
-@click.pass_context
-def models_pin(ctx: click.Context, cid: str, as_json: bool) -> None:
-    """Pin a model so that garbage collection keeps it."""
-    with _client(ctx) as api:
-        model = _dump(api.models.pin(cid))
-    render.show(model, as_json=as_json, human=lambda m: render.line(f"pinned {m['cid']}"))
-
-
-@cli.group()
 def config() -> None:
     """Inspect the configuration."""
 
@@ -491,11 +255,14 @@ def config_example() -> None:
     sys.stdout.write(render_example())
 
 
+cli.add_command(keys.keys)
+cli.add_command(keys.trust)
+cli.add_command(models.models)
 cli.add_command(serving.infer)
 cli.add_command(serving.bench)
 cli.add_command(serving.shard)
-models.add_command(serving.models_analysis)
-models.add_command(serving.models_variants)
+models.models.add_command(serving.models_analysis)
+models.models.add_command(serving.models_variants)
 
 
 def main(argv: list[str] | None = None) -> None:

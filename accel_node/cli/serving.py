@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 
 from accel_node.cli import render
+from accel_node.cli.common import client, json_option
 from accel_node.cli.units import fmt_bytes
 from accel_node.errors import UsageError
 
@@ -22,13 +23,9 @@ if TYPE_CHECKING:
 LONG_TIMEOUT_S = 3600.0
 MEDIA = {".npy": "application/x-npy", ".npz": "application/x-npz", ".json": "application/json"}
 
-json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-
 
 def _client(ctx: click.Context, timeout_s: float = LONG_TIMEOUT_S) -> Client:
-    from accel_node.client import Client
-
-    return Client.for_home(ctx.find_root().obj.home, timeout_s=timeout_s)
+    return client(ctx, timeout_s=timeout_s)
 
 
 def _int_list(value: str, option: str) -> list[int]:
