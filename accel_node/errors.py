@@ -134,8 +134,9 @@ class InvalidAddressInputError(UsageError):
 
 
 class InvalidCidInputError(UsageError):
-    """A CID given by the caller does not parse."""
+    """A CID given by the caller does not parse (422, as model CIDs that do not parse)."""
 
+    status = 422
     code = "invalid_cid"
 
 

@@ -20,9 +20,8 @@ class ManifestError(ModelError):
 
 
 class InvalidModelCidError(ManifestError):
-    """A model CID given by the caller is not a CID."""
+    """A model CID given by the caller is not a CID (422, as every model refusal has always been)."""
 
-    status = 400
     code = "invalid_cid"
 
 

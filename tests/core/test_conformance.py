@@ -133,9 +133,9 @@ async def test_keys_and_trust(core: CoreApi) -> None:
 
 
 async def test_model_refusals(core: CoreApi) -> None:
-    with refused("invalid_cid", 400):
+    with refused("invalid_cid", 422):
         await core.models.show("not-a-cid")
-    with refused("invalid_cid", 400):
+    with refused("invalid_cid", 422):
         await core.models.analysis("not-a-cid")
     with refused("model_not_found", 404):
         await core.models.show(UNKNOWN_CID)
