@@ -7,7 +7,7 @@
   stages are re-extracted here: a plan whose stage CIDs differ is refused), load the stage into
   the stage server, announce it in the DHT (``/accel/shard/<model-cid>/<stage>``) and in the
   capability record (``shards``: plan, stage, load). Served stages are remembered in the store and
-  served again after a restart.
+  served again after a restart (in the background, once the service has started).
 - **Route** (``infer``): for each stage, replicas are the peers whose verified capability record
   says they serve that plan's stage (DHT providers first, then connected peers), ranked by expected
   time (the stage's FLOPs at their measured throughput, scaled by load, plus RTT); the router
@@ -51,6 +51,7 @@ from accel_node.shard.router import LocalStages, ShardRouter
 from accel_node.shard.server import StageServer
 from accel_node.store import AsyncStore, PeerRecord
 from p2p.dht import RecordDHT
+from p2p.tasks import FailureHook, OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,12 @@ ROUTE_TTL_S = 10.0  # routes are looked up again after this; the router skips fa
 
 
 class ShardService:
-    """Plans, serving and routing of sharded inference for one node."""
+    """Plans, serving and routing of sharded inference for one node.
+
+    While :meth:`run` runs it owns one background task: serving the remembered stages again after
+    a restart (started after ``started()``, since it may wait on the DHT); a stage that cannot be
+    served is a warning, and a failure of the task itself is logged and passed to ``on_failure``.
+    """
 
     def __init__(
         self,
@@ -77,6 +83,7 @@ class ShardService:
         server: StageServer,
         router: ShardRouter,
         settings: ShardSection,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self._key_pair = key_pair
         self._dht = dht
@@ -93,12 +100,25 @@ class ShardService:
         self._served: dict[tuple[str, int], str] = {}  # (plan cid, stage) -> model cid
         self._routes: dict[str, tuple[float, list[list[ID]]]] = {}  # plan cid -> (expiry, route)
         self._referees: dict[str, LocalStages | None] = {}  # plan cid -> stages to referee with
+        self._tasks = OwnedTasks("shard", on_failure=on_failure)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept assignments, serve the remembered stages again (in the background: nothing that
+        waits on the network runs before ``started()``) and re-announce served stages until cancelled."""
         if self._settings.accept_assignments:
             self._network.host.set_stream_handler(ASSIGN_PROTOCOL, assignment_handler(self.serve))
+        async with self._tasks.open():
+            self._tasks.spawn("serve-remembered", self._serve_remembered)
+            task_status.started()
+            while True:
+                await trio.sleep(REANNOUNCE_S)
+                for (_, stage), model_cid in list(self._served.items()):
+                    await directory.announce(self._dht, model_cid, stage)
+
+    async def _serve_remembered(self) -> None:
+        """Serve every stage the store remembers as served (before the last stop)."""
         for row in await self._store.list_served():
             try:
                 await self.serve(row.model_cid, row.stage, row.plan_cid)
@@ -108,11 +128,6 @@ class ShardService:
                 log.warning(
                     "could not serve a remembered stage again", extra={**row.as_dict(), "error": str(exc)}
                 )
-        task_status.started()
-        while True:
-            await trio.sleep(REANNOUNCE_S)
-            for (_, stage), model_cid in list(self._served.items()):
-                await directory.announce(self._dht, model_cid, stage)
 
     def entries(self) -> list[ShardEntry]:
         """What the capability record says about the stages served here."""
