@@ -31,6 +31,7 @@ from accel_node.capability import CapabilityBody, CapabilityService, ShardEntry
 from accel_node.config import ShardSection
 from accel_node.errors import AccelNodeError
 from accel_node.hardware import HardwareService
+from accel_node.models.manifest import TensorSpec
 from accel_node.models.service import ModelService, normal_cid
 from accel_node.network import PeerNetwork
 from accel_node.runtime.errors import RuntimeFailure
@@ -98,7 +99,7 @@ class ShardService:
         self._settings = settings
         self.local_id: ID = network.host.get_id()
         self._served: dict[tuple[str, int], str] = {}  # (plan cid, stage) -> model cid
-        self._routes: dict[str, tuple[float, list[list[ID]]]] = {}  # plan cid -> (expiry, route)
+        self._routes: dict[str, tuple[float, ShardPlan, list[list[ID]]]] = {}  # plan cid -> (expiry, ...)
         self._referees: dict[str, LocalStages | None] = {}  # plan cid -> stages to referee with
         self._tasks = OwnedTasks("shard", on_failure=on_failure)
 
@@ -421,10 +422,10 @@ class ShardService:
     async def _infer_once(self, chosen: str, inputs: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         cached = self._routes.get(chosen)
         if cached is not None and cached[0] > trio.current_time():
-            route = cached[1]
+            _, plan, route = cached
         else:
-            _, route = await self.route(chosen)
-            self._routes[chosen] = (trio.current_time() + ROUTE_TTL_S, route)
+            plan, route = await self.route(chosen)
+            self._routes[chosen] = (trio.current_time() + ROUTE_TTL_S, plan, route)
         try:
             return await self.router.infer(
                 route,
@@ -432,12 +433,20 @@ class ShardService:
                 dict(inputs),
                 timeout_s=timeout_s,
                 micro_batch=self._settings.micro_batch or None,
+                signature=request_signature(plan),
                 compress_fp16=self._settings.compress_fp16,
                 local_stages=await self._referee_stages(chosen) if self._settings.spot_check_p > 0 else None,
             )
         except ShardError:
             self._routes.pop(chosen, None)  # look the replicas up again next time
             raise
+
+
+def request_signature(plan: ShardPlan) -> tuple[TensorSpec, ...]:
+    """The specs of a request's tensors: what the first stage reads and what it carries on to later
+    stages (the frame at boundary 0 is the model's inputs); they tell whether it may be micro-batched."""
+    first = plan.stages[0]
+    return first.inputs + first.carried
 
 
 def _peer_id(text: str) -> ID:
