@@ -25,7 +25,7 @@ from typing import Any
 import trio
 from trio_typing import TaskStatus
 
-from p2p.errors import NotRunningError
+from p2p.errors import NotRunningError, P2PError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class OwnedTasks:
     async def open(self) -> AsyncIterator[None]:
         """Hold the nursery while the block runs (the service's lifetime)."""
         if self._nursery is not None:
-            raise NotRunningError(f"{self.service} is already running")
+            raise P2PError(f"{self.service} is already running")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
