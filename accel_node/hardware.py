@@ -30,6 +30,7 @@ from trio_typing import TaskStatus
 from accel_node.profile import HardwareProfile, Mode, StaticFacts
 from accel_node.profile.errors import WorkerError
 from accel_node.store import AsyncStore
+from p2p.tasks import FailureHook, OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,12 @@ async def run_worker(args: list[str], on_line: Callable[[dict[str, Any]], None])
 
 @dataclass
 class HardwareService:
-    """Owns the static facts, the current profile and profiling jobs."""
+    """Owns the static facts, the current profile and profiling jobs.
+
+    While :meth:`run` runs it owns the profiling task (one at a time, started by
+    :meth:`start_profile`); a failure outside the run's own error handling is logged and passed to
+    ``on_failure``.
+    """
 
     store: AsyncStore
     disk_dir: Path
@@ -99,12 +105,15 @@ class HardwareService:
     current: HardwareProfile | None = None
     job: ProfileJob | None = None
     on_profile: list[Callable[[HardwareProfile], None]] = field(default_factory=list)
+    on_failure: FailureHook | None = None
     _lock: trio.Lock = field(default_factory=trio.Lock)
-    _nursery: trio.Nursery | None = None
+    _tasks: OwnedTasks = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._tasks = OwnedTasks("hardware", on_failure=self.on_failure)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with self._tasks.open():
             task_status.started()  # facts arrive shortly; the summary copes without them
             await self._load_static()
             if self.current is None and self.auto != "off":
@@ -138,10 +147,10 @@ class HardwareService:
         """Start a profiling run in the background (or return the one already running)."""
         if self.job is not None and self.job.running:
             return self.job
-        if self._nursery is None:
+        if not self._tasks.running:
             raise RuntimeError("hardware service is not running")
         self.job = ProfileJob(mode=mode, started_at=time.time())
-        self._nursery.start_soon(self._profile, self.job)
+        self._tasks.spawn("profile", self._profile, self.job)
         return self.job
 
     async def _profile(self, job: ProfileJob) -> None:

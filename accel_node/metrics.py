@@ -72,6 +72,17 @@ class NodeMetrics:
             registry=self.registry,
         )
 
+        self.background_failures = Counter(
+            "accel_node_background_failures",
+            "Background tasks owned by a service that failed, by service and task",
+            ["service", "task"],
+            registry=self.registry,
+        )
+
+    def background_failure(self, service: str, task: str, exc: BaseException) -> None:
+        """Count one failed background task (a services' ``on_failure`` hook; the owner logs it)."""
+        self.background_failures.labels(service=service, task=task).inc()
+
     def uptime_s(self) -> float:
         return time.monotonic() - self.started_at
 

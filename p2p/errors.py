@@ -23,3 +23,7 @@ class DialError(P2PError):
 
 class PingError(P2PError):
     """A ping round trip failed, timed out or echoed the wrong payload."""
+
+
+class NotRunningError(P2PError, RuntimeError):
+    """Work was handed to a service whose ``run`` is not running (not started yet, or stopped)."""

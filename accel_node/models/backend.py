@@ -22,10 +22,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import trio
 from libp2p.abc import IHost
@@ -40,6 +38,7 @@ from p2p.content import CID, DAG_PB, BlockStore, ContentError
 from p2p.content.dagpb import decode_pbnode
 from p2p.content.kubo_rpc import KuboRpcClient
 from p2p.dht import RecordDHT
+from p2p.tasks import FailureHook, OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +122,7 @@ class _BulkSource(BlockSource):
         got: set[CID] = set()
         if peers:
             try:
-                stream = cast(AsyncGenerator[tuple[CID, bytes], None], self.fetcher.fetch(cids, peers))
-                async with aclosing(stream) as blocks:
+                async with self.fetcher.fetch(cids, peers) as blocks:
                     async for cid, data in blocks:
                         await put(cid, data)
                         got.add(cid)
@@ -152,11 +150,9 @@ class EmbeddedBackend(ContentBackend):
         self._fetcher = fetcher
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        # Bitswap and the bulk block server are run by the node (they serve with either backend).
-        if self._fetcher is None:
-            task_status.started()
-            return
-        await self._fetcher.run(task_status=task_status)
+        # Nothing runs in the background: Bitswap and the bulk block server are run by the node
+        # (they serve with either backend), and each bulk fetch owns its workers.
+        task_status.started()
 
     async def publish(self, roots: Sequence[CID]) -> None:
         await self.announce(roots)
@@ -266,19 +262,27 @@ def dag_cids(blocks: BlockStore, root: CID) -> list[CID]:
 
 
 class KuboBackend(ContentBackend):
-    """A Kubo node, through its RPC API, does the networking; see the module docstring."""
+    """A Kubo node, through its RPC API, does the networking; see the module docstring.
+
+    Owns (while :meth:`run` runs) the background ``routing/provide`` calls of :meth:`announce`;
+    their failures are logged and passed to ``on_failure``.
+    """
 
     name = "kubo"
 
-    def __init__(self, *, kubo: KuboRpcClient, blocks: BlockStore) -> None:
+    def __init__(
+        self, *, kubo: KuboRpcClient, blocks: BlockStore, on_failure: FailureHook | None = None
+    ) -> None:
         self._kubo = kubo
         self._blocks = blocks
-        self._nursery: trio.Nursery | None = None
+        self._tasks = OwnedTasks("kubo-backend", on_failure=on_failure)
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Check that Kubo answers (a warning, not a failure: it may start later), then run the
-        background provides; the client is closed when the node stops."""
-        async with self._kubo, trio.open_nursery() as nursery:
+        """Own the background provides until cancelled, and check that Kubo answers (after
+        ``started()``: nothing that waits on the network holds up the node's start; an unreachable
+        Kubo is a warning, it may start later). The client is closed when the node stops."""
+        async with self._kubo, self._tasks.open():
+            task_status.started()
             try:
                 version = await self._kubo.version()
             except ContentError as exc:
@@ -291,8 +295,6 @@ class KuboBackend(ContentBackend):
                 log.info(
                     "using Kubo through its RPC API", extra={"kubo_api": self._kubo.api, "version": version}
                 )
-            self._nursery = nursery
-            task_status.started()
             await trio.sleep_forever()
 
     async def publish(self, roots: Sequence[CID]) -> None:
@@ -316,10 +318,10 @@ class KuboBackend(ContentBackend):
     async def announce(self, roots: Sequence[CID]) -> None:
         """``routing/provide`` each root, in the background: a provide can take Kubo seconds, and
         Kubo also reprovides pinned content by itself."""
-        if self._nursery is None:
-            await self._provide(roots)
+        if self._tasks.running:
+            self._tasks.spawn("provide", self._provide, list(roots))
         else:
-            self._nursery.start_soon(self._provide, list(roots))
+            await self._provide(roots)
 
     async def _provide(self, roots: Sequence[CID]) -> None:
         for root in roots:

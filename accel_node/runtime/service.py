@@ -11,7 +11,10 @@ The node gives it three hooks:
 - ``record(measurement)`` (async, optional): receives a sample (``sample_rate``) of executed
   batches as measurement records (see :meth:`InferenceService._measurement`).
 
-Start :meth:`InferenceService.run` in a nursery; batchers (one per model and variant) run in it.
+Start :meth:`InferenceService.run` in a nursery. The service owns the batchers (one per model
+and variant, started by the first request for it): they live as long as the service, or until
+:meth:`InferenceService.forget`; a batcher that fails is logged, passed to ``on_failure`` and
+started afresh by the next request.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from accel_node.runtime.measure import default_threads
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.sessions import SessionCache, SessionKey
 from accel_node.runtime.validation import Arrays, Signature, is_static, validate
+from p2p.tasks import FailureHook, OwnedTasks
 
 T = TypeVar("T")
 MAX_THREADS = 256
@@ -96,6 +100,7 @@ class InferenceService:
         record: Record | None = None,
         metrics: RuntimeMetrics | None = None,
         providers: Sequence[str] | None = None,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.settings = settings
         self.sessions = SessionCache(settings.memory_budget_bytes, providers=providers)
@@ -107,18 +112,16 @@ class InferenceService:
         self._resolved: dict[tuple[str, str], tuple[ModelRef, float]] = {}
         self._served: dict[tuple[str, str], _Served] = {}
         self._serve_lock = trio.Lock()
-        self._nursery: trio.Nursery | None = None
+        self._tasks = OwnedTasks("inference", on_failure=on_failure)
         self._random = random.Random()  # noqa: S311 - sampling, not security
         self._process = psutil.Process()
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with self._tasks.open():
             task_status.started()
             try:
                 await trio.sleep_forever()
             finally:
-                self._nursery = None
                 self._served.clear()
 
     # -- the API's entry points ---------------------------------------------------------------
@@ -212,7 +215,7 @@ class InferenceService:
             if served is not None:  # the variant file changed: start afresh
                 served.scope.cancel()
                 self.sessions.drop(ref.cid, ref.variant)
-            if self._nursery is None:
+            if not self._tasks.running:
                 raise InferenceFailed("the inference service is not running")
             batcher = Batcher(
                 self._preparer(ref),
@@ -225,17 +228,23 @@ class InferenceService:
                 on_batch=lambda report: self._on_batch(ref, report),
                 on_depth=self._depth_observer(ref),
             )
-            scope: trio.CancelScope = await self._nursery.start(self._run_batcher, batcher)
+            scope: trio.CancelScope = await self._tasks.start("batcher", self._run_batcher, key, batcher)
             served = _Served(batcher, ref.path, scope)
             self._served[key] = served
             return served
 
-    @staticmethod
-    async def _run_batcher(batcher: Batcher, *, task_status: TaskStatus[trio.CancelScope]) -> None:
-        with trio.CancelScope() as scope:
-            async with trio.open_nursery() as inner:
-                await inner.start(batcher.run)
-                task_status.started(scope)
+    async def _run_batcher(
+        self, key: tuple[str, str], batcher: Batcher, *, task_status: TaskStatus[trio.CancelScope]
+    ) -> None:
+        try:
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as inner:
+                    await inner.start(batcher.run)
+                    task_status.started(scope)
+        finally:  # a batcher that stopped is not served any more: the next request starts one
+            served = self._served.get(key)
+            if served is not None and served.batcher is batcher:
+                del self._served[key]
 
     def _preparer(self, ref: ModelRef) -> Callable[[int | None], Awaitable[RunSync]]:
         async def prepare(threads: int | None) -> RunSync:

@@ -1,5 +1,11 @@
 """Frames as the router handles them: a batch split into micro-batches along axis 0 and merged back, and
-two frames compared within a tolerance (spot checks)."""
+two frames compared within a tolerance (spot checks).
+
+A batch is split only where the model's signature says axis 0 is the batch axis of every input
+(:func:`accel_node.runtime.batcher.batch_axis_ok`): a model with ``state [2, N, 128]`` next to
+``input [N, T]`` (a VAD) has first dims that may agree by chance, and cutting them would cut the
+state's layers apart. Such a batch runs whole.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from accel_node.runtime.batcher import batch_axis_ok
+from accel_node.runtime.validation import Signature
 from accel_node.shard.errors import ShardRequestError
 
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -35,13 +43,17 @@ def frames_agree(a: Arrays, b: Arrays, *, atol: float, rtol: float) -> tuple[boo
     return True, worst
 
 
-def split_batch(inputs: Mapping[str, np.ndarray[Any, Any]], micro_batch: int | None) -> list[Arrays]:
+def split_batch(
+    inputs: Mapping[str, np.ndarray[Any, Any]], micro_batch: int | None, signature: Signature | None = None
+) -> list[Arrays]:
     """``inputs`` cut along axis 0 into pieces of ``micro_batch`` rows (views, not copies); one piece when
-    ``micro_batch`` is None or covers the batch."""
+    ``micro_batch`` is None or covers the batch, or when ``signature`` (the specs of the frame's tensors)
+    does not say that axis 0 is the batch axis of every input. ``signature`` None: the caller vouches
+    that it is."""
     arrays = dict(inputs)
     if not arrays:
         raise ShardRequestError("no inputs given")
-    if micro_batch is None:
+    if micro_batch is None or (signature is not None and not batch_axis_ok(signature)):
         return [arrays]
     if micro_batch < 1:
         raise ShardRequestError(f"micro_batch must be >= 1, not {micro_batch}")

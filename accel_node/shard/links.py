@@ -8,7 +8,7 @@
   answered in any order. A reader task feeds the answers to their waiters; when the channel breaks every
   waiter gets :class:`ShardLinkError`.
 - :class:`LinkPool` keeps one link per (peer, purpose), opens it on first use (one opener at a time per
-  peer) through a :class:`~p2p.bulk.ChannelOpener` and holds it open in its own nursery until it breaks,
+  peer) through a :class:`~p2p.bulk.ChannelOpener` and holds it open as a task it owns until it breaks,
   idles for ``idle_close_s`` or the pool stops.
 """
 
@@ -26,6 +26,7 @@ from accel_node.shard.errors import ShardLinkError, ShardWireError
 from accel_node.shard.parts import Reassembler, split_frames
 from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits, decode_message, encode_message
 from p2p.bulk import BulkError, ChannelClosed, ChannelOpener, FrameChannel, FrameError
+from p2p.tasks import FailureHook, OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,12 @@ class Link:
 
 
 class LinkPool:
-    """One reused :class:`Link` per (peer, purpose); see the module docstring. Start :meth:`run` first."""
+    """One reused :class:`Link` per (peer, purpose); see the module docstring. Start :meth:`run` first.
+
+    Owns, while :meth:`run` runs, one task per open link (it holds the channel and reads the
+    answers); a link's failure ends that link only, and one outside its handling is logged and
+    passed to ``on_failure``. All links close when the pool stops.
+    """
 
     def __init__(
         self,
@@ -189,6 +195,7 @@ class LinkPool:
         open_timeout_s: float = 10.0,
         idle_close_s: float = 300.0,
         on_malformed: Callable[[ID, str], None] | None = None,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.opener = opener
         self.limits = limits
@@ -197,20 +204,18 @@ class LinkPool:
         self._on_malformed = on_malformed or (lambda _peer, _reason: None)
         self._links: dict[tuple[ID, str], Link] = {}
         self._opening: dict[tuple[ID, str], trio.Lock] = {}
-        self._nursery: trio.Nursery | None = None
+        self._tasks = OwnedTasks("shard-links", on_failure=on_failure)
         self.opened = 0
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Hold the links open until cancelled (they all close then)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+        async with self._tasks.open():
             try:
                 task_status.started()
                 while True:
                     await trio.sleep(max(1.0, self.idle_close_s / 4))
                     await self._close_idle()
             finally:
-                self._nursery = None
                 for link in self._links.values():
                     link.close("the link pool stopped")
 
@@ -236,14 +241,13 @@ class LinkPool:
             link = self._links.get(key)
             if link is not None and link.closed is None:
                 return link
-            if self._nursery is None:
+            if not self._tasks.running:
                 raise ShardLinkError("the link pool is not running")
             try:
-                link = await self._nursery.start(self._hold, peer, purpose)
+                opened: Link = await self._tasks.start("link", self._hold, peer, purpose)
             except BulkError as exc:
                 raise ShardLinkError(f"cannot open a {purpose} channel to {peer}: {exc}") from exc
-            assert link is not None
-            return link
+            return opened
 
     async def _hold(self, peer: ID, purpose: str, *, task_status: TaskStatus[Link]) -> None:
         key = (peer, purpose)

@@ -34,6 +34,7 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
+from accel_node.runtime.validation import Signature
 from accel_node.shard.errors import (
     ShardError,
     ShardLinkError,
@@ -153,6 +154,7 @@ class ShardRouter:
         inputs: Mapping[str, np.ndarray[Any, Any]],
         *,
         micro_batch: int | None = None,
+        signature: Signature | None = None,
         timeout_s: float = 30.0,
         compress_fp16: bool = False,
         spot_check_p: float | None = None,
@@ -162,17 +164,19 @@ class ShardRouter:
         """Run ``inputs`` through the stages of ``model_cid``; the model's outputs.
 
         ``route[i]`` lists the replicas of stage i, best first. ``micro_batch`` splits axis 0 (use it only
-        when the batch dim is dynamic; every input and output must have it first). ``local_stages`` are
-        stages this node holds (model file or bytes, spec), used to referee spot checks. ``addrs`` are
-        addresses of route peers the stage servers may not know yet. Returned arrays may be read-only.
-        Raises :class:`ShardRouteError` (no capable replica for a stage; ``.stage`` names it),
-        :class:`ShardTimeoutError`, :class:`ShardVerificationError`.
+        when the batch dim is dynamic; every input and output must have it first); ``signature``, the
+        specs of the inputs, keeps a batch whole where axis 0 is not the batch axis (see
+        :func:`~accel_node.shard.frames.split_batch`; None: the caller vouches that it is).
+        ``local_stages`` are stages this node holds (model file or bytes, spec), used to referee spot
+        checks. ``addrs`` are addresses of route peers the stage servers may not know yet. Returned
+        arrays may be read-only. Raises :class:`ShardRouteError` (no capable replica for a stage;
+        ``.stage`` names it), :class:`ShardTimeoutError`, :class:`ShardVerificationError`.
         """
         self.stats.requests += 1
         call = self._prepare(
             route, model_cid, timeout_s=timeout_s, fp16=compress_fp16, local_stages=local_stages, addrs=addrs
         )
-        chunks = split_batch(inputs, micro_batch)
+        chunks = split_batch(inputs, micro_batch, signature)
         p = self.spot_check_p if spot_check_p is None else spot_check_p
         results: list[Arrays | None] = [None] * len(chunks)
         errors: list[BaseException] = []

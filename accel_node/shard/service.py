@@ -7,7 +7,7 @@
   stages are re-extracted here: a plan whose stage CIDs differ is refused), load the stage into
   the stage server, announce it in the DHT (``/accel/shard/<model-cid>/<stage>``) and in the
   capability record (``shards``: plan, stage, load). Served stages are remembered in the store and
-  served again after a restart.
+  served again after a restart (in the background, once the service has started).
 - **Route** (``infer``): for each stage, replicas are the peers whose verified capability record
   says they serve that plan's stage (DHT providers first, then connected peers), ranked by expected
   time (the stage's FLOPs at their measured throughput, scaled by load, plus RTT); the router
@@ -31,6 +31,7 @@ from accel_node.capability import CapabilityBody, CapabilityService, ShardEntry
 from accel_node.config import ShardSection
 from accel_node.errors import AccelNodeError
 from accel_node.hardware import HardwareService
+from accel_node.models.manifest import TensorSpec
 from accel_node.models.service import ModelService, normal_cid
 from accel_node.network import PeerNetwork
 from accel_node.runtime.errors import RuntimeFailure
@@ -51,6 +52,7 @@ from accel_node.shard.router import LocalStages, ShardRouter
 from accel_node.shard.server import StageServer
 from accel_node.store import AsyncStore, PeerRecord
 from p2p.dht import RecordDHT
+from p2p.tasks import FailureHook, OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +63,12 @@ ROUTE_TTL_S = 10.0  # routes are looked up again after this; the router skips fa
 
 
 class ShardService:
-    """Plans, serving and routing of sharded inference for one node."""
+    """Plans, serving and routing of sharded inference for one node.
+
+    While :meth:`run` runs it owns one background task: serving the remembered stages again after
+    a restart (started after ``started()``, since it may wait on the DHT); a stage that cannot be
+    served is a warning, and a failure of the task itself is logged and passed to ``on_failure``.
+    """
 
     def __init__(
         self,
@@ -77,6 +84,7 @@ class ShardService:
         server: StageServer,
         router: ShardRouter,
         settings: ShardSection,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self._key_pair = key_pair
         self._dht = dht
@@ -91,14 +99,27 @@ class ShardService:
         self._settings = settings
         self.local_id: ID = network.host.get_id()
         self._served: dict[tuple[str, int], str] = {}  # (plan cid, stage) -> model cid
-        self._routes: dict[str, tuple[float, list[list[ID]]]] = {}  # plan cid -> (expiry, route)
+        self._routes: dict[str, tuple[float, ShardPlan, list[list[ID]]]] = {}  # plan cid -> (expiry, ...)
         self._referees: dict[str, LocalStages | None] = {}  # plan cid -> stages to referee with
+        self._tasks = OwnedTasks("shard", on_failure=on_failure)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Accept assignments, serve the remembered stages again (in the background: nothing that
+        waits on the network runs before ``started()``) and re-announce served stages until cancelled."""
         if self._settings.accept_assignments:
             self._network.host.set_stream_handler(ASSIGN_PROTOCOL, assignment_handler(self.serve))
+        async with self._tasks.open():
+            self._tasks.spawn("serve-remembered", self._serve_remembered)
+            task_status.started()
+            while True:
+                await trio.sleep(REANNOUNCE_S)
+                for (_, stage), model_cid in list(self._served.items()):
+                    await directory.announce(self._dht, model_cid, stage)
+
+    async def _serve_remembered(self) -> None:
+        """Serve every stage the store remembers as served (before the last stop)."""
         for row in await self._store.list_served():
             try:
                 await self.serve(row.model_cid, row.stage, row.plan_cid)
@@ -108,11 +129,6 @@ class ShardService:
                 log.warning(
                     "could not serve a remembered stage again", extra={**row.as_dict(), "error": str(exc)}
                 )
-        task_status.started()
-        while True:
-            await trio.sleep(REANNOUNCE_S)
-            for (_, stage), model_cid in list(self._served.items()):
-                await directory.announce(self._dht, model_cid, stage)
 
     def entries(self) -> list[ShardEntry]:
         """What the capability record says about the stages served here."""
@@ -406,10 +422,10 @@ class ShardService:
     async def _infer_once(self, chosen: str, inputs: Mapping[str, Any], timeout_s: float) -> dict[str, Any]:
         cached = self._routes.get(chosen)
         if cached is not None and cached[0] > trio.current_time():
-            route = cached[1]
+            _, plan, route = cached
         else:
-            _, route = await self.route(chosen)
-            self._routes[chosen] = (trio.current_time() + ROUTE_TTL_S, route)
+            plan, route = await self.route(chosen)
+            self._routes[chosen] = (trio.current_time() + ROUTE_TTL_S, plan, route)
         try:
             return await self.router.infer(
                 route,
@@ -417,12 +433,20 @@ class ShardService:
                 dict(inputs),
                 timeout_s=timeout_s,
                 micro_batch=self._settings.micro_batch or None,
+                signature=request_signature(plan),
                 compress_fp16=self._settings.compress_fp16,
                 local_stages=await self._referee_stages(chosen) if self._settings.spot_check_p > 0 else None,
             )
         except ShardError:
             self._routes.pop(chosen, None)  # look the replicas up again next time
             raise
+
+
+def request_signature(plan: ShardPlan) -> tuple[TensorSpec, ...]:
+    """The specs of a request's tensors: what the first stage reads and what it carries on to later
+    stages (the frame at boundary 0 is the model's inputs); they tell whether it may be micro-batched."""
+    first = plan.stages[0]
+    return first.inputs + first.carried
 
 
 def _peer_id(text: str) -> ID:

@@ -40,7 +40,7 @@ class RefusedError(HandshakeError):
 class BlocksNotFoundError(BulkError, LookupError):
     """Some blocks could not be fetched from any provider; ``missing`` lists them (in request order).
 
-    Raised at the end of :meth:`p2p.bulk.blocks.BlockFetcher.fetch`, after every block that *was*
+    Raised by the iterator of :meth:`p2p.bulk.fetch.BlockFetcher.fetch` after every block that *was*
     found has been yielded, so a caller can fetch the rest another way (e.g. Bitswap).
     """
 

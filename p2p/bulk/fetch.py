@@ -1,6 +1,9 @@
 """Fetching content blocks over bulk channels (``blocks/1``, see :mod:`p2p.bulk.blocks`).
 
-:class:`BlockFetcher` runs one worker per provider. The want list is split into a share per
+:meth:`BlockFetcher.fetch` is an async context manager (``async with fetcher.fetch(cids, providers)
+as blocks: async for cid, data in blocks:``): the fetch's tasks live in a nursery its block opens
+and are cancelled when the caller leaves it, so no task outlives the caller (an async generator
+cannot own a nursery safely). It runs one worker per provider. The want list is split into a share per
 provider up front (all start at once, even on a small fetch); a provider that runs dry steals from
 the end of the largest share left, and a block a provider lacks goes back to the queue for the
 others. Each worker keeps a window of wants in flight (the server never idles waiting for the next
@@ -19,11 +22,11 @@ import inspect
 import logging
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import trio
 from libp2p.peer.id import ID
-from trio_typing import TaskStatus
 
 from p2p.bulk.blocks import (
     BLOCKS,
@@ -254,11 +257,65 @@ def _check_blocks(batch: list[tuple[_Want, bytes]]) -> list[bool]:
     return [hashlib.sha256(data).digest() == want.cid.digest for want, data in batch]
 
 
-class BlockFetcher:
-    """Fetches blocks from providers over ``blocks/1`` bulk channels; start :meth:`run` first.
+class _Blocks:
+    """The blocks of one fetch as they arrive (the iterator :meth:`BlockFetcher.fetch` yields).
 
-    ``batch_blocks`` CIDs go in one WANT frame and up to ``window_blocks`` are in flight per
-    provider; ``on_bad_block(peer_id)`` (sync or async) hears of every block that failed its CID.
+    After the last block it raises :class:`BlocksNotFoundError` for what no provider delivered, or
+    :class:`BulkError` for a bug in the fetch itself; afterwards it is exhausted.
+    """
+
+    def __init__(self, unique: list[CID], unsupported: list[CID], peers: list[ID]) -> None:
+        self.unique = unique
+        self.unsupported = unsupported
+        self.peers = peers
+        self.failures: list[BaseException] = []
+        self.queue: _WantQueue | None = None
+        self.results: trio.MemoryReceiveChannel[list[tuple[CID, bytes]]] | None = None
+        self._batch: deque[tuple[CID, bytes]] = deque()
+        self._done = False
+
+    def __aiter__(self) -> _Blocks:
+        return self
+
+    async def __anext__(self) -> tuple[CID, bytes]:
+        while not self._batch:
+            if self._done:
+                raise StopAsyncIteration
+            try:
+                if self.results is None:
+                    raise trio.EndOfChannel
+                self._batch.extend(await self.results.receive())
+            except trio.ClosedResourceError:
+                raise BulkError("the blocks of a fetch are read inside its async with block") from None
+            except trio.EndOfChannel:
+                self._done = True
+                self._finish()
+        return self._batch.popleft()
+
+    def _finish(self) -> None:
+        if not self.peers:
+            raise BlocksNotFoundError(self.unique, len(self.unique), "no providers to fetch from")
+        if self.failures:
+            raise BulkError(f"block fetch failed: {self.failures[0]!r}") from self.failures[0]
+        missing = sorted(self.queue.missing, key=lambda w: w.index) if self.queue is not None else []
+        if self.queue is None and self.unsupported:
+            raise BlocksNotFoundError(
+                self.unsupported, len(self.unique), "they use a hash other than sha2-256"
+            )
+        if missing or self.unsupported:
+            detail = f"asked {len(self.peers)} provider(s)"
+            if self.unsupported:
+                detail += f"; {len(self.unsupported)} use a hash other than sha2-256"
+            raise BlocksNotFoundError(self.unsupported + [w.cid for w in missing], len(self.unique), detail)
+
+
+class BlockFetcher:
+    """Fetches blocks from providers over ``blocks/1`` bulk channels.
+
+    Owns no tasks of its own: each :meth:`fetch` is an async context manager whose block owns
+    that fetch's workers. ``batch_blocks`` CIDs go in one WANT frame and up to ``window_blocks``
+    are in flight per provider; ``on_bad_block(peer_id)`` (sync or async) hears of every block
+    that failed its CID.
     """
 
     def __init__(
@@ -287,17 +344,6 @@ class BlockFetcher:
         self.output_depth = output_depth
         self.bad_blocks: Counter[ID] = Counter()
         self.blocks_received: Counter[ID] = Counter()
-        self._nursery: trio.Nursery | None = None
-
-    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Hosts the fetches' tasks until cancelled."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
 
     async def _report_bad_block(self, peer: ID, cid: CID) -> None:
         self.bad_blocks[peer] += 1
@@ -313,60 +359,56 @@ class BlockFetcher:
         except Exception as exc:  # the callback's failure must not end the fetch
             log.warning("on_bad_block callback failed", extra={"error": str(exc)})
 
+    @asynccontextmanager
     async def fetch(
         self, cids: Sequence[CID], providers: Sequence[ID], *, timeout_s: float = 30.0
-    ) -> AsyncIterator[tuple[CID, bytes]]:
-        """Yield ``(cid, block)`` for each CID (duplicates once), in arrival order, each verified.
+    ) -> AsyncIterator[AsyncIterator[tuple[CID, bytes]]]:
+        """``async with fetcher.fetch(cids, providers) as blocks: async for cid, data in blocks:``.
 
-        ``providers`` are asked in parallel (each must be reachable through the libp2p host).
-        ``timeout_s`` bounds channel set-up and each wait for a provider's next frame. After the
-        last block, raises :class:`BlocksNotFoundError` listing the CIDs no provider delivered.
-        Close the generator (``contextlib.aclosing``) when leaving early: that stops the workers.
+        Yields ``(cid, block)`` for each CID (duplicates once), in arrival order, each verified.
+        ``providers`` are asked in parallel (each must be reachable through the libp2p host); their
+        workers run in a nursery this block opens, so leaving the block (early, or by an exception)
+        cancels them. ``timeout_s`` bounds channel set-up and each wait for a provider's next frame.
+        After the last block the iterator raises :class:`BlocksNotFoundError` listing the CIDs no
+        provider delivered.
         """
-        nursery = self._nursery
-        if nursery is None:
-            raise BulkError("BlockFetcher is not running (start BlockFetcher.run first)")
         unique = list(dict.fromkeys(cids))
-        unsupported = [c for c in unique if c.hash_code != SHA2_256]
-        wants = [_Want(cid, i) for i, cid in enumerate(unique) if cid.hash_code == SHA2_256]
         own = self.bulk.local_id
-        peers = [p for p in dict.fromkeys(providers) if p != own]
-        if not peers:
-            raise BlocksNotFoundError(unique, len(unique), "no providers to fetch from")
-        if not wants:
-            if unsupported:
-                raise BlocksNotFoundError(unsupported, len(unique), "they use a hash other than sha2-256")
-            return
-        queue = _WantQueue(wants, peers)
-        results_in, results_out = trio.open_memory_channel[list[tuple[CID, bytes]]](self.output_depth)
-        scope = trio.CancelScope()
-        failures: list[BaseException] = []
+        blocks = _Blocks(
+            unique,
+            [c for c in unique if c.hash_code != SHA2_256],
+            [p for p in dict.fromkeys(providers) if p != own],
+        )
+        wants = [_Want(cid, i) for i, cid in enumerate(unique) if cid.hash_code == SHA2_256]
+        raised: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            if blocks.peers and wants:
+                blocks.queue = _WantQueue(wants, blocks.peers)
+                results_in, blocks.results = trio.open_memory_channel[list[tuple[CID, bytes]]](
+                    self.output_depth
+                )
+                nursery.start_soon(self._supervise, blocks, results_in, timeout_s)
+            try:
+                yield blocks
+            except BaseException as exc:  # re-raised below, outside the nursery, so that the
+                raised = exc  # caller's own exception does not come back in an ExceptionGroup
+            finally:
+                nursery.cancel_scope.cancel()
+                if blocks.results is not None:
+                    blocks.results.close()
+        if raised is not None:
+            raise raised
 
-        async def supervise() -> None:
-            with scope:
-                try:
-                    async with results_in, trio.open_nursery() as workers:
-                        for peer in peers:
-                            workers.start_soon(self._provider, peer, queue, results_in.clone(), timeout_s)
-                except Exception as exc:  # a bug, not a peer's doing: surface it to the caller
-                    failures.append(exc)
-
-        nursery.start_soon(supervise)
+    async def _supervise(
+        self, blocks: _Blocks, results: trio.MemorySendChannel[list[tuple[CID, bytes]]], timeout_s: float
+    ) -> None:
+        assert blocks.queue is not None
         try:
-            async with results_out:
-                async for batch in results_out:
-                    for cid, block in batch:
-                        yield cid, block
-        finally:
-            scope.cancel()
-        if failures:
-            raise BulkError(f"block fetch failed: {failures[0]!r}") from failures[0]
-        missing = sorted(queue.missing, key=lambda w: w.index)
-        if missing or unsupported:
-            detail = f"asked {len(peers)} provider(s)"
-            if unsupported:
-                detail += f"; {len(unsupported)} use a hash other than sha2-256"
-            raise BlocksNotFoundError(unsupported + [w.cid for w in missing], len(unique), detail)
+            async with results, trio.open_nursery() as workers:
+                for peer in blocks.peers:
+                    workers.start_soon(self._provider, peer, blocks.queue, results.clone(), timeout_s)
+        except Exception as exc:  # a bug, not a peer's doing: surface it to the caller
+            blocks.failures.append(exc)
 
     async def _provider(
         self,

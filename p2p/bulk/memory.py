@@ -8,7 +8,7 @@
   so that a framing bug shows in memory tests too.
 - :class:`MemoryNetwork` and :class:`MemoryTransport`: a registry of in-memory nodes, each a
   :class:`~p2p.bulk.seam.ChannelTransport` that refuses channels like
-  :class:`~p2p.bulk.service.BulkService` does and runs handlers in its own nursery (start
+  :class:`~p2p.bulk.service.BulkService` does and runs handlers as tasks it owns (start
   :meth:`MemoryTransport.run`); a node that is not running is unreachable.
 
 Nothing here touches the clock: under ``trio.testing.MockClock`` the only time that passes is the time
@@ -32,6 +32,7 @@ from p2p.bulk.framing import AES_256_GCM, DEFAULT_MAX_PAYLOAD, KEY_SIZE, FrameDe
 from p2p.bulk.handlers import HandlerTable
 from p2p.bulk.handshake import Mode, check_purpose
 from p2p.bulk.seam import FrameChannel, Handler
+from p2p.tasks import FailureHook, OwnedTasks
 
 MAX_CHUNKS = 16
 """Unread writes an in-memory stream buffers before its sender waits."""
@@ -148,16 +149,26 @@ class MemoryNetwork:
 
 
 class MemoryTransport:
-    """One node of a :class:`MemoryNetwork`; see the module docstring."""
+    """One node of a :class:`MemoryNetwork`; see the module docstring.
+
+    Owns (while :meth:`run` runs) the handler tasks of the channels opened to it; ``on_failure``
+    hears of one that failed outside the handler (a handler's own failure is logged by the
+    handler table and ends only its channel).
+    """
 
     def __init__(
-        self, network: MemoryNetwork, peer_id: ID, *, max_payload: int = DEFAULT_MAX_PAYLOAD
+        self,
+        network: MemoryNetwork,
+        peer_id: ID,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.network = network
         self.peer_id = peer_id
         self.max_payload = max_payload
         self.handlers = HandlerTable()
-        self._nursery: trio.Nursery | None = None
+        self._tasks = OwnedTasks("memory-bulk", on_failure=on_failure)
         self.opened = 0
         self.addrs: dict[ID, list[Multiaddr]] = {}
 
@@ -180,17 +191,13 @@ class MemoryTransport:
 
     @property
     def running(self) -> bool:
-        return self._nursery is not None
+        return self._tasks.running
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Accept channels until cancelled; the handlers' channels are cancelled with it (a crash)."""
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                task_status.started()
-                await trio.sleep_forever()
-        finally:
-            self._nursery = None
+        async with self._tasks.open():
+            task_status.started()
+            await trio.sleep_forever()
 
     @asynccontextmanager
     async def open(
@@ -201,7 +208,7 @@ class MemoryTransport:
         check_purpose(purpose)
         mode: Mode = "encrypted" if encrypted else "plain"
         target = self.network.nodes.get(peer_id)
-        if target is None or target._nursery is None:
+        if target is None or not target.running:
             raise HandshakeError(f"cannot reach {peer_id} on the memory network")
         reason = target.handlers.refusal(purpose, mode)
         route = target.handlers.get(purpose)
@@ -215,7 +222,7 @@ class MemoryTransport:
             opener_max_payload=self.max_payload,
             acceptor_max_payload=target.max_payload,
         )
-        target._nursery.start_soon(target.handlers.serve, route, theirs, self.peer_id)
+        target._tasks.spawn("handler", target.handlers.serve, route, theirs, self.peer_id)
         self.opened += 1
         try:
             yield ours

@@ -71,6 +71,7 @@ from p2p.bulk.handshake import (
 from p2p.bulk.memory import memory_channel_pair
 from p2p.bulk.seam import FrameChannel, Handler
 from p2p.host import listening_addrs
+from p2p.tasks import FailureHook, OwnedTasks
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,10 @@ class BulkService:
     ``listen_ips`` default to the IPs of the host's listen addresses (``0.0.0.0`` stays a wildcard);
     all are bound on one port (``port=0``: a random free one). ``max_payload`` is the largest frame
     payload this side accepts (the peer learns it in the handshake).
+
+    Owns, while :meth:`run` runs: the accept loops (a failure there stops the service), one task
+    per accepted connection (handshake, then its handler) and one per loopback channel's far end;
+    a failure in those is logged and passed to ``on_failure(service, task, exc)``.
     """
 
     def __init__(
@@ -101,6 +106,7 @@ class BulkService:
         max_channels: int = 256,
         max_tickets_per_peer: int = 32,
         ciphers: Sequence[str] = CIPHERS,
+        on_failure: FailureHook | None = None,
     ) -> None:
         self.host = host
         self.max_payload = check_max_payload(max_payload)
@@ -115,7 +121,7 @@ class BulkService:
         self._requested_port = port
         self._tickets = TicketBook(ttl_s=ticket_ttl_s, max_per_peer=max_tickets_per_peer)
         self._handlers = HandlerTable()
-        self._nursery: trio.Nursery | None = None
+        self._tasks = OwnedTasks("bulk", on_failure=on_failure)
         self._port = 0
         self._pending = 0
         self.refused_connections = 0
@@ -170,16 +176,14 @@ class BulkService:
         """Listen until cancelled; reports the TCP port once ready. Start it after the host."""
         listeners = await self._listen()
         try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+            async with self._tasks.open(), trio.open_nursery() as accepting:
                 for listener in listeners:
-                    nursery.start_soon(self._accept_loop, listener)
+                    accepting.start_soon(self._accept_loop, listener)
                 self.host.set_stream_handler(PROTOCOL_ID, self._handle_request)
                 log.info("bulk channels listening", extra={"port": self._port})
                 task_status.started(self._port)
                 await trio.sleep_forever()
         finally:
-            self._nursery = None
             self._port = 0
             self.host.remove_stream_handler(PROTOCOL_ID)
             with trio.CancelScope(shield=True):
@@ -210,7 +214,6 @@ class BulkService:
         raise BulkError(f"could not find one free port on all of {ips}")
 
     async def _accept_loop(self, listener: trio.SocketListener) -> None:
-        assert self._nursery is not None
         while True:
             try:
                 stream = await listener.accept()
@@ -225,7 +228,7 @@ class BulkService:
                 await stream.aclose()
                 continue
             self._pending += 1
-            self._nursery.start_soon(self._serve_connection, stream)
+            self._tasks.spawn("connection", self._serve_connection, stream)
 
     async def _serve_connection(self, stream: trio.SocketStream) -> None:
         channel: Channel | None = None
@@ -294,7 +297,7 @@ class BulkService:
                 log.debug("bulk stream reset failed", extra={"error": str(reset_exc)})
 
     def _refusal_reason(self, request: ChannelRequest) -> str | None:
-        if self._nursery is None or not self._port:
+        if not self._tasks.running or not self._port:
             return "not accepting bulk channels"
         if self.active_channels >= self.max_channels:
             return f"busy: {self.active_channels} bulk channels open"
@@ -360,7 +363,7 @@ class BulkService:
         request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
         reason = self._refusal_reason(request)
         route = self._handlers.get(purpose)
-        if reason is not None or route is None or self._nursery is None:
+        if reason is not None or route is None or not self._tasks.running:
             raise RefusedError(f"this node refused a {mode} bulk channel for {purpose!r} to itself: {reason}")
         ours, theirs = memory_channel_pair(
             self.local_id,
@@ -372,7 +375,7 @@ class BulkService:
             acceptor_max_payload=self.max_payload,
         )
         self.loopback_channels += 1
-        self._nursery.start_soon(self._handlers.serve, route, theirs, self.local_id)
+        self._tasks.spawn("loopback", self._handlers.serve, route, theirs, self.local_id)
         try:
             yield ours
         finally:

@@ -164,9 +164,12 @@ def test_remembered_stages_are_served_after_a_restart_and_a_removed_model_does_n
     assert plan["assignments"][0].get("stage_cid") == plan["stages"][0]["cid"]
 
     node.stop()
-    node.start().wait_ready()
-    served = node.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"]
-    assert served == [{"model": cid, "plan": plan["plan"], "stage": 0}]
+    node.start().wait_ready()  # remembered stages are served again in the background
+    expected = [{"model": cid, "plan": plan["plan"], "stage": 0}]
+    wait_for(
+        "the remembered stage to be served again",
+        lambda: node.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"] == expected,
+    )
 
     assert node.api("DELETE", f"/v1/models/{cid}").status_code == 200
     node.stop()

@@ -25,6 +25,7 @@ from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
+from accel_node.models.manifest import TensorSpec
 from accel_node.shard.errors import ShardRequestError, ShardRouteError, ShardWireError
 from accel_node.shard.frames import frames_agree, merge_batches, split_batch
 from accel_node.shard.partition import Partition, partition
@@ -279,6 +280,23 @@ def test_random_corruption_never_escapes_as_another_error() -> None:
             data = data[: rng.randrange(len(data))]
         with suppress(ShardWireError):
             decode_message(bytes(data))
+
+
+def test_a_batch_whose_axis_0_is_not_the_batch_axis_runs_whole() -> None:
+    # A VAD: input [N, T], state [2, N, 128], sr scalar. With N == 2 the first dims of input and
+    # state agree by chance; cutting along 0 would cut the state's two layers apart.
+    vad = (
+        TensorSpec("input", "float32", ("N", "T")),
+        TensorSpec("state", "float32", (2, "N", 128)),
+        TensorSpec("sr", "int64", ()),
+    )
+    feeds = {"input": np.zeros((2, 512), np.float32), "state": np.zeros((2, 2, 128), np.float32)}
+    assert split_batch(feeds, 1, vad[:2]) == [feeds]
+    with_rate = {**feeds, "sr": np.array(16000)}
+    assert split_batch(with_rate, 1, vad) == [with_rate]
+    batch_major = (TensorSpec("x", "float32", ("N", 3)), TensorSpec("ids", "int64", ("N",)))
+    x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+    assert len(split_batch({"x": x, "ids": np.arange(8)}, 3, batch_major)) == 3
 
 
 def test_micro_batches_are_views_and_merge_back_and_frames_compare_within_tolerance() -> None:

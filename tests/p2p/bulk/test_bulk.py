@@ -323,7 +323,6 @@ async def nodes(count: int, **bulk_options: float) -> AsyncIterator[list[Node]]:
             await nursery.start(bulk.run)
             reports: list[ID] = []
             fetcher = BlockFetcher(bulk, on_bad_block=reports.append)
-            await nursery.start(fetcher.run)
             made.append((Node(host, bulk, fetcher, reports), addrs[0]))
         for node, addr in made[:-1]:
             await dial(made[-1][0].host, node.id, addr, timeout_s=5)
@@ -484,9 +483,10 @@ def getter(blocks: dict[CID, bytes]):  # type: ignore[no-untyped-def]
 
 async def collect(node: Node, cids: list[CID], providers: list[ID]) -> dict[CID, bytes]:
     got: dict[CID, bytes] = {}
-    async for cid, data in node.fetcher.fetch(cids, providers, timeout_s=10):
-        assert cid not in got
-        got[cid] = data
+    async with node.fetcher.fetch(cids, providers, timeout_s=10) as blocks:
+        async for cid, data in blocks:
+            assert cid not in got
+            got[cid] = data
     return got
 
 
@@ -544,10 +544,11 @@ async def test_two_providers_in_parallel_and_missing_blocks_are_listed() -> None
         serve_blocks(b.bulk, getter(halves[1]))
         found: dict[CID, bytes] = {}
         with trio.fail_after(30), pytest.raises(BlocksNotFoundError, match="3 of") as caught:
-            async for cid, data in client.fetcher.fetch(
+            async with client.fetcher.fetch(
                 [*cids[:5], absent[0], *cids[5:], *absent[1:]], [a.id, b.id], timeout_s=10
-            ):
-                found[cid] = data
+            ) as found_blocks:
+                async for cid, data in found_blocks:
+                    found[cid] = data
         assert found == blocks
         assert caught.value.missing == absent
 
@@ -619,10 +620,11 @@ async def test_a_provider_that_quits_or_stalls_mid_fetch_is_replaced() -> None:
             flaky.bulk.set_handler("blocks/1", handler)
             with trio.fail_after(20):
                 got = {}
-                async for cid, data in client.fetcher.fetch(
+                async with client.fetcher.fetch(
                     list(blocks), [flaky.id, honest.id], timeout_s=0.5
-                ):
-                    got[cid] = data
+                ) as arriving:
+                    async for cid, data in arriving:
+                        got[cid] = data
             assert got == blocks
 
 

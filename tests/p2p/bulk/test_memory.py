@@ -12,6 +12,10 @@ import trio.testing
 from libp2p.peer.id import ID
 
 from p2p.bulk import (
+    BlockFetcher,
+    BlockServer,
+    BlocksNotFoundError,
+    BulkError,
     ChannelClosed,
     FrameChannel,
     FrameError,
@@ -20,7 +24,10 @@ from p2p.bulk import (
     RefusedError,
     memory_channel_pair,
     memory_stream_pair,
+    serve_blocks,
 )
+from p2p.bulk.blocks import BLOCKS_PURPOSE
+from p2p.content.cid import CID
 
 PEER_A = ID(b"\x00\x24\x08\x01\x12\x20" + bytes(range(32)))
 PEER_B = ID(b"\x00\x24\x08\x01\x12\x20" + bytes(range(1, 33)))
@@ -169,4 +176,68 @@ async def test_a_crashed_memory_node_ends_its_channels(autojump_clock: trio.test
         with pytest.raises(HandshakeError, match="cannot reach"):
             async with client.open(PEER_A, "hold"):
                 pass
+        nursery.cancel_scope.cancel()
+
+
+# -- block fetches on the memory network: the fetch's block owns its workers ---------------------
+
+
+def _blocks(count: int) -> dict[CID, bytes]:
+    datas = [os.urandom(1000 + i) for i in range(count)]
+    return {CID.compute(data): data for data in datas}
+
+
+async def test_leaving_a_fetch_early_cancels_its_workers_and_closes_their_channels() -> None:
+    network = MemoryNetwork()
+    provider, client = network.transport(PEER_A), network.transport(PEER_B)
+    blocks = _blocks(64)
+    closed = trio.Event()
+    server = BlockServer(lambda raw: blocks.get(CID.decode(raw)))
+
+    async def serve_then_watch(channel: FrameChannel, peer_id: ID) -> None:
+        try:
+            await server.handle(channel, peer_id)
+        finally:
+            closed.set()
+
+    provider.set_handler(BLOCKS_PURPOSE, serve_then_watch)
+    fetcher = BlockFetcher(client, batch_blocks=1, window_blocks=1, output_depth=1)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run)
+        await nursery.start(client.run)
+        with trio.fail_after(10):
+            async with fetcher.fetch(list(blocks), [PEER_A]) as arriving:
+                async for cid, data in arriving:
+                    assert blocks[cid] == data
+                    break  # leave with most wants still open
+            await closed.wait()  # the worker was cancelled: its channel is closed, the server ends
+        assert fetcher.blocks_received[PEER_A] < len(blocks)
+        with pytest.raises(BulkError, match="inside its async with block"):
+            await arriving.__anext__()
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_exception_in_a_fetch_block_comes_out_as_itself() -> None:
+    network = MemoryNetwork()
+    provider, client = network.transport(PEER_A), network.transport(PEER_B)
+    blocks = _blocks(8)
+    serve_blocks(provider, lambda raw: blocks.get(CID.decode(raw)))
+    fetcher = BlockFetcher(client)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(provider.run)
+        await nursery.start(client.run)
+        with trio.fail_after(10):
+            with pytest.raises(KeyError, match="the caller's own"):  # not an ExceptionGroup
+                async with fetcher.fetch(list(blocks), [PEER_A]) as arriving:
+                    async for _ in arriving:
+                        raise KeyError("the caller's own")
+            got: dict[CID, bytes] = {}
+            async with fetcher.fetch(list(blocks), [PEER_A]) as arriving:
+                async for cid, data in arriving:
+                    got[cid] = data
+            assert got == blocks
+            with pytest.raises(BlocksNotFoundError, match="no providers"):
+                async with fetcher.fetch(list(blocks), []) as arriving:
+                    async for _ in arriving:
+                        pass
         nursery.cancel_scope.cancel()
