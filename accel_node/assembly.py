@@ -8,8 +8,10 @@ node (:mod:`accel_node.node`) runs the records in layers, so that shutdown can g
 - :class:`Substrate`: the libp2p host, the DHT, GossipSub, the network service, bulk channels;
 - :class:`Content`: the block store, Bitswap, the trust store, the model service and its backend;
 - :class:`Runtime`: hardware profile, the model library, the inference service;
-- :class:`Sharding`: the stage server, the router, the shard service;
-- :class:`Announcing`: the capability record and presence heartbeats, which say what the others offer;
+- :class:`~accel_node.shard.served.ServedStages`: the stage server and the registry of what it serves;
+- :class:`Announcing`: the capability record and presence heartbeats, which say what the others offer
+  (models held, inference queue, stages served), told so when they are built;
+- :class:`Sharding`: the router and the shard service (the stage server comes with ``ServedStages``);
 - :func:`build_core`: the core API over all of them (what the control API serves).
 
 Nothing here starts anything; building has no side effects beyond creating directories.
@@ -43,6 +45,7 @@ from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
 from accel_node.shard.router import ShardRouter
+from accel_node.shard.served import ServedStages
 from accel_node.shard.server import StageServer
 from accel_node.shard.service import ShardService
 from accel_node.store import AsyncStore
@@ -54,6 +57,7 @@ from p2p.content.kubo_rpc import KuboRpcClient
 from p2p.dht import RecordDHT
 from p2p.host import HostSettings, build_host, run_host
 from p2p.pubsub import PubSub
+from p2p.tasks import FailureHook
 
 Starter = Callable[..., Awaitable[Any]]
 
@@ -97,7 +101,7 @@ def build_substrate(basis: Basis) -> Substrate:
         dht=RecordDHT(host, namespace=capability.NAMESPACE, kinds=[capability.KIND]),
         pubsub=PubSub(host),
         network=PeerNetwork(host, basis.store, cfg.p2p, basis.metrics),
-        bulk=BulkService(host, port=cfg.shard.bulk_port),
+        bulk=BulkService(host, port=cfg.shard.bulk_port, on_failure=basis.metrics.background_failure),
         auto_connect=cfg.p2p.auto_connect,
     )
 
@@ -125,7 +129,7 @@ def build_content(basis: Basis, *, substrate: Substrate) -> Content:
         home=home,
         store=store,
         blocks=blocks,
-        backend=_content_backend(cfg, substrate, blocks, bitswap),
+        backend=_content_backend(cfg, substrate, blocks, bitswap, basis.metrics.background_failure),
         trust=trust,
         limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
     )
@@ -133,12 +137,12 @@ def build_content(basis: Basis, *, substrate: Substrate) -> Content:
 
 
 def _content_backend(
-    cfg: Config, substrate: Substrate, blocks: BlockStore, bitswap: BitswapService
+    cfg: Config, substrate: Substrate, blocks: BlockStore, bitswap: BitswapService, on_failure: FailureHook
 ) -> ContentBackend:
     """Where model blocks come from and go to: a Kubo node over RPC, or our own bulk channels and
     Bitswap with providers from the DHT."""
     if cfg.ipfs.backend == "kubo":
-        return KuboBackend(kubo=KuboRpcClient(cfg.ipfs.kubo_api), blocks=blocks)
+        return KuboBackend(kubo=KuboRpcClient(cfg.ipfs.kubo_api), blocks=blocks, on_failure=on_failure)
     penalties = bitswap.penalties
     fetcher = BlockFetcher(substrate.bulk, on_bad_block=lambda peer: penalties.penalise(peer, "bad-block"))
     return EmbeddedBackend(host=substrate.host, bitswap=bitswap, dht=substrate.dht, fetcher=fetcher)
@@ -156,7 +160,8 @@ class Runtime:
 
 def build_runtime(basis: Basis, *, content: Content) -> Runtime:
     cfg, home, store = basis.config, basis.home, basis.store
-    hardware = HardwareService(store=store, disk_dir=home, auto=cfg.profile.auto)
+    failure = basis.metrics.background_failure
+    hardware = HardwareService(store=store, disk_dir=home, auto=cfg.profile.auto, on_failure=failure)
     library = ModelLibrary(home=home, models=content.models, store=store, hardware=hardware)
     inference = InferenceService(
         RuntimeSettings(**cfg.runtime.model_dump()),
@@ -164,6 +169,7 @@ def build_runtime(basis: Basis, *, content: Content) -> Runtime:
         variant_path=library.variant_path,
         record=library.record,
         metrics=RuntimeMetrics(basis.metrics.registry),
+        on_failure=failure,
     )
     return Runtime(hardware=hardware, library=library, inference=inference)
 
@@ -177,8 +183,20 @@ class Announcing:
         return [self.capabilities.run, self.presence.run]
 
 
-def build_announcing(basis: Basis, *, substrate: Substrate, runtime: Runtime) -> Announcing:
+def build_announcing(
+    basis: Basis, *, substrate: Substrate, content: Content, runtime: Runtime, served: ServedStages
+) -> Announcing:
+    """The capability record and heartbeats, told where what they announce comes from: the models
+    held, the inference queue, and the stages served (``served``, filled by the shard service)."""
     cfg, key_pair, store, metrics = basis.config, basis.key_pair, basis.store, basis.metrics
+    models, inference = content.models, runtime.inference
+
+    async def installed() -> list[str]:
+        return [str(m["cid"]) for m in await models.list()]
+
+    def queue_depth() -> int:
+        return sum(int(b["queue_depth"]) for b in inference.stats()["batchers"].values())
+
     capabilities = capability.CapabilityService(
         key_pair=key_pair,
         dht=substrate.dht,
@@ -188,6 +206,7 @@ def build_announcing(basis: Basis, *, substrate: Substrate, runtime: Runtime) ->
         settings=cfg.p2p,
         metrics=metrics,
         name=node_name(cfg),
+        offer=capability.Offer(models=installed, queue_depth=queue_depth, shards=served.entries),
     )
     presence = PresenceService(
         key_pair=key_pair,
@@ -196,6 +215,7 @@ def build_announcing(basis: Basis, *, substrate: Substrate, runtime: Runtime) ->
         network=substrate.network,
         settings=cfg.p2p,
         metrics=metrics,
+        queue_depth=queue_depth,
     )
     return Announcing(capabilities=capabilities, presence=presence)
 
@@ -210,17 +230,31 @@ class Sharding:
         return [self.server.run, self.router.run, self.shards.run]
 
 
-def build_sharding(
-    basis: Basis, *, substrate: Substrate, content: Content, runtime: Runtime, announcing: Announcing
-) -> Sharding:
+def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
+    """The stage server and the registry of what it serves (built before the announcements, which
+    say what it serves, and the shard service, which needs them)."""
     cfg = basis.config
-    penalties = substrate.network.penalties
     server = StageServer(
         substrate.bulk,
-        penalties=penalties,
+        penalties=substrate.network.penalties,
         intra_op_threads=cfg.runtime.intra_op_threads,
         hop_timeout_s=cfg.shard.hop_timeout_s,
     )
+    return ServedStages(server)
+
+
+def build_sharding(
+    basis: Basis,
+    *,
+    substrate: Substrate,
+    content: Content,
+    runtime: Runtime,
+    announcing: Announcing,
+    served: ServedStages,
+) -> Sharding:
+    cfg = basis.config
+    penalties = substrate.network.penalties
+    server = served.server
     router = ShardRouter(
         substrate.bulk,
         penalties=penalties,
@@ -240,24 +274,10 @@ def build_sharding(
         server=server,
         router=router,
         settings=cfg.shard,
+        served=served,
+        on_failure=basis.metrics.background_failure,
     )
     return Sharding(server=server, router=router, shards=shards)
-
-
-def offer(*, announcing: Announcing, content: Content, runtime: Runtime, sharding: Sharding) -> None:
-    """What the capability record and heartbeats say this node offers (models, load, stages)."""
-    models, inference = content.models, runtime.inference
-
-    async def installed() -> list[str]:
-        return [str(m["cid"]) for m in await models.list()]
-
-    def queue_depth() -> int:
-        return sum(int(b["queue_depth"]) for b in inference.stats()["batchers"].values())
-
-    announcing.capabilities.offer.models = installed
-    announcing.capabilities.offer.queue_depth = queue_depth
-    announcing.capabilities.offer.shards = sharding.shards.entries
-    announcing.presence.queue_depth = queue_depth
 
 
 def node_name(cfg: Config) -> str:

@@ -96,7 +96,8 @@ class CapabilityBody(_Body):
 
 @dataclass
 class Offer:
-    """What this node offers right now; the services that know fill these in (the node wires them)."""
+    """Where the capability record's changing parts come from (what the node holds, serves, queues);
+    given to :class:`CapabilityService` when it is built (:func:`accel_node.assembly.build_announcing`)."""
 
     models: Callable[[], Awaitable[list[str]]] | None = None
     queue_depth: Callable[[], int] = lambda: 0
@@ -135,6 +136,7 @@ class CapabilityService:
         settings: P2PSection,
         metrics: NodeMetrics,
         name: str,
+        offer: Offer | None = None,
     ) -> None:
         self._key_pair = key_pair
         self.dht = dht
@@ -147,7 +149,7 @@ class CapabilityService:
         self._seq = 0
         self._republish = trio.Event()
         self.last_published: dict[str, Any] | None = None
-        self.offer = Offer()
+        self.offer = offer or Offer()
         hardware.on_profile.append(lambda _profile: self._republish.set())
         psutil.cpu_percent(interval=None)  # prime the counter; the first reading is meaningless
 

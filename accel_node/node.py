@@ -38,9 +38,9 @@ from accel_node.assembly import (
     build_core,
     build_runtime,
     build_sharding,
+    build_stage_server,
     build_substrate,
     node_name,
-    offer,
 )
 from accel_node.config import Config
 from accel_node.home import NodeHome
@@ -106,11 +106,13 @@ class Node:
         substrate = build_substrate(basis)
         content = build_content(basis, substrate=substrate)
         runtime = build_runtime(basis, content=content)
-        announcing = build_announcing(basis, substrate=substrate, runtime=runtime)
-        sharding = build_sharding(
-            basis, substrate=substrate, content=content, runtime=runtime, announcing=announcing
+        served = build_stage_server(basis, substrate=substrate)
+        announcing = build_announcing(
+            basis, substrate=substrate, content=content, runtime=runtime, served=served
         )
-        offer(announcing=announcing, content=content, runtime=runtime, sharding=sharding)
+        sharding = build_sharding(
+            basis, substrate=substrate, content=content, runtime=runtime, announcing=announcing, served=served
+        )
         self.core = build_core(
             basis,
             substrate=substrate,

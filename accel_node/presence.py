@@ -55,6 +55,7 @@ class PresenceService:
         network: PeerNetwork,
         settings: P2PSection,
         metrics: NodeMetrics,
+        queue_depth: Callable[[], int] | None = None,
     ) -> None:
         self._key_pair = key_pair
         self._pubsub = pubsub
@@ -63,7 +64,7 @@ class PresenceService:
         self._settings = settings
         self._metrics = metrics
         self._seq = int(time.time() * 1000)
-        self.queue_depth: Callable[[], int] = lambda: 0  # the node wires the inference queue in
+        self.queue_depth: Callable[[], int] = queue_depth or (lambda: 0)  # requests waiting for inference
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         subscription = await self._pubsub.subscribe(TOPIC)

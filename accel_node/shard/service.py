@@ -49,6 +49,7 @@ from accel_node.shard.plan import (
     verified_stages,
 )
 from accel_node.shard.router import LocalStages, ShardRouter
+from accel_node.shard.served import ServedStages
 from accel_node.shard.server import StageServer
 from accel_node.store import AsyncStore, PeerRecord
 from p2p.dht import RecordDHT
@@ -84,6 +85,7 @@ class ShardService:
         server: StageServer,
         router: ShardRouter,
         settings: ShardSection,
+        served: ServedStages | None = None,
         on_failure: FailureHook | None = None,
     ) -> None:
         self._key_pair = key_pair
@@ -98,7 +100,7 @@ class ShardService:
         self.router = router
         self._settings = settings
         self.local_id: ID = network.host.get_id()
-        self._served: dict[tuple[str, int], str] = {}  # (plan cid, stage) -> model cid
+        self.served = served or ServedStages(server)
         self._routes: dict[str, tuple[float, ShardPlan, list[list[ID]]]] = {}  # plan cid -> (expiry, ...)
         self._referees: dict[str, LocalStages | None] = {}  # plan cid -> stages to referee with
         self._tasks = OwnedTasks("shard", on_failure=on_failure)
@@ -115,7 +117,7 @@ class ShardService:
             task_status.started()
             while True:
                 await trio.sleep(REANNOUNCE_S)
-                for (_, stage), model_cid in list(self._served.items()):
+                for (_, stage), model_cid in list(self.served):
                     await directory.announce(self._dht, model_cid, stage)
 
     async def _serve_remembered(self) -> None:
@@ -132,20 +134,7 @@ class ShardService:
 
     def entries(self) -> list[ShardEntry]:
         """What the capability record says about the stages served here."""
-        loads = {(load.model, load.stage): load for load in self.server.loads()}
-        out = []
-        for (plan_cid, stage), model_cid in sorted(self._served.items()):
-            load = loads.get((plan_cid, stage))
-            out.append(
-                ShardEntry(
-                    model=model_cid,
-                    stage=stage,
-                    plan=plan_cid,
-                    queue_depth=load.queued if load else 0,
-                    busy=min(1.0, load.busy_fraction) if load else 0.0,
-                )
-            )
-        return out
+        return self.served.entries()
 
     # -- planning ----------------------------------------------------------------------------
 
@@ -244,14 +233,14 @@ class ShardService:
         if not 0 <= stage < len(stages):
             raise PlanError(f"plan {plan_cid} has {len(stages)} stages; there is no stage {stage}")
         await self.server.serve(plan_cid, stage, stages[stage].model_bytes, stages[stage])
-        self._served[(plan_cid, stage)] = model_cid
+        self.served.add(plan_cid, stage, model_cid)
         await self._store.set_served(plan_cid, stage, model_cid=model_cid, served=True)
         await directory.announce(self._dht, model_cid, stage)
         self._capabilities.republish_soon()
         return {"model": model_cid, "plan": plan_cid, "stage": stage, "stage_cid": plan.stages[stage].cid}
 
     async def unserve(self, plan_cid: str, stage: int) -> bool:
-        model_cid = self._served.pop((plan_cid, stage), None)
+        model_cid = self.served.remove(plan_cid, stage)
         self.server.unserve(plan_cid, stage)
         if model_cid is not None:
             await self._store.set_served(plan_cid, stage, model_cid=model_cid, served=False)
@@ -280,7 +269,7 @@ class ShardService:
                     replicas = await self.replicas(plan, row.plan_cid, stage["index"])
                     stage["peers"] = [str(p) for p in replicas]
             plans.append(view)
-        served = [{"model": m, "plan": p, "stage": s} for (p, s), m in sorted(self._served.items())]
+        served = [{"model": m, "plan": p, "stage": s} for (p, s), m in self.served]
         return {"plans": plans, "served": served, "loads": [vars(load) for load in self.server.loads()]}
 
     def _plan_view(self, plan_cid: str, plan: ShardPlan) -> dict[str, Any]:
@@ -320,7 +309,7 @@ class ShardService:
             return (1.0 + load) * flops / (gflops * 1e6) + rtt_ms
 
         ranked: list[tuple[float, ID]] = []
-        if (plan_cid, stage) in self._served:
+        if (plan_cid, stage) in self.served:
             own = await self._capabilities.body()
             ranked.append((expected_ms(self._gflops(own), self._queue(plan_cid, stage), 0.0), self.local_id))
         for peer in candidates:
@@ -408,7 +397,7 @@ class ShardService:
 
     async def _replace_locally(self, cid: str, plan_cid: str, stage: int) -> bool:
         """Serve ``stage`` here after every replica failed; whether that worked."""
-        if (plan_cid, stage) in self._served:
+        if (plan_cid, stage) in self.served:
             return False
         try:
             await self.serve(cid, stage, plan_cid)
