@@ -26,9 +26,9 @@ from accel_node.metrics import NodeMetrics
 from accel_node.network import PeerNetwork
 from accel_node.store import AsyncStore, Replay
 from p2p.addrs import parse_peer_addr
-from p2p.errors import InvalidAddressError
+from p2p.errors import InvalidAddressError, RecordError
 from p2p.pubsub import MAX_MESSAGE_BYTES, PubSub, messages
-from p2p.records import RecordError, decode_record, sign_record
+from p2p.records import decode_record, sign_record
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,9 @@ from libp2p.records.validator import NamespacedValidator, Validator
 from libp2p.tools.anyio_service import background_trio_service
 from trio_typing import TaskStatus
 
+from p2p.errors import RecordError
 from p2p.liblogs import route_libp2p_logs
-from p2p.records import MAX_RECORD_BYTES, RecordError, SignedRecord, decode_record
+from p2p.records import MAX_RECORD_BYTES, SignedRecord, decode_record
 
 log = logging.getLogger(__name__)
 route_libp2p_logs()  # py-libp2p's records go through the application's logging (see p2p.liblogs)

@@ -27,3 +27,11 @@ class PingError(P2PError):
 
 class NotRunningError(P2PError, RuntimeError):
     """Work was handed to a service whose ``run`` is not running (not started yet, or stopped)."""
+
+
+class PerfError(P2PError):
+    """A perf measurement failed or the peer broke the protocol."""
+
+
+class RecordError(P2PError, ValueError):
+    """A record is malformed, oversize, wrongly signed or expired."""

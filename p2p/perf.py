@@ -23,7 +23,7 @@ from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 
-from p2p.errors import P2PError
+from p2p.errors import PerfError
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +34,6 @@ MAX_ECHO_BYTES = 64
 MAX_TRANSFER_BYTES = 256 * 1024 * 1024
 CHUNK = 64 * 1024
 _ZEROS = bytes(CHUNK)
-
-
-class PerfError(P2PError):
-    """A perf measurement failed or the peer broke the protocol."""
 
 
 @dataclass(frozen=True)

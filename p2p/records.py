@@ -26,7 +26,7 @@ from libp2p.crypto.serialization import deserialize_public_key
 from libp2p.peer.id import ID
 
 from p2p.codec.cbor import load_map
-from p2p.errors import P2PError
+from p2p.errors import RecordError
 
 DOMAIN = b"accel-node/record/v1\n"
 MAX_RECORD_BYTES = 16 * 1024
@@ -36,10 +36,6 @@ FIELDS = frozenset({"kind", "peer", "seq", "expires_at", "body", "pubkey", "sig"
 MAX_SEQ = (1 << 63) - 1
 MAX_KIND_CHARS = 64
 MAX_PEER_BYTES = 128
-
-
-class RecordError(P2PError, ValueError):
-    """A record is malformed, oversize, wrongly signed or expired."""
 
 
 @dataclass(frozen=True)

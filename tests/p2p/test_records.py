@@ -11,8 +11,9 @@ from libp2p.peer.id import ID
 
 from accel_node.store import AsyncStore, Replay
 from p2p.dht import SignedRecordValidator, record_key
+from p2p.errors import RecordError
 from p2p.identity import generate_identity, peer_id_of
-from p2p.records import MAX_RECORD_BYTES, RecordError, decode_record, sign_record
+from p2p.records import MAX_RECORD_BYTES, decode_record, sign_record
 
 VALIDATOR = SignedRecordValidator("accel", ["cap"])
 
