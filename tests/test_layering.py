@@ -58,10 +58,11 @@ def test_every_module_imports() -> None:
 
 
 def test_cli_does_not_import_node_internals() -> None:
-    """The CLI client commands start fast: no libp2p, trio or node import for `status` & co."""
+    """The CLI client commands start fast: no libp2p, trio, numpy or node import for `status` & co."""
     code = (
         "import sys\nimport accel_node.cli.main, accel_node.client\n"
-        "bad = [m for m in ('libp2p', 'accel_node.node', 'accel_node.network') if m in sys.modules]\n"
+        "slow = ('libp2p', 'trio', 'numpy', 'onnxruntime', 'accel_node.node', 'accel_node.network')\n"
+        "bad = [m for m in slow if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     result = subprocess.run(

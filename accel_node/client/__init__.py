@@ -10,5 +10,11 @@ never drift apart (a test regenerates it and compares).
 from accel_node.client._async import AsyncClient
 from accel_node.client._sync import Client
 from accel_node.client.common import RawOutput, daemon_address
+from accel_node.core.contract import CoreApi
 
 __all__ = ["AsyncClient", "Client", "RawOutput", "daemon_address"]
+
+
+def as_core(client: AsyncClient) -> CoreApi:
+    """``client`` as the contract; mypy checks here that the HTTP client implements every domain."""
+    return client

@@ -11,9 +11,7 @@ the same status and code.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Protocol
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Protocol
 
 from accel_node.core.schemas import (
     BenchRequest,
@@ -36,7 +34,11 @@ from accel_node.core.schemas import (
     TrustedKeys,
 )
 
-Arrays = dict[str, np.ndarray[Any, Any]]
+if TYPE_CHECKING:  # annotations only: the CLI imports this module and never needs numpy
+    import numpy as np
+
+    Arrays = dict[str, np.ndarray[Any, Any]]
+
 JsonObject = dict[str, Any]
 
 

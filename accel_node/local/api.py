@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from accel_node.capability import CapabilityService
 from accel_node.config import Config
+from accel_node.core.contract import CoreApi
 from accel_node.hardware import HardwareService
 from accel_node.local.hardware import LocalHardware
 from accel_node.local.inference import LocalInference
@@ -83,3 +84,8 @@ class LocalApi:
     @property
     def shards(self) -> LocalShards:
         return self._shards
+
+
+def as_core(api: LocalApi) -> CoreApi:
+    """``api`` as the contract; mypy checks here that the in-process API implements every domain."""
+    return api
