@@ -18,14 +18,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from accel_node.runtime.tensors import (
-    NPY_TYPE,
-    NPZ_TYPE,
-    Arrays,
-)
 
 from accel_node.client import Client
 from accel_node.core import endpoints as E
+from accel_node.runtime.codecs import NPY_TYPE, NPZ_TYPE
+from accel_node.runtime.validation import Arrays
 from scripts.bench.cpu import CpuWindow, busy_cpu_s, own_cpu_s, share_of_all_cpus, wait_quiet
 from scripts.bench.harness import Daemon
 from scripts.bench.stats import latency_ms, percentile

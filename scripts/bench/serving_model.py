@@ -10,18 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from accel_node.runtime.tensors import (
-    Arrays,
-    TensorLimits,
-    decode_response,
-    random_inputs,
-)
 
+from accel_node.api.media import decode_response
 from accel_node.client import Client
 from accel_node.core import endpoints as E
 from accel_node.core.schemas import PublishRequest
 from accel_node.models.manifest import TensorSpec
+from accel_node.runtime.codecs import TensorLimits
 from accel_node.runtime.sessions import create_session
+from accel_node.runtime.synthetic import random_inputs
+from accel_node.runtime.validation import Arrays
 from scripts.bench.cpu import CpuWindow
 from scripts.bench.harness import Daemon
 from scripts.bench.harness import log_timed as log
