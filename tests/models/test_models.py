@@ -91,7 +91,8 @@ def test_publish_on_a_fetch_on_c_through_b(start_daemon: Callable[..., Daemon], 
     assert c.api.models.show(str(v2["cid"])).cid == v2["cid"]
     unknown = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
     assert api_error(lambda: c.api.models.show(unknown)).http_status == 404
-    assert api_error(lambda: c.api.models.fetch("not-a-cid")).http_status == 422
+    malformed = api_error(lambda: c.api.models.fetch("not-a-cid"))
+    assert (malformed.http_status, malformed.error_code) == (400, "invalid_cid")
 
 
 def test_expired_manifest_is_refused(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
@@ -177,7 +178,8 @@ def test_fetch_progress_is_reported_while_it_runs(
         assert api.models.fetches().fetches == []
         never = str(published["cid"])[:-2] + "aa"
         assert api_error(lambda: api.models.fetch_progress(never)).http_status in (404, 422)
-        assert api_error(lambda: api.models.fetch_progress("not-a-cid")).http_status == 422
+        malformed = api_error(lambda: api.models.fetch_progress("not-a-cid"))
+        assert (malformed.http_status, malformed.error_code) == (400, "invalid_cid")
     result = outcome["result"]
     assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
     assert cid in result.stdout  # type: ignore[attr-defined]
