@@ -286,12 +286,13 @@ class ShardsClient:
 class Client:
     """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``models``,
     ``inference``, ``shards``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
-    status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`."""
+    status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`.
+    A ``token`` of None sends no ``Authorization`` header (what a test of the 401 answers needs)."""
 
     def __init__(
         self,
         url: str,
-        token: str,
+        token: str | None,
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,

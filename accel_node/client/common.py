@@ -46,8 +46,8 @@ def daemon_address(home: NodeHome) -> tuple[str, str]:
     return str(info["url"]), home.token()
 
 
-def auth_headers(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
 def unreachable(url: str, exc: httpx.TransportError) -> DaemonNotRunningError:

@@ -19,9 +19,10 @@ What it does:
    node's second publication, for the daemons' CPU use to settle, and for a probe lookup of the node
    farthest from node 0 to succeed.
 4. Measures ``--lookups`` capability lookups, one at a time: for random (source, target) pairs with
-   source != target, ``GET /v1/peers/{target}`` on the source's API (one keep-alive ``httpx.Client``
-   per source). A lookup fails when ``capability`` is null or was not verified during the request
-   (the endpoint falls back to the copy in the source's peer table when the network lookup fails).
+   source != target, ``GET /v1/peers/{target}`` on the source's API (one keep-alive typed client,
+   ``accel_node.client.Client``, per source, timing its raw ``transport.send``). A lookup fails
+   when ``capability`` is null or was not verified during the request (the endpoint falls back to
+   the copy in the source's peer table when the network lookup fails).
    The baseline, measured in the same run on the same sources and clients, is ``GET /v1/status``:
    the floor of the HTTP/API path. Each pair runs both requests, in alternating order.
 
@@ -54,8 +55,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from accel_node.client import Client
+from accel_node.core import endpoints as E
+from accel_node.errors import DaemonNotRunningError
 from scripts.bench.cpu import wait_quiet
 from scripts.bench.dht_network import (
     build_edges,
@@ -66,6 +68,7 @@ from scripts.bench.dht_network import (
     lookup,
     p2p_addr,
     scan_logs,
+    timed_out,
 )
 from scripts.bench.dht_report import render, summarize_lookups
 from scripts.bench.harness import (
@@ -134,7 +137,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         base_env=daemon_env(args),
     )
     daemons = list(cluster)
-    clients: list[httpx.Client] = []
+    clients: list[Client] = []
     try:
         # 1. start all daemons at once, then wait for every api.json
         log(f"starting {n} daemons in {tmp}")
@@ -261,8 +264,10 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 if what == "status":
                     s0 = time.perf_counter()
                     try:
-                        client.get("/v1/status").raise_for_status()
-                    except httpx.TimeoutException:
+                        client.transport.send(E.STATUS)
+                    except DaemonNotRunningError as exc:
+                        if not timed_out(exc):
+                            raise
                         log(f"GET /v1/status on node {a} timed out")
                     status_ms.append((time.perf_counter() - s0) * 1e3)
                 else:

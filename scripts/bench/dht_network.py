@@ -12,6 +12,9 @@ from typing import Any
 
 import httpx
 
+from accel_node.client import Client
+from accel_node.core import endpoints as E
+from accel_node.errors import ApiError, DaemonNotRunningError
 from scripts.bench.harness import Daemon
 
 LOG_LINE = re.compile(r"^\S+Z\s+(WARNING|ERROR|CRITICAL)\s")  # accel_node's text log format
@@ -51,13 +54,20 @@ def hop_matrix(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
     return dist
 
 
-def lookup(client: httpx.Client, peer_id: str) -> tuple[float, int, dict[str, Any] | None, float]:
+def timed_out(exc: DaemonNotRunningError) -> bool:
+    """Whether the typed client's transport error is a timeout (the daemon is slow, not gone)."""
+    return isinstance(exc.__cause__, httpx.TimeoutException)
+
+
+def lookup(client: Client, peer_id: str) -> tuple[float, int, dict[str, Any] | None, float]:
     """One capability lookup: (seconds, status code, body or None, unix time at start)."""
     wall = time.time()
     t0 = time.perf_counter()
     try:
-        response = client.get(f"/v1/peers/{peer_id}")
-    except httpx.TimeoutException:
+        response = client.transport.send(E.PEER, path={"peer_id": peer_id}, checked=False)
+    except DaemonNotRunningError as exc:
+        if not timed_out(exc):
+            raise
         return time.perf_counter() - t0, 0, None, wall
     elapsed = time.perf_counter() - t0
     body = (
@@ -80,16 +90,17 @@ def p2p_addr(daemon: Daemon) -> str:
     return addr if "/p2p/" in addr else f"{addr}/p2p/{daemon.peer_id}"
 
 
-def connected_counts(clients: list[httpx.Client]) -> list[int]:
-    return [int(c.get("/v1/status").json()["connected_peers"]) for c in clients]
+def connected_counts(clients: list[Client]) -> list[int]:
+    return [c.node.status().connected_peers for c in clients]
 
 
-def connect_topology(clients: list[httpx.Client], addrs: list[str], edges: list[tuple[int, int]]) -> None:
+def connect_topology(clients: list[Client], addrs: list[str], edges: list[tuple[int, int]]) -> None:
     def one(edge: tuple[int, int]) -> None:
         a, b = edge
-        response = clients[a].post("/v1/peers/connect", json={"addr": addrs[b]})
-        if response.status_code != 200:
-            raise RuntimeError(f"connect {a} -> {b} failed: {response.status_code} {response.text[:300]}")
+        try:
+            clients[a].peers.connect(addrs[b])
+        except ApiError as exc:
+            raise RuntimeError(f"connect {a} -> {b} failed: {exc}") from exc
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, edges))

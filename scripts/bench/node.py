@@ -12,8 +12,9 @@ virtual machines are noisy):
    for ``--idle`` seconds, against a bare py-libp2p host process with the same transport (Noise,
    yamux, built by ``p2p.host.build_host``) idling the same time. RSS is sampled a few times and
    the median is reported; the target is daemon/bare <= 1.5.
-2. ``GET /v1/status`` with ``--concurrency`` clients (each a keep-alive ``httpx.Client`` in its own
-   thread), against ``GET /healthz`` (no token, trivial handler) measured the same way, so that the
+2. ``GET /v1/status`` with ``--concurrency`` clients (each a keep-alive typed client,
+   ``accel_node.client.Client``, in its own thread, timing its raw ``transport.send``), against
+   ``GET /healthz`` (no token, trivial handler) measured the same way, so that the
    ratio status/healthz isolates the handler's cost from the server's and the client's. Endpoints
    are measured in alternating order over ``--rounds`` rounds; each figure is the median over
    rounds. The target is a status p50 <= 2 ms. The clients run on the same machine as the daemon
@@ -34,8 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from accel_node.client import Client
+from accel_node.core import endpoints as E
 from scripts.bench.harness import (
     LOOPBACK_ENV,
     MIB,
@@ -121,23 +122,23 @@ def measure_idle_rss(daemon: Process, bare: Process, idle_s: float, samples: int
 def measure_api(daemon: Daemon, args: argparse.Namespace) -> dict[str, Any]:
     url = str(daemon.info["url"])
     token = (Path(args.home_dir) / "api.token").read_text().strip()
-    auth = {"Authorization": f"Bearer {token}"}
 
     def daemon_cpu_s() -> float:
         return daemon.cpu_s(reaped_children=True)
 
-    endpoints = {"healthz": ("/healthz", {}), "status": ("/v1/status", auth)}
+    endpoints = {"healthz": (E.HEALTH, None), "status": (E.STATUS, token)}
     loaded: dict[str, list[LoadResult]] = {k: [] for k in endpoints}
     single: dict[str, list[LoadResult]] = {k: [] for k in endpoints}
-    with httpx.Client(base_url=url, headers=auth, timeout=30.0) as metrics_client:
+    with Client(url, token, timeout_s=30.0) as metrics_client:
         for rnd in range(args.rounds):
             order = list(endpoints) if rnd % 2 == 0 else list(reversed(endpoints))
             for key in order:
-                path, headers = endpoints[key]
+                endpoint, key_token = endpoints[key]
+                path = endpoint.path
                 result = run_load(
                     url,
-                    path,
-                    headers,
+                    key_token,
+                    endpoint,
                     total=args.requests,
                     concurrency=args.concurrency,
                     warmup=args.warmup,
@@ -153,8 +154,8 @@ def measure_api(daemon: Daemon, args: argparse.Namespace) -> dict[str, Any]:
                 if args.single_requests > 0:
                     one = run_load(
                         url,
-                        path,
-                        headers,
+                        key_token,
+                        endpoint,
                         total=args.single_requests,
                         concurrency=1,
                         warmup=args.warmup,

@@ -1,5 +1,8 @@
 """The node benchmark's HTTP load: GETs from threads with keep-alive clients, timed, with the
-daemon's and this process's CPU per request and the daemon's own in-app time (its histogram)."""
+daemon's and this process's CPU per request and the daemon's own in-app time (its histogram).
+
+Each thread holds one typed client (:class:`accel_node.client.Client`, one keep-alive connection)
+and times its raw ``transport.send``: one HTTP request per call, no decoding into models."""
 
 from __future__ import annotations
 
@@ -10,8 +13,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import httpx
-
+from accel_node.client import Client
+from accel_node.core import endpoints as E
+from accel_node.core.endpoints import Endpoint
 from scripts.bench.cpu import busy_cpu_s, share_of_all_cpus
 from scripts.bench.stats import percentile
 
@@ -30,8 +34,8 @@ class LoadResult:
     other_cpu_pct: float  # CPU used by other processes during the run, % of all CPUs (noise)
 
 
-def _metrics_sum_count(client: httpx.Client, route: str) -> tuple[float, float]:
-    text = client.get("/metrics").text
+def _metrics_sum_count(client: Client, route: str) -> tuple[float, float]:
+    text = client.transport.send(E.METRICS).text
     found: dict[str, float] = {}
     for suffix in ("sum", "count"):
         pattern = (
@@ -45,16 +49,18 @@ def _metrics_sum_count(client: httpx.Client, route: str) -> tuple[float, float]:
 
 def run_load(
     url: str,
-    path: str,
-    headers: dict[str, str],
+    token: str | None,
+    endpoint: Endpoint,
     *,
     total: int,
     concurrency: int,
     warmup: int,
     server_cpu: Callable[[], float],
-    metrics_client: httpx.Client,
+    metrics_client: Client,
 ) -> LoadResult:
-    """``total`` GETs of ``path`` from ``concurrency`` threads with one keep-alive client each."""
+    """``total`` requests to ``endpoint`` from ``concurrency`` threads with one keep-alive client
+    each (``token`` None: sent without one)."""
+    path = endpoint.path
     counter = itertools.count()
     barrier = threading.Barrier(concurrency + 1)
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
@@ -64,14 +70,15 @@ def run_load(
     def worker(i: int) -> None:
         lat = latencies[i]
         try:
-            with httpx.Client(base_url=url, headers=headers, timeout=30.0) as client:
+            with Client(url, token, timeout_s=30.0) as client:
+                send = client.transport.send
                 for _ in range(warmup):
-                    client.get(path).raise_for_status()
+                    send(endpoint)
                 barrier.wait()
                 perf = time.perf_counter
                 while next(counter) < total:
                     t0 = perf()
-                    response = client.get(path)
+                    response = send(endpoint, checked=False)
                     t1 = perf()
                     lat.append(t1 - t0)
                     if response.status_code != 200:

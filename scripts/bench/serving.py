@@ -63,9 +63,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
 
+from accel_node.client import Client
 from scripts.bench.harness import REPO_ROOT, Daemon, env_pairs, machine_info, node_env, source_revision
 from scripts.bench.harness import log_timed as log
 from scripts.bench.serving_load import HTTP_TIMEOUT_S, Workload, daemon_quiet, healthz_load
@@ -183,20 +183,19 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         with running_daemon(tmp, args) as daemon:
             url = str(daemon.info["url"])
             home = tmp / "home"
-            auth = {"Authorization": f"Bearer {(home / 'api.token').read_text().strip()}"}
-            with httpx.Client(base_url=url, headers=auth, timeout=HTTP_TIMEOUT_S) as api:
-                if api.post("/v1/keys", json={"name": "bench"}).status_code != 201:
-                    raise RuntimeError("creating the publisher key failed")
-                runtime = api.get("/v1/config").json()["config"]["runtime"]
+            token = (home / "api.token").read_text().strip()
+            with Client(url, token, timeout_s=HTTP_TIMEOUT_S) as api:
+                api.keys.new_key("bench")
+                runtime = api.node.config().config["runtime"]
                 results["runtime_config"] = runtime
                 results["daemon_idle_cpu_share"] = daemon_quiet(daemon)
                 log(f"GET /healthz with {args.clients} clients (the HTTP stack's ceiling)")
                 results["healthz_load"] = healthz_load(url, args.clients, args.load_seconds)
-                bench = ModelBench(daemon, api, url, auth, home, args, runtime_overrides(args.daemon_env))
+                bench = ModelBench(daemon, api, url, token, home, args, runtime_overrides(args.daemon_env))
                 results["models"] = []
                 for wl in workloads:
                     results["models"].append(bench.run(wl))
-                results["runtime_stats"] = api.get("/v1/runtime").json()
+                results["runtime_stats"] = api.inference.runtime()
             results["daemon_exit_code"] = daemon.stop()
     results["elapsed_s"] = time.perf_counter() - started
     results["machine"]["loadavg_1m_at_end"] = os.getloadavg()[0]

@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from accel_node.core import endpoints as E
 from accel_node.models.manifest import TensorSpec
 from accel_node.runtime.sessions import create_session
 from accel_node.runtime.validation import Arrays
@@ -105,7 +106,7 @@ def breakdown(
             "ort_run": ort_run,
             "thread_hop": hop,
             "service_infer": service_infer,
-            "asgi_infer": lambda: asgi("POST", "/v1/infer/bench", infer_headers, body),
+            "asgi_infer": lambda: asgi(E.INFER.method, E.INFER.url(cid="bench"), infer_headers, body),
             "asgi_healthz": lambda: asgi("GET", "/healthz", [], b""),
         }
         async with trio.open_nursery() as nursery:

@@ -1,5 +1,9 @@
 """The serving benchmark's measuring tools: request bodies, ``/metrics`` scrapes, timed calls,
-in-process ORT throughput and the HTTP load of many keep-alive clients against the daemon."""
+in-process ORT throughput and the HTTP load of many keep-alive clients against the daemon.
+
+Clients are the typed :class:`accel_node.client.Client`; what is timed is its raw
+``transport.send`` (:class:`InferCall`), one HTTP request per call with the body already encoded,
+so the figures hold the daemon's and the HTTP stack's costs, not the client's decoding."""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
+from accel_node.client import Client
+from accel_node.core import endpoints as E
 from accel_node.runtime.codecs import NPY_TYPE, NPZ_TYPE
 from accel_node.runtime.validation import Arrays
 from scripts.bench.cpu import CpuWindow, busy_cpu_s, own_cpu_s, share_of_all_cpus, wait_quiet
@@ -63,8 +69,30 @@ class Scrape:
         )
 
 
-def scrape(client: httpx.Client) -> Scrape:
-    return Scrape(client.get("/metrics").text)
+def scrape(client: Client) -> Scrape:
+    return Scrape(client.transport.send(E.METRICS).text)
+
+
+@dataclass(frozen=True)
+class InferCall:
+    """One ``POST /v1/infer/{cid}`` with an encoded body, as the benchmark sends it again and again
+    (the ``variant`` query only when it is not fp32; no ``Accept``: the daemon answers in kind)."""
+
+    cid: str
+    body: bytes = field(repr=False)
+    content_type: str
+    variant: str = "fp32"
+
+    def send(self, client: Client) -> httpx.Response:
+        """The raw answer (not checked: the caller counts errors)."""
+        return client.transport.send(
+            E.INFER,
+            path={"cid": self.cid},
+            query={"variant": self.variant} if self.variant != "fp32" else None,
+            content=self.body,
+            headers={"Content-Type": self.content_type},
+            checked=False,
+        )
 
 
 def mean_between(before: Scrape, after: Scrape, name: str, **labels: str) -> float:
@@ -126,19 +154,18 @@ class LoadResult:
 
 def run_load(
     url: str,
-    headers: dict[str, str],
-    path: str,
-    body: bytes,
+    token: str,
+    call: InferCall,
     *,
     clients: int,
     warmup_s: float,
     window_s: float,
     completions: int,
     daemon: Daemon,
-    metrics_client: httpx.Client,
+    metrics_client: Client,
     labels: dict[str, str],
 ) -> LoadResult:
-    """``clients`` threads, each with a keep-alive client posting ``body`` back to back.
+    """``clients`` threads, each with a keep-alive client sending ``call`` back to back.
 
     Warm-up lasts ``warmup_s`` and until every client has had an answer; the window lasts
     ``window_s`` and until every client has ``completions`` answers in it (at most 20x longer).
@@ -152,10 +179,10 @@ def run_load(
         mine = done[i]
         perf = time.perf_counter
         try:
-            with httpx.Client(base_url=url, headers=headers, timeout=HTTP_TIMEOUT_S) as client:
+            with Client(url, token, timeout_s=HTTP_TIMEOUT_S) as client:
                 while not stop.is_set():
                     t0 = perf()
-                    response = client.post(path, content=body)
+                    response = call.send(client)
                     t1 = perf()
                     if response.status_code == 200:
                         mine.append((t0, t1))
@@ -224,10 +251,11 @@ def healthz_load(url: str, clients: int, seconds: float) -> dict[str, float]:
     counts = [0] * clients
 
     def worker(i: int) -> None:
-        with httpx.Client(base_url=url, timeout=HTTP_TIMEOUT_S) as client:
-            client.get("/healthz")
+        with Client(url, None, timeout_s=HTTP_TIMEOUT_S) as client:
+            send = client.transport.send
+            send(E.HEALTH, checked=False)
             while not stop.is_set():
-                client.get("/healthz")
+                send(E.HEALTH, checked=False)
                 counts[i] += 1
 
     threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(clients)]

@@ -9,10 +9,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from accel_node.api.media import decode_response
+from accel_node.client import Client
+from accel_node.core import endpoints as E
+from accel_node.core.schemas import PublishRequest
 from accel_node.models.manifest import TensorSpec
 from accel_node.runtime.codecs import TensorLimits
 from accel_node.runtime.sessions import create_session
@@ -23,6 +25,7 @@ from scripts.bench.harness import Daemon
 from scripts.bench.harness import log_timed as log
 from scripts.bench.serving_breakdown import breakdown
 from scripts.bench.serving_load import (
+    InferCall,
     LoadResult,
     Workload,
     daemon_quiet,
@@ -43,25 +46,19 @@ LIMITS = TensorLimits(max_body_bytes=1 << 30, max_elements=1 << 28)
 @dataclass
 class ModelBench:
     daemon: Daemon
-    api: httpx.Client
+    api: Client
     url: str
-    auth: dict[str, str]
+    token: str
     home: Path
     args: argparse.Namespace
     runtime: dict[str, Any]
     output_names: dict[str, list[str]] = field(default_factory=dict)
 
-    def post_infer(
-        self, client: httpx.Client, cid: str, body: bytes, ctype: str, variant: str
-    ) -> httpx.Response:
-        params = {"variant": variant} if variant != "fp32" else None
-        return client.post(f"/v1/infer/{cid}", content=body, params=params, headers={"Content-Type": ctype})
-
     def infer_outputs(self, cid: str, body: bytes, ctype: str, variant: str = "fp32") -> Arrays:
-        response = self.post_infer(self.api, cid, body, ctype, variant)
+        response = InferCall(cid, body, ctype, variant).send(self.api)
         if response.status_code != 200:
             raise RuntimeError(
-                f"POST /v1/infer/{cid} ({variant}) answered {response.status_code}: {response.text}"
+                f"POST {E.INFER.url(cid=cid)} ({variant}) answered {response.status_code}: {response.text}"
             )
         outputs = self.output_names.get(cid, ["output"])
         return decode_response(
@@ -70,7 +67,7 @@ class ModelBench:
 
     def session_options(self, cid: str, variant: str) -> dict[str, Any]:
         """Thread counts and graph optimisation of the daemon's cached session for ``cid``/``variant``."""
-        for entry in self.api.get("/v1/runtime").json()["sessions"]:
+        for entry in self.api.inference.runtime()["sessions"]:
             if entry["cid"] == cid and entry["variant"] == variant:
                 return {k: entry[k] for k in ("intra_op_threads", "inter_op_threads", "graph_optimization")}
         raise RuntimeError(f"the daemon holds no session for {cid}/{variant}")
@@ -80,19 +77,14 @@ class ModelBench:
         out: dict[str, Any] = {"model": wl.name, "description": wl.description}
         log(f"{wl.name}: publishing")
         t0 = time.perf_counter()
-        published = self.api.post(
-            "/v1/models/publish", json={"dir": str(wl.directory), "key": "bench", "name": wl.name}
-        )
-        if published.status_code != 201:
-            raise RuntimeError(f"publishing {wl.name} failed: {published.status_code} {published.text}")
-        cid = str(published.json()["cid"])
+        cid = self.api.models.publish(PublishRequest(dir=str(wl.directory), key="bench", name=wl.name)).cid
         out["cid"] = cid
         out["publish_s"] = time.perf_counter() - t0
-        view = self.api.get(f"/v1/models/{cid}").json()
+        manifest = self.api.models.show(cid).manifest
         signature = tuple(
-            TensorSpec(e["name"], e["dtype"], tuple(e["shape"])) for e in view["manifest"]["io"]["inputs"]
+            TensorSpec(e["name"], e["dtype"], tuple(e["shape"])) for e in manifest["io"]["inputs"]
         )
-        self.output_names[cid] = [e["name"] for e in view["manifest"]["io"]["outputs"]]
+        self.output_names[cid] = [e["name"] for e in manifest["io"]["outputs"]]
         feeds1 = random_inputs(signature, batch=1, seq_len=args.seq_len, seed=1)
         body, ctype = encode_body(feeds1)
         out["body"] = {"content_type": ctype, "bytes": len(body)}
@@ -135,10 +127,7 @@ class ModelBench:
         if not args.no_int8:
             log(f"{wl.name}: building the int8 variant through the API")
             t0 = time.perf_counter()
-            built = self.api.post(f"/v1/models/{cid}/variants", json={"variant": "int8"})
-            if built.status_code != 201:
-                raise RuntimeError(f"building int8 of {wl.name} failed: {built.status_code} {built.text}")
-            record = built.json()
+            record = self.api.models.build_variant(cid, "int8")
             int8_path = self.home / "variants" / f"{record['cid']}.onnx"
             api_int8 = self.infer_outputs(cid, body, ctype, "int8")  # loads the variant's session
             int8_session = create_session(int8_path, **self.session_options(cid, "int8"))
@@ -169,6 +158,7 @@ class ModelBench:
         args = self.args
         per_round: dict[str, list[dict[str, float]]] = {"ort": [], "api": [], "healthz": []}
         labels = {"cid": cid, "variant": "fp32"}
+        call = InferCall(cid, body, ctype)
         for rnd in range(args.rounds):
             order = ["ort", "api", "healthz"]
             for kind in order[rnd % 3 :] + order[: rnd % 3]:
@@ -180,15 +170,9 @@ class ModelBench:
                 before = scrape(self.api)
                 cpu = CpuWindow(self.daemon.pid)
                 if kind == "api":
-                    lat = time_calls(
-                        lambda: self.post_infer(self.api, cid, body, ctype, "fp32").raise_for_status(),
-                        args.single_seconds,
-                        20,
-                    )
+                    lat = time_calls(lambda: call.send(self.api).raise_for_status(), args.single_seconds, 20)
                 else:
-                    lat = time_calls(
-                        lambda: self.api.get("/healthz").raise_for_status(), args.single_seconds, 20
-                    )
+                    lat = time_calls(lambda: self.api.transport.send(E.HEALTH), args.single_seconds, 20)
                 usage = cpu.stop()
                 after = scrape(self.api)
                 result = latency_ms(lat)
@@ -197,7 +181,7 @@ class ModelBench:
                 result["other_cpu_pct"] = usage["other_cpu_pct"]
                 if kind == "api":
                     result["in_app_ms"] = 1e3 * mean_between(
-                        before, after, "accel_node_api_request_duration_seconds", route="/v1/infer/{cid}"
+                        before, after, "accel_node_api_request_duration_seconds", route=E.INFER.path
                     )
                     result["service_ms"] = 1e3 * mean_between(
                         before, after, "accel_node_inference_latency_seconds", **labels
@@ -243,13 +227,12 @@ class ModelBench:
         best_feeds = random_inputs(
             signature, batch=int(best["batch"]), seq_len=args.seq_len, seed=int(best["batch"])
         )
-        headers = {**self.auth, "Content-Type": ctype}
-        path = f"/v1/infer/{cid}" + ("" if variant == "fp32" else f"?variant={variant}")
+        call = InferCall(cid, body, ctype, variant)
         loads: list[LoadResult] = []
         ort_again: list[dict[str, float]] = []
         for rnd in range(args.load_rounds):
             result = run_load(
-                self.url, headers, path, body, clients=args.clients, warmup_s=args.load_warmup,
+                self.url, self.token, call, clients=args.clients, warmup_s=args.load_warmup,
                 window_s=args.load_seconds, completions=args.load_completions, daemon=self.daemon,
                 metrics_client=self.api, labels={"cid": cid, "variant": variant},
             )  # fmt: skip

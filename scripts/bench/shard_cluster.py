@@ -14,9 +14,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
+from accel_node.client import Client
+from accel_node.core.schemas import PlanRequest, PublishRequest, ServeRequest
 from scripts.bench.harness import (
     REPO_ROOT,
     Cluster,
@@ -137,19 +138,19 @@ def cluster_of(tmp: Path, micro_batch: int) -> Iterator[ShardCluster]:
 def share_models(cluster: ShardCluster, dirs: dict[str, Path], holders: dict[str, list[str]]) -> None:
     """Publish each model directory on s0 and fetch it on the daemons ``holders[name]``."""
     s0 = cluster["s0"]
-    key = s0.api_json("POST", "/v1/keys", json={"name": "bench"})
+    key = s0.api.keys.new_key("bench")
     for node in cluster.nodes.values():
         if node is not s0:
-            node.api_json("POST", "/v1/trust", json={"public_key": key["public_key"], "name": "bench"})
+            node.api.keys.trust(key.public_key, "bench")
     for name, directory in dirs.items():
-        view = s0.api_json("POST", "/v1/models/publish", json={"dir": str(directory), "key": "bench"})
-        cluster.models[name] = view["cid"]
+        view = s0.api.models.publish(PublishRequest(dir=str(directory), key="bench"))
+        cluster.models[name] = view.cid
         cluster.paths[name] = next(directory.glob("*.onnx"))
     calls: list[Callable[[], Any]] = []
     for name, names in holders.items():
         cid = cluster.models[name]
         for holder in names:
-            calls.append(partial(cluster[holder].api_json, "POST", "/v1/models/fetch", json={"cid": cid}))
+            calls.append(partial(cluster[holder].api.models.fetch, cid))
     in_threads(calls)
 
 
@@ -157,19 +158,16 @@ def make_plan(cluster: ShardCluster, model: str, stage_nodes: list[str]) -> dict
     """Plan ``model`` on s0 for ``stage_nodes`` (one stage each) and serve every stage on its node."""
     peers = [cluster[n].peer_id for n in stage_nodes]
     cid = cluster.models[model]
-    plan: dict[str, Any] = cluster["s0"].api_json(
-        "POST", "/v1/shards/plan", json={"cid": cid, "stages": len(peers), "peers": peers}
-    )
+    plan = cluster["s0"].api.shards.plan(PlanRequest(cid=cid, stages=len(peers), peers=peers))
     serve_stages(cluster, model, plan["plan"], list(enumerate(stage_nodes)))
     return plan
 
 
 def serve_stages(cluster: ShardCluster, model: str, plan_cid: str, placement: list[tuple[int, str]]) -> None:
     cid = cluster.models[model]
-    body = {"cid": cid, "plan": plan_cid}
     in_threads(
         [
-            partial(cluster[name].api_json, "POST", "/v1/shards/serve", json={**body, "stage": stage})
+            partial(cluster[name].api.shards.serve, ServeRequest(cid=cid, stage=stage, plan=plan_cid))
             for stage, name in placement
         ]
     )
@@ -183,7 +181,7 @@ def wait_for_route(
     deadline = time.monotonic() + timeout
     seen: list[set[str]] = []
     while time.monotonic() < deadline:
-        listing = cluster["s0"].api_json("GET", "/v1/shards", params={"cid": cluster.models[model]})
+        listing = cluster["s0"].api.shards.list(cid=cluster.models[model])
         found = next((p for p in listing["plans"] if p["plan"] == plan_cid), None)
         if found is not None:
             seen = [{ids.get(p, p) for p in s.get("peers", [])} for s in found["stages"]]
@@ -193,14 +191,14 @@ def wait_for_route(
     raise RuntimeError(f"s0 does not see the replicas of plan {plan_cid}: {seen} (want {want})")
 
 
-def stage_loads(node: Daemon, plan_cid: str, client: httpx.Client | None = None) -> dict[int, dict[str, Any]]:
-    """``GET /v1/shards`` loads of ``plan_cid``'s stages served by ``node``, by stage index."""
+def stage_loads(node: Daemon, plan_cid: str, client: Client | None = None) -> dict[int, dict[str, Any]]:
+    """``GET /v1/shards`` loads of ``plan_cid``'s stages served by ``node`` (through ``client``, one
+    of ``node``'s, or a new one), by stage index."""
     if client is None:
         with node.client(30) as own:
-            listing = own.get("/v1/shards", params={"lookup": "false"}).json()
+            listing = own.shards.list(lookup=False)
     else:
-        headers = {"Authorization": f"Bearer {node.token()}"}
-        listing = client.get(f"{node.url}/v1/shards", params={"lookup": "false"}, headers=headers).json()
+        listing = client.shards.list(lookup=False)
     return {int(load["stage"]): load for load in listing["loads"] if load["model"] == plan_cid}
 
 

@@ -13,6 +13,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from accel_node.client import Client
+from accel_node.core import endpoints as E
+from accel_node.errors import ApiError, DaemonNotRunningError
 from scripts.bench.cpu import CpuMeter, tree_cpu_s
 from scripts.bench.harness import (
     Daemon,
@@ -36,9 +39,15 @@ class Sample:
     detail: str = ""
 
 
-def post_infer(client: httpx.Client, cid: str, body: bytes, params: dict[str, str]) -> httpx.Response:
-    return client.post(
-        f"/v1/infer/{cid}", content=body, params=params, headers={"Content-Type": NPZ, "Accept": NPZ}
+def post_infer(client: Client, cid: str, body: bytes, params: dict[str, str]) -> httpx.Response:
+    """One ``.npz`` inference request, its raw answer (unchecked: callers time it and count errors)."""
+    return client.transport.send(
+        E.INFER,
+        path={"cid": cid},
+        query=params,
+        content=body,
+        headers={"Content-Type": NPZ, "Accept": NPZ},
+        checked=False,
     )
 
 
@@ -64,7 +73,7 @@ def closed_loop(
                 t0 = time.perf_counter()
                 try:
                     response = post_infer(c, cid, bodies[k], params)
-                except httpx.HTTPError as exc:
+                except DaemonNotRunningError as exc:  # the typed client's transport error
                     samples[i].append(Sample(t0, time.perf_counter(), False, k, repr(exc)))
                     continue
                 t1 = time.perf_counter()
@@ -160,20 +169,24 @@ def measure_window(
     done = threading.Event()
 
     def poll() -> None:
-        with httpx.Client(timeout=10) as client:
+        clients = {label: daemon.client(10) for label, daemon, _, _ in watch}
+        try:
             while not done.wait(1.0):
                 now = time.perf_counter()
                 if now > t_end:
                     return
                 for label, daemon, plan_cid, stage in watch:
                     try:
-                        load = stage_loads(daemon, plan_cid, client).get(stage)
-                    except (httpx.HTTPError, ValueError):
+                        load = stage_loads(daemon, plan_cid, clients[label]).get(stage)
+                    except (ApiError, DaemonNotRunningError, ValueError):
                         continue
                     elapsed = now - t_start
                     if load is not None and now >= t_window:
                         scale = BUSY_WINDOW_S / min(BUSY_WINDOW_S, elapsed)
                         busy[label].append(min(1.0, float(load["busy_fraction"]) * scale))
+        finally:
+            for client in clients.values():
+                client.close()
 
     poller = threading.Thread(target=poll, daemon=True)
     if watch:

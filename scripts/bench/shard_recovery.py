@@ -10,9 +10,9 @@ import threading
 import time
 from typing import Any
 
-import httpx
 import numpy as np
 
+from accel_node.errors import ApiError, DaemonNotRunningError
 from scripts.bench.cpu import CpuMeter
 from scripts.bench.harness import (
     log,
@@ -69,7 +69,7 @@ def bench_recovery(cluster: ShardCluster, plan: dict[str, Any], args: argparse.N
             before = served()
             time.sleep(max(0.0, t_kill_at - time.perf_counter()))
             growth = {n: v - before[n] for n, v in served().items()}
-        except (httpx.HTTPError, ValueError) as exc:
+        except (ApiError, DaemonNotRunningError, ValueError) as exc:
             kill["error"] = repr(exc)
             return
         victim = max(growth, key=lambda n: growth[n])

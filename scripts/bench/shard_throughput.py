@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 
 from scripts.bench.cpu import CpuMeter, tree_cpu_s
@@ -131,9 +130,7 @@ def bench_throughput(
     # One request each first: sessions load, links open, and each answer is checked.
     diffs: dict[str, float] = {}
     for name, (node, params, _) in configs.items():
-        with httpx.Client(
-            base_url=node.url, headers={"Authorization": f"Bearer {node.token()}"}, timeout=120
-        ) as c:
+        with node.client(120) as c:
             response = post_infer(c, cid, bodies[0], params)
         if response.status_code != 200:
             raise RuntimeError(f"{model} {name}: {response.status_code} {response.text[:500]}")

@@ -9,13 +9,21 @@ from collections.abc import Callable
 
 import pytest
 
+from accel_node.core import endpoints as E
+from accel_node.errors import ApiError
 from tests.support.daemons import Daemon, wait_until
 
 pytestmark = pytest.mark.multinode
 
 
 def profile_of(daemon: Daemon) -> dict[str, object] | None:
-    return daemon.api("GET", "/v1/hardware").json()["profile"]  # type: ignore[no-any-return]
+    return daemon.api.hardware.get().profile
+
+
+def job_of(daemon: Daemon) -> dict[str, object]:
+    job = daemon.api.hardware.profile_job().job
+    assert job is not None
+    return job
 
 
 def test_profile_is_measured_cached_and_redone_when_hardware_changes(
@@ -23,8 +31,8 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
 ) -> None:
     daemon = start_daemon("node")  # [profile] auto = off in tests
     # Static facts come from a worker process shortly after start.
-    wait_until(lambda: daemon.api("GET", "/v1/hardware").json()["static"] is not None, what="static facts")
-    hardware = daemon.api("GET", "/v1/hardware").json()
+    wait_until(lambda: daemon.api.hardware.get().static is not None, what="static facts")
+    hardware = daemon.api.hardware.get().model_dump()
     assert hardware["profile"] is None and hardware["job"] is None
     assert hardware["static"]["logical_cores"] >= 1 and len(hardware["fingerprint"]) == 64
     assert hardware["summary"]["profiled"] is False and hardware["summary"]["peak_gflops"] is None
@@ -48,8 +56,8 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     assert daemon.stop() == 0
     daemon.env["ACCEL_NODE_PROFILE_AUTO"] = "quick"
     daemon.start().wait_ready()
-    wait_until(lambda: daemon.api("GET", "/v1/hardware").json()["profile"] is not None, what="cached profile")
-    again = daemon.api("GET", "/v1/hardware").json()
+    wait_until(lambda: profile_of(daemon) is not None, what="cached profile")
+    again = daemon.api.hardware.get().model_dump()
     assert again["profile"]["created_at"] == first["created_at"]
     assert again["job"] is None
 
@@ -58,17 +66,14 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     assert summary["peak_gflops"] == pytest.approx(shown["summary"]["peak_gflops"])
 
     # A forced re-profile replaces the stored one.
-    response = daemon.api("POST", "/v1/profile", json={"mode": "quick"})
+    response = daemon.api.transport.send(E.PROFILE_START, body={"mode": "quick"})
     assert response.status_code == 202 and response.json()["job"]["running"] is True
-    assert (
-        daemon.api("POST", "/v1/profile", json={"mode": "quick"}).json()["job"]["started_at"]
-        == (response.json()["job"]["started_at"])
-    )  # one run at a time
-    wait_until(
-        lambda: not daemon.api("GET", "/v1/profile").json()["job"]["running"], timeout=180, interval=0.5
-    )
+    again_started = daemon.api.hardware.start_profile("quick").job
+    assert again_started is not None and again_started["started_at"] == response.json()["job"]["started_at"]
+    # one run at a time
+    wait_until(lambda: not job_of(daemon)["running"], timeout=180, interval=0.5)
     replaced = profile_of(daemon)
-    assert replaced is not None and replaced["created_at"] > first["created_at"]  # type: ignore[operator]
+    assert replaced is not None and replaced["created_at"] > first["created_at"]
 
     # Different hardware (simulated by the stored fingerprint no longer matching): the next start
     # finds no profile for this machine and measures again by itself.
@@ -76,12 +81,10 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
     with sqlite3.connect(daemon.home / "node.db") as db:
         db.execute("UPDATE hardware_profiles SET fingerprint = 'another-machine'")
     daemon.start().wait_ready()
-    wait_until(lambda: daemon.api("GET", "/v1/profile").json()["job"] is not None, what="re-profile")
-    job = daemon.api("GET", "/v1/profile").json()["job"]
+    wait_until(lambda: daemon.api.hardware.profile_job().job is not None, what="re-profile")
+    job = daemon.api.hardware.profile_job().job
     assert job is not None and job["mode"] == "quick"
-    wait_until(
-        lambda: not daemon.api("GET", "/v1/profile").json()["job"]["running"], timeout=180, interval=0.5
-    )
+    wait_until(lambda: not job_of(daemon)["running"], timeout=180, interval=0.5)
     remeasured = profile_of(daemon)
     assert remeasured is not None and remeasured["fingerprint"] == hardware["fingerprint"]
     assert remeasured["created_at"] > replaced["created_at"]  # type: ignore[operator]
@@ -89,6 +92,10 @@ def test_profile_is_measured_cached_and_redone_when_hardware_changes(
 
 def test_profile_request_is_validated(start_daemon: Callable[..., Daemon]) -> None:
     daemon = start_daemon("node")
-    assert daemon.api("POST", "/v1/profile", json={"mode": "turbo"}).status_code == 422
-    assert daemon.api("POST", "/v1/profile", json={"mode": "quick", "x": 1}).status_code == 422
-    assert daemon.api("POST", "/v1/peers/not-a-peer/perf").status_code == 400
+    for body in ({"mode": "turbo"}, {"mode": "quick", "x": 1}):
+        with pytest.raises(ApiError) as refused:
+            daemon.api.transport.send(E.PROFILE_START, body=body)
+        assert refused.value.http_status == 422
+    with pytest.raises(ApiError) as refused:
+        daemon.api.peers.perf("not-a-peer")
+    assert refused.value.http_status == 400

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
@@ -24,12 +23,16 @@ from hypothesis import strategies as st
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
+from accel_node.client import Client
+from accel_node.core import endpoints as E
+from accel_node.core.endpoints import Endpoint
 from tests.support.daemons import Daemon
 
 pytestmark = pytest.mark.multinode
 
 EXAMPLES_PER_OPERATION = 12
-SKIPPED = {("POST", "/v1/profile"), ("POST", "/v1/peers/connect"), ("GET", "/metrics")}
+SKIPPED = {(e.method, e.path) for e in (E.PROFILE_START, E.PEERS_CONNECT, E.METRICS)}
+OPENAPI = Endpoint("GET", "/openapi.json")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +43,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 
 
 def _openapi(daemon: Daemon) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {daemon.token()}"}
-    answer: dict[str, Any] = httpx.get(f"{daemon.url}/openapi.json", headers=headers, timeout=30).json()
+    answer: dict[str, Any] = daemon.api.transport.json(OPENAPI)
     return answer
 
 
@@ -94,14 +96,13 @@ def test_the_schema_documents_the_error_body(daemon: Daemon) -> None:
 
 
 def test_unknown_paths_and_methods_answer_the_error_body(daemon: Daemon) -> None:
-    headers = {"Authorization": f"Bearer {daemon.token()}"}
-    for method, path, status, code in [
-        ("GET", "/v1/nope", 404, "not_found"),
-        ("PUT", "/v1/status", 405, "method_not_allowed"),
-        ("GET", "/v1/status", 401, "unauthorized"),
-    ]:
-        sent = headers if status != 401 else {}
-        response = httpx.request(method, daemon.url + path, headers=sent, timeout=30)
-        assert response.status_code == status
-        body = response.json()
-        assert body["error"]["code"] == code and body["detail"] == body["error"]["message"]
+    with Client(daemon.url, None) as anonymous:
+        for endpoint, client, status, code in [
+            (Endpoint("GET", "/v1/nope"), daemon.api, 404, "not_found"),  # no such endpoint, on purpose
+            (Endpoint("PUT", E.STATUS.path), daemon.api, 405, "method_not_allowed"),
+            (E.STATUS, anonymous, 401, "unauthorized"),
+        ]:
+            response = client.transport.send(endpoint, checked=False)
+            assert response.status_code == status
+            body = response.json()
+            assert body["error"]["code"] == code and body["detail"] == body["error"]["message"]

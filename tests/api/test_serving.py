@@ -18,6 +18,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from accel_node.core import endpoints as E
+from accel_node.errors import ApiError
 from tests.support.daemons import Daemon
 from tests.support.modelzoo import build_mlp, build_transformer
 
@@ -67,8 +69,14 @@ def publish(node: Daemon, directory: Path) -> str:
 
 
 def infer(node: Daemon, cid: str, body: bytes, content_type: str, **params: Any) -> httpx.Response:
-    return node.api("POST", f"/v1/infer/{cid}", content=body, params=params,
-                    headers={"Content-Type": content_type})  # fmt: skip
+    return node.api.transport.send(
+        E.INFER,
+        path={"cid": cid},
+        query=params,
+        content=body,
+        headers={"Content-Type": content_type},
+        checked=False,
+    )
 
 
 @pytest.fixture
@@ -123,12 +131,12 @@ def test_outputs_equal_ort_and_refusals(node: Daemon, tmp_path: Path) -> None:
     assert infer(node, cid, npz(x=x), "application/x-npz", variant="int8").status_code == 404  # not built
 
     # Analysis figures for the zoo MLP (64 -> 128 -> 10).
-    analysis = node.api("GET", f"/v1/models/{cid}/analysis", params={"batch": 4}).json()
+    analysis = node.api.models.analysis(cid, {"batch": 4})
     assert analysis["parameters"]["count"] == 64 * 128 + 128 + 128 * 10 + 10
     assert analysis["flops"]["by_op"]["Gemm"] == 4 * (2 * 64 * 128 + 128 + 2 * 128 * 10 + 10)
 
     # A model file changed on disk after it was verified is refused, not loaded.
-    installed = Path(node.api("GET", f"/v1/models/{cid}").json()["path"]) / "mlp.onnx"
+    installed = Path(node.api.models.show(cid).path) / "mlp.onnx"
     installed.write_bytes(installed.read_bytes()[:-1] + b"\0")
     node.stop()
     node.start().wait_ready()
@@ -160,11 +168,11 @@ def test_concurrent_clients_get_their_own_rows_with_batching(node: Daemon, tmp_p
     for i, got in results.items():
         (expected,) = session.run(None, inputs[i])
         np.testing.assert_allclose(got, expected, atol=1e-5)  # merged batches: same maths, other kernels
-    stats = node.api("GET", "/v1/runtime").json()
+    stats = node.api.inference.runtime()
     (batcher,) = stats["batchers"].values()
     assert max(int(size) for size in batcher["batch_sizes"]) > 1, batcher  # requests were really merged
     assert batcher["completed"] == 64 and batcher["batches"] < 64
-    metrics = node.api("GET", "/metrics").text
+    metrics = node.api.node.metrics_text().decode()
     assert "accel_node_inference_latency_seconds_count" in metrics
     assert "accel_node_inference_batch_size_bucket" in metrics
 
@@ -183,7 +191,7 @@ def test_queue_full_timeouts_variants_and_bench(start_daemon: Callable[..., Daem
 
     # A client that goes away while its request waits in the queue cancels it.
     def stats() -> dict[str, Any]:
-        (batcher,) = node.api("GET", "/v1/runtime").json()["batchers"].values()
+        (batcher,) = node.api.inference.runtime()["batchers"].values()
         return dict(batcher)
 
     before = stats()["cancelled"]
@@ -193,9 +201,10 @@ def test_queue_full_timeouts_variants_and_bench(start_daemon: Callable[..., Daem
     deadline = time.monotonic() + 10
     while stats()["queue_depth"] < 1 and time.monotonic() < deadline:  # one runs, others wait
         time.sleep(0.005)
-    headers = {"Authorization": f"Bearer {node.token()}", "Content-Type": "application/x-npz"}
-    with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{node.url}/v1/infer/{cid}", content=npz(x=x), headers=headers, timeout=0.05)
+    headers = {"Content-Type": "application/x-npz"}
+    with node.client() as gone, pytest.raises(httpx.ReadTimeout):  # httpx's own error: the typed
+        # client would report the timeout as an unreachable daemon
+        gone.http.post(E.INFER.url(cid=cid), content=npz(x=x), headers=headers, timeout=0.05)
     for t in busy:
         t.join()
     deadline = time.monotonic() + 10
@@ -219,7 +228,7 @@ def test_queue_full_timeouts_variants_and_bench(start_daemon: Callable[..., Daem
     assert all(int(r.headers["retry-after"]) >= 1 for r in statuses if r.status_code == 429)
 
     # int8 variant: content-addressed, accuracy measured and stored; served within that tolerance.
-    built = node.api("POST", f"/v1/models/{cid}/variants", json={"variant": "int8"})
+    built = node.api.transport.send(E.MODEL_VARIANT_BUILD, path={"cid": cid}, body={"variant": "int8"})
     assert built.status_code == 201, built.text
     variant = built.json()
     assert variant["parent"] == cid and variant["cid"].startswith("baf") and variant["cid"] != cid
@@ -241,14 +250,16 @@ def test_queue_full_timeouts_variants_and_bench(start_daemon: Callable[..., Daem
         ("int8", 2),
     }
     assert all(p["throughput_items_s"] > 0 and p["latency_ms_p50"] > 0 for p in points)
-    stored = node.api("GET", "/v1/measurements", params={"cid": cid}).json()["measurements"]
+    stored = node.api.inference.measurements(cid)["measurements"]
     bench_rows = [m for m in stored if m["source"] == "bench"]
     assert len(bench_rows) == 4 and all(m["fingerprint"] for m in bench_rows)
 
     # Removing the model drops its variants, sessions and derived data too.
     variant_file = node.home / "variants" / f"{variant['cid']}.onnx"
     assert variant_file.exists()
-    assert node.api("DELETE", f"/v1/models/{cid}").status_code == 200
+    node.api.models.remove(cid)
     assert not variant_file.exists()
     assert infer(node, cid, npz(x=x), "application/x-npz").status_code == 404
-    assert node.api("GET", f"/v1/models/{cid}/variants").status_code == 404
+    with pytest.raises(ApiError) as gone_variants:
+        node.api.models.variants(cid)
+    assert gone_variants.value.http_status == 404

@@ -20,6 +20,7 @@ import httpx
 import pytest
 
 from accel_node.config import parse_config
+from accel_node.core.schemas import PublishRequest
 from accel_node.errors import ConfigError
 from p2p.content import (
     CID,
@@ -36,7 +37,7 @@ from p2p.content import (
 )
 from p2p.errors import InvalidAddressError
 from tests.models.test_models import cli_json, write_model
-from tests.support.daemons import Daemon
+from tests.support.daemons import Daemon, api_error
 from tests.support.jsipfs import JsIpfs, start_jsipfs
 
 pytestmark = pytest.mark.kubo
@@ -271,7 +272,7 @@ def test_publish_into_kubo_and_fetch_from_it(
     installed = Path(str(fetched["path"]))
     for entry in manifest["files"]:
         assert (installed / entry["path"]).read_bytes() == (model_dir / entry["path"]).read_bytes()
-    progress = b.api("GET", f"/v1/models/fetches/{cid}").json()
+    progress = b.api.models.fetch_progress(cid).model_dump()
     assert progress["phase"] == "done" and progress["bytes_done"] == progress["bytes_total"]
     assert progress["bytes_total"] == sum(e["size"] for e in manifest["files"])
     assert progress["blocks_done"] >= 8  # the manifest, 1.5 MB of tokens (6 leaves + root), the model
@@ -286,13 +287,13 @@ def test_unreachable_kubo_is_a_clear_error_not_a_dead_daemon(
     assert "Kubo RPC backend is unreachable" in node.log()
     node.cli("keys", "new", "acme")
     model_dir = write_model(tmp_path / "m", extra_bytes=1000)
-    refused = node.api("POST", "/v1/models/publish", json={"dir": str(model_dir), "key": "acme"})
-    assert refused.status_code == 422
-    assert f"no Kubo RPC API at {api}: is the daemon running?" in refused.json()["detail"]
+    refused = api_error(lambda: node.api.models.publish(PublishRequest(dir=str(model_dir), key="acme")))
+    assert refused.http_status == 422
+    assert f"no Kubo RPC API at {api}: is the daemon running?" in str(refused)
     assert json.loads(node.cli("models", "ls", "--json").stdout)["models"] == []
 
     cid = str(compute_cid(b"any manifest"))
     fetch = node.cli("models", "fetch", cid)
     assert fetch.returncode == 1 and "is the daemon running?" in fetch.stderr
-    progress = node.api("GET", f"/v1/models/fetches/{cid}").json()
+    progress = node.api.models.fetch_progress(cid).model_dump()
     assert progress["phase"] == "failed" and "no Kubo RPC API" in progress["error"]

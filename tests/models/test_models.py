@@ -13,7 +13,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.support.daemons import Daemon
+from tests.support.daemons import Daemon, api_error
 
 pytestmark = pytest.mark.multinode
 
@@ -47,8 +47,8 @@ def test_publish_on_a_fetch_on_c_through_b(start_daemon: Callable[..., Daemon], 
     a, b, c = (start_daemon(n, wait=False) for n in "abc")
     for node in (a, b, c):
         node.wait_ready()
-    assert a.api("POST", "/v1/peers/connect", json={"addr": b.addr}).status_code == 200
-    assert c.api("POST", "/v1/peers/connect", json={"addr": b.addr}).status_code == 200
+    a.api.peers.connect(b.addr)
+    c.api.peers.connect(b.addr)
 
     public_key = a.cli("keys", "new", "acme").stdout.strip()
     assert c.cli("trust", "add", public_key, "--name", "acme").returncode == 0
@@ -88,18 +88,17 @@ def test_publish_on_a_fetch_on_c_through_b(start_daemon: Callable[..., Daemon], 
     assert rollback.returncode == 1 and "older than version 2" in rollback.stderr
 
     # Unknown CIDs and malformed ones are clear errors.
-    assert c.api("GET", "/v1/models/" + str(v2["cid"])).status_code == 200
-    assert (
-        c.api("GET", "/v1/models/bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku").status_code
-        == 404
-    )
-    assert c.api("POST", "/v1/models/fetch", json={"cid": "not-a-cid"}).status_code == 422
+    assert c.api.models.show(str(v2["cid"])).cid == v2["cid"]
+    unknown = "bafkreihdwdcefgh4dqkjv67uzcmw7ojee6xedzdetojuzjevtenxquvyku"
+    assert api_error(lambda: c.api.models.show(unknown)).http_status == 404
+    malformed = api_error(lambda: c.api.models.fetch("not-a-cid"))
+    assert (malformed.http_status, malformed.error_code) == (422, "invalid_cid")
 
 
 def test_expired_manifest_is_refused(start_daemon: Callable[..., Daemon], tmp_path: Path) -> None:
     a = start_daemon("a", ACCEL_NODE_MODELS_PUBLISH_TTL_DAYS="0.00003")  # ~2.6 s
     b = start_daemon("b")
-    assert b.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    b.api.peers.connect(a.addr)
     public_key = a.cli("keys", "new", "acme").stdout.strip()
     assert b.cli("trust", "add", public_key, "--name", "acme").returncode == 0
     cid = str(
@@ -118,7 +117,7 @@ def test_fetch_resumes_after_kill_9(start_daemon: Callable[..., Daemon], tmp_pat
 
     a = start_daemon("a")
     c = start_daemon("c")
-    assert c.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    c.api.peers.connect(a.addr)
     public_key = a.cli("keys", "new", "acme").stdout.strip()
     assert c.cli("trust", "add", public_key, "--name", "acme").returncode == 0
     model_dir = write_model(tmp_path / "big", extra_bytes=48 * 1024 * 1024)
@@ -136,7 +135,7 @@ def test_fetch_resumes_after_kill_9(start_daemon: Callable[..., Daemon], tmp_pat
     assert 20 <= kept < 190, kept  # the file has ~193 blocks: some, not all, were stored
 
     c.start().wait_ready()
-    assert c.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    c.api.peers.connect(a.addr)
     fetched = cli_json(c, "models", "fetch", cid)
     installed = Path(str(fetched["path"]))
     assert (installed / "vocab" / "tokens.bin").read_bytes() == (
@@ -150,13 +149,11 @@ def test_fetch_progress_is_reported_while_it_runs(
 ) -> None:
     import threading
 
-    import httpx
-
     a = start_daemon("a", wait=False)
     b = start_daemon("b", wait=False)
     a.wait_ready()
     b.wait_ready()
-    assert b.api("POST", "/v1/peers/connect", json={"addr": a.addr}).status_code == 200
+    b.api.peers.connect(a.addr)
     public_key = a.cli("keys", "new", "acme").stdout.strip()
     assert b.cli("trust", "add", public_key, "--name", "acme").returncode == 0
     model_dir = write_model(tmp_path / "big", extra_bytes=24 * 1024 * 1024)
@@ -173,14 +170,16 @@ def test_fetch_progress_is_reported_while_it_runs(
 
     threading.Thread(target=fetch, daemon=True).start()
     seen: list[dict[str, object]] = []
-    with httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {b.token()}"}, timeout=30) as api:
+    with b.client(30) as api:
         while not finished.is_set():
-            seen += [p for p in api.get("/v1/models/fetches").json()["fetches"] if p["cid"] == cid]
+            seen += [p.model_dump() for p in api.models.fetches().fetches if p.cid == cid]
             time.sleep(0.02)
-        final = api.get(f"/v1/models/fetches/{cid}").json()
-        assert api.get("/v1/models/fetches").json()["fetches"] == []
-        assert api.get("/v1/models/fetches/" + str(published["cid"])[:-2] + "aa").status_code in (404, 422)
-        assert api.get("/v1/models/fetches/not-a-cid").status_code == 422
+        final = api.models.fetch_progress(cid).model_dump()
+        assert api.models.fetches().fetches == []
+        never = str(published["cid"])[:-2] + "aa"
+        assert api_error(lambda: api.models.fetch_progress(never)).http_status in (404, 422)
+        malformed = api_error(lambda: api.models.fetch_progress("not-a-cid"))
+        assert (malformed.http_status, malformed.error_code) == (422, "invalid_cid")
     result = outcome["result"]
     assert result.returncode == 0, result.stderr  # type: ignore[attr-defined]
     assert cid in result.stdout  # type: ignore[attr-defined]

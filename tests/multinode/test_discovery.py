@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
+from accel_node.errors import ApiError
 from tests.support.daemons import Daemon, wait_until
 
 pytestmark = pytest.mark.multinode
@@ -30,8 +31,7 @@ def test_line_of_five_finds_records_through_the_dht_and_forgets_dead_nodes(
     for node in nodes:
         node.wait_ready()
     for left, right in itertools.pairwise(nodes):  # a-b-c-d-e
-        response = left.api("POST", "/v1/peers/connect", json={"addr": right.addr})
-        assert response.status_code == 200, response.text
+        left.api.peers.connect(right.addr)
     a, e = nodes[0], nodes[-1]
 
     # a was only told about b, yet finds e's signed capability record through the DHT. (Kademlia
@@ -41,9 +41,12 @@ def test_line_of_five_finds_records_through_the_dht_and_forgets_dead_nodes(
     fetched: list[dict[str, object]] = []
 
     def e_record() -> bool:
-        response = a.api("GET", f"/v1/peers/{e.peer_id}")
-        if response.status_code == 200 and response.json()["capability"]:
-            fetched.append(response.json())
+        try:
+            peer = a.api.peers.get(e.peer_id)
+        except ApiError:  # not found yet
+            return False
+        if peer.capability:
+            fetched.append(peer.model_dump())
         return bool(fetched)
 
     wait_until(e_record, timeout=60, what="a fetches e's capability record")
@@ -87,6 +90,6 @@ def test_mdns_finds_and_connects_lan_peers(start_daemon: Callable[..., Daemon]) 
     wait_until(
         lambda: b.peer_id in a.peer_ids() and a.peer_id in b.peer_ids(), timeout=30, what="mDNS discovery"
     )
-    peers = a.api("GET", "/v1/peers").json()["peers"]
-    assert next(p for p in peers if p["peer_id"] == b.peer_id)["connected"] is True
+    peers = a.api.peers.list().peers
+    assert next(p for p in peers if p.peer_id == b.peer_id).connected is True
     assert "source=mdns" in a.log() + b.log()

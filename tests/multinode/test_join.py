@@ -26,10 +26,9 @@ def test_three_daemons_join_and_keep_identities(start_daemon: Callable[..., Daem
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["peer_id"] == b.peer_id
     # b -> c through the API.
-    response = b.api("POST", "/v1/peers/connect", json={"addr": c.addr})
-    assert response.status_code == 200, response.text
-    assert response.json()["peer_id"] == c.peer_id
-    assert response.json()["latency_ms"] > 0
+    connected = b.api.peers.connect(c.addr)
+    assert connected.peer_id == c.peer_id
+    assert connected.latency_ms is not None and connected.latency_ms > 0
 
     nodes = [a, b, c]
     for node in nodes:

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from accel_node.core import endpoints as E
+from accel_node.errors import DaemonNotRunningError
 from tests.support.daemons import Daemon, bare_env, cli, node_env
 
 pytestmark = pytest.mark.multinode
@@ -27,7 +29,7 @@ def test_second_daemon_on_locked_home_is_refused(start_daemon: Callable[..., Dae
     assert "already running" in second.log()
     # The first daemon is unaffected and still owns api.json.
     assert json.loads((first.home / "api.json").read_text())["pid"] == first.proc.pid  # type: ignore[union-attr]
-    assert first.api("GET", "/v1/status").status_code == 200
+    assert first.api.node.status().peer_id == first.peer_id
 
 
 def test_stale_lock_of_killed_daemon_is_recovered(start_daemon: Callable[..., Daemon]) -> None:
@@ -42,7 +44,7 @@ def test_stale_lock_of_killed_daemon_is_recovered(start_daemon: Callable[..., Da
     again = Daemon(first.home).start().wait_ready()
     try:
         assert again.peer_id == peer_id
-        assert again.api("GET", "/v1/status").json()["peer_id"] == peer_id
+        assert again.api.node.status().peer_id == peer_id
     finally:
         again.kill()
 
@@ -77,8 +79,10 @@ def test_in_flight_request_finishes_during_shutdown(start_daemon: Callable[..., 
 
     def request() -> None:
         try:
-            outcome["response"] = daemon.api("POST", "/v1/peers/connect", json={"addr": target})
-        except httpx.HTTPError as exc:
+            outcome["response"] = daemon.api.transport.send(
+                E.PEERS_CONNECT, body={"addr": target}, checked=False
+            )
+        except DaemonNotRunningError as exc:  # the typed client's transport error
             outcome["error"] = exc
 
     thread = threading.Thread(target=request)

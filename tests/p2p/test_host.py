@@ -124,4 +124,4 @@ async def test_plaintext_only_dialer_is_refused_by_daemon(
         nursery.cancel_scope.cancel()
     assert await trio.to_thread.run_sync(daemon.peer_ids) == set()
     # The daemon is unharmed and still serves.
-    assert (await trio.to_thread.run_sync(daemon.api, "GET", "/v1/status")).status_code == 200
+    assert (await trio.to_thread.run_sync(daemon.api.node.status)).peer_id == daemon.peer_id

@@ -19,7 +19,7 @@ from p2p.content.cid import CID, RAW
 from p2p.host import HostSettings, build_host, run_host
 from p2p.identity import generate_identity
 from p2p.penalties import PenaltyBox
-from tests.support.daemons import Daemon
+from tests.support.daemons import Daemon, api_error
 
 LOOPBACK = [Multiaddr("/ip4/127.0.0.1/tcp/0")]
 
@@ -91,19 +91,17 @@ async def test_a_daemon_penalises_a_peer_sending_tampered_blocks_and_remembers_i
     async with trio.open_nursery() as nursery:
         addrs = await nursery.start(run_host, liar_host, LOOPBACK)
         await nursery.start(BitswapService(liar_host, tampered.get).run)
-        connect = partial(node.api, "POST", "/v1/peers/connect", json={"addr": f"{addrs[0]}/p2p/{liar_id}"})
-        assert (await trio.to_thread.run_sync(connect)).status_code == 200
-        fetch = partial(node.api, "POST", "/v1/models/fetch", json={"cid": str(cid)})
-        refused = await trio.to_thread.run_sync(fetch)
-        assert refused.status_code == 422, refused.text
+        await trio.to_thread.run_sync(node.api.peers.connect, f"{addrs[0]}/p2p/{liar_id}")
+        refused = await trio.to_thread.run_sync(api_error, partial(node.api.models.fetch, str(cid)))
+        assert refused.http_status == 422, refused
 
         def liar_row() -> dict[str, Any]:
-            peers = node.api("GET", "/v1/peers").json()["peers"]
-            return next(p for p in peers if p["peer_id"] == liar_id)
+            peers = node.api.peers.list().peers
+            return next(p.model_dump() for p in peers if p.peer_id == liar_id)
 
         row = await trio.to_thread.run_sync(liar_row)
         assert (row["penalties"], row["penalty_reason"], row["excluded"]) == (1, "bad-block", False)
-        metrics = (await trio.to_thread.run_sync(partial(node.api, "GET", "/metrics"))).text
+        metrics = (await trio.to_thread.run_sync(node.api.node.metrics_text)).decode()
         assert 'accel_node_peer_penalties_total{reason="bad-block"} 1.0' in metrics
         nursery.cancel_scope.cancel()
 
@@ -113,6 +111,5 @@ async def test_a_daemon_penalises_a_peer_sending_tampered_blocks_and_remembers_i
 
     await trio.to_thread.run_sync(restart)
     # No longer connected nor live, so not in the table listing; its own entry still holds it.
-    shown = await trio.to_thread.run_sync(partial(node.api, "GET", f"/v1/peers/{liar_id}"))
-    row = shown.json()
-    assert (row["penalties"], row["penalty_reason"]) == (1, "bad-block")
+    shown = await trio.to_thread.run_sync(node.api.peers.get, liar_id)
+    assert (shown.penalties, shown.penalty_reason) == (1, "bad-block")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import signal
 import threading
@@ -15,16 +14,12 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from accel_node.core.schemas import InferOptions
+from accel_node.errors import ApiError
 from tests.support.daemons import Daemon
 from tests.support.modelzoo import build_transformer
 
 pytestmark = pytest.mark.multinode
-
-
-def npz(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
 
 
 def cli_json(node: Daemon, *args: str) -> Any:
@@ -45,7 +40,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 60) -> None:
 def connect_all(nodes: list[Daemon]) -> None:
     for i, a in enumerate(nodes):
         for b in nodes[i + 1 :]:
-            assert a.api("POST", "/v1/peers/connect", json={"addr": b.addr}).status_code == 200
+            a.api.peers.connect(b.addr)
 
 
 def share_model(owner: Daemon, others: list[Daemon], model_dir: Path) -> str:
@@ -58,16 +53,13 @@ def share_model(owner: Daemon, others: list[Daemon], model_dir: Path) -> str:
 
 
 def stage_peers(node: Daemon, plan: str) -> list[list[str]]:
-    listing = node.api("GET", "/v1/shards").json()
+    listing = node.api.shards.list()
     found = next(p for p in listing["plans"] if p["plan"] == plan)
     return [s.get("peers", []) for s in found["stages"]]
 
 
-def infer(node: Daemon, cid: str, inputs: dict[str, np.ndarray], **params: str) -> np.ndarray:
-    response = node.api("POST", f"/v1/infer/{cid}", content=npz(**inputs), params=params,
-                        headers={"Content-Type": "application/x-npz"})  # fmt: skip
-    assert response.status_code == 200, response.text
-    return np.load(io.BytesIO(response.content))["hidden"]
+def infer(node: Daemon, cid: str, inputs: dict[str, np.ndarray], **options: Any) -> np.ndarray:
+    return node.api.inference.infer(cid, inputs, InferOptions(**options))["hidden"]
 
 
 def test_sharded_output_equals_local_and_survives_a_killed_replica(
@@ -122,8 +114,8 @@ def test_sharded_output_equals_local_and_survives_a_killed_replica(
     def client(k: int) -> None:
         for i in range(k, 100, 4):
             try:
-                results[i] = infer(a, cid, requests[i], mode="sharded", timeout_s="60")
-            except AssertionError as exc:
+                results[i] = infer(a, cid, requests[i], mode="sharded", timeout_s=60)
+            except ApiError as exc:
                 errors.append(str(exc))
 
     threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
@@ -139,7 +131,7 @@ def test_sharded_output_equals_local_and_survives_a_killed_replica(
         (want,) = session.run(None, requests[i])
         assert np.abs(got - want).max() <= 1e-4, i
 
-    listing = a.api("GET", "/v1/shards", params={"lookup": "false"}).json()
+    listing = a.api.shards.list(lookup=False)
     assert [p["plan"] for p in listing["plans"]] == [plan_cid]
 
     # With every replica of stage 1 gone, the requester (which holds the model) re-places that
@@ -147,8 +139,8 @@ def test_sharded_output_equals_local_and_survives_a_killed_replica(
     c.stop(signal.SIGKILL)
     last = sample()
     (want_last,) = session.run(None, last)
-    assert np.abs(infer(a, cid, last, mode="sharded", timeout_s="120") - want_last).max() <= 1e-4
-    served = a.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"]
+    assert np.abs(infer(a, cid, last, mode="sharded", timeout_s=120) - want_last).max() <= 1e-4
+    served = a.api.shards.list(lookup=False)["served"]
     assert {"model": cid, "plan": plan_cid, "stage": 1} in served
 
 
@@ -168,10 +160,10 @@ def test_remembered_stages_are_served_after_a_restart_and_a_removed_model_does_n
     expected = [{"model": cid, "plan": plan["plan"], "stage": 0}]
     wait_for(
         "the remembered stage to be served again",
-        lambda: node.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"] == expected,
+        lambda: node.api.shards.list(lookup=False)["served"] == expected,
     )
 
-    assert node.api("DELETE", f"/v1/models/{cid}").status_code == 200
+    node.api.models.remove(cid)
     node.stop()
     node.start().wait_ready()  # the remembered stage cannot be served any more; the node still starts
-    assert node.api("GET", "/v1/shards", params={"lookup": "false"}).json()["served"] == []
+    assert node.api.shards.list(lookup=False)["served"] == []

@@ -8,7 +8,6 @@ Two daemons serve every test of this module (started once): ``a`` checks every r
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -27,6 +26,7 @@ import pytest
 import trio
 from multiaddr import Multiaddr
 
+from accel_node.core.schemas import InferOptions, PlanRequest, PublishRequest, ServeRequest
 from accel_node.shard.parts import FIRST, LAST, MSG
 from accel_node.shard.server import SHARD_PURPOSE
 from accel_node.shard.wire import MAGIC, MALFORMED, PREFIX, Kind, Message, decode_message, encode_bytes
@@ -64,18 +64,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     try:
         a.wait_ready()
         b.wait_ready()
-        assert a.api("POST", "/v1/peers/connect", json={"addr": b.addr}).status_code == 200
-        key = ok(a.api("POST", "/v1/keys", json={"name": "acme"}), 201)
-        ok(b.api("POST", "/v1/trust", json={"public_key": key["public_key"], "name": "acme"}), 201)
+        a.api.peers.connect(b.addr)
+        key = a.api.keys.new_key("acme")
+        b.api.keys.trust(key.public_key, "acme")
         yield Cluster(a, b, root)
     finally:
         for daemon in (a, b):
             daemon.kill()
-
-
-def ok(response: Any, status: int = 200) -> Any:
-    assert response.status_code == status, response.text
-    return response.json()
 
 
 @dataclass
@@ -102,16 +97,12 @@ def shard(
     """Publish the model at ``path`` (alone in its directory), plan it for ``planned_for`` (one peer per
     stage) and serve stage i on each (daemon, i) of ``serving`` (they fetch the signed plan by CID)."""
     a, b = cluster.a, cluster.b
-    cid = str(
-        ok(a.api("POST", "/v1/models/publish", json={"dir": str(path.parent), "key": "acme"}), 201)["cid"]
-    )
-    ok(b.api("POST", "/v1/models/fetch", json={"cid": cid}))
+    cid = a.api.models.publish(PublishRequest(dir=str(path.parent), key="acme")).cid
+    b.api.models.fetch(cid)
     peers = [d.peer_id for d in planned_for]
-    plan = ok(a.api("POST", "/v1/shards/plan", json={"cid": cid, "stages": len(peers), "peers": peers}), 201)
+    plan = a.api.shards.plan(PlanRequest(cid=cid, stages=len(peers), peers=peers))
     for daemon, stage in serving:
-        served = ok(
-            daemon.api("POST", "/v1/shards/serve", json={"cid": cid, "stage": stage, "plan": plan["plan"]})
-        )
+        served = daemon.api.shards.serve(ServeRequest(cid=cid, stage=stage, plan=plan["plan"]))
         assert served["stage_cid"] == plan["stages"][stage]["cid"]
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return Sharded(cid, path, plan, session)
@@ -119,7 +110,7 @@ def shard(
 
 def stage_peers(node: Daemon, plan_cid: str) -> list[set[str]]:
     """Who serves each stage of ``plan_cid``, as ``node`` finds them (DHT + verified capability records)."""
-    listing = ok(node.api("GET", "/v1/shards"))
+    listing = node.api.shards.list()
     found = next(p for p in listing["plans"] if p["plan"] == plan_cid)
     return [set(s.get("peers", [])) for s in found["stages"]]
 
@@ -130,17 +121,8 @@ def wait_for_route(node: Daemon, plan_cid: str, expected: list[set[str]]) -> Non
 
 
 def infer(node: Daemon, model: Sharded, x: np.ndarray) -> np.ndarray:
-    buffer = io.BytesIO()
-    np.savez(buffer, x=x)
-    response = node.api(
-        "POST",
-        f"/v1/infer/{model.cid}",
-        content=buffer.getvalue(),
-        params={"mode": "sharded", "plan": model.plan_cid, "timeout_s": "30"},
-        headers={"Content-Type": "application/x-npz"},
-    )
-    assert response.status_code == 200, response.text
-    y: np.ndarray = np.load(io.BytesIO(response.content))["y"]
+    options = InferOptions(mode="sharded", plan=model.plan_cid, timeout_s=30)
+    y: np.ndarray = node.api.inference.infer(model.cid, {"x": x}, options)["y"]
     return y
 
 
@@ -180,7 +162,7 @@ def test_sharded_mlp_and_cnn_equal_single_node_output(cluster: Cluster, mlp: Sha
 
 def served(node: Daemon, model: Sharded) -> int:
     """How many RUNs ``node``'s stage of ``model`` answered with ACK (none failed)."""
-    loads = ok(node.api("GET", "/v1/shards", params={"lookup": "false"}))["loads"]
+    loads = node.api.shards.list(lookup=False)["loads"]
     (load,) = [entry for entry in loads if entry["model"] == model.plan_cid]
     assert load["failed"] == 0, (node.home.name, load)
     return int(load["served"])
@@ -249,13 +231,13 @@ async def test_malformed_and_oversize_frames_are_refused_and_the_stage_server_se
             with pytest.raises((ChannelClosed, BulkError)), trio.fail_after(10):
                 await channel.receive()
         me = str(host.get_id())
-        penalised = await trio.to_thread.run_sync(lambda: ok(a.api("GET", f"/v1/peers/{me}")))
+        penalised = await trio.to_thread.run_sync(lambda: a.api.peers.get(me))
         # Close the connection and the listener before leaving: a connection merely abandoned by a
         # cancelled host stays open, unread, and stalls the daemon's later DHT calls to this peer.
         with trio.move_on_after(10):
             await host.close()
         nursery.cancel_scope.cancel()
-    assert penalised["penalties"] >= 6 and penalised["excluded"], penalised
+    assert penalised.penalties >= 6 and penalised.excluded, penalised
     assert a.proc.poll() is None, a.log()[-4000:]
     # a serves on: a valid request through b's API crosses a's stage 0 (b -> a -> b)
     x = rng.standard_normal((3, 64), dtype=np.float32)
@@ -333,7 +315,7 @@ def test_a_replica_returning_wrong_activations_is_caught_by_spot_checks_and_excl
         rng = np.random.default_rng(2)
 
         def liar_view() -> dict[str, Any]:
-            return dict(ok(a.api("GET", f"/v1/peers/{liar.peer_id}")))
+            return a.api.peers.get(liar.peer_id).model_dump()
 
         for _ in range(40):  # each request meets the liar with probability 2/3; 3 penalties exclude it
             x = rng.standard_normal((4, 64), dtype=np.float32)
@@ -343,8 +325,8 @@ def test_a_replica_returning_wrong_activations_is_caught_by_spot_checks_and_excl
         view = liar_view()
         assert view["excluded"] and view["penalties"] >= 3, view
         assert "activations differ from the referee's" in view["penalty_reason"], view
-        honest = ok(a.api("GET", f"/v1/peers/{b.peer_id}"))
-        assert honest["penalties"] == 0 and not honest["excluded"], honest
+        honest = a.api.peers.get(b.peer_id)
+        assert honest.penalties == 0 and not honest.excluded, honest
         lies = liar.runs()
         assert lies >= 3, liar.status()
         for _ in range(6):  # from now on, no request reaches the liar

@@ -20,8 +20,10 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-import httpx
 import psutil
+
+from accel_node.client import Client
+from accel_node.errors import ApiError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60.0
@@ -205,6 +207,7 @@ class Daemon(Process):
         super().__init__(home.name, home / "api.json", home.parent / f"{home.name}.log", full)
         self.home = home
         self._token = ""
+        self._api: Client | None = None
 
     def start(self, *extra_args: str) -> Daemon:
         self.home.parent.mkdir(parents=True, exist_ok=True)
@@ -235,31 +238,23 @@ class Daemon(Process):
     def token(self) -> str:
         return self._token or (self.home / "api.token").read_text().strip()
 
-    def client(self, timeout: float = 120.0) -> httpx.Client:
-        """A keep-alive client of the daemon's API, authorised with its token."""
-        return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Bearer {self.token()}"}, timeout=timeout
-        )
+    def client(self, timeout: float = 120.0) -> Client:
+        """A new keep-alive typed client of the daemon's API, authorised with its token (close it:
+        benchmarks hold one per thread, so each keeps its own connection)."""
+        return Client(self.url, self.token(), timeout_s=timeout)
 
-    def api(self, method: str, path: str, *, token: str | None = None, **kwargs: Any) -> httpx.Response:
-        headers = {"Authorization": f"Bearer {token if token is not None else self.token()}"}
-        headers.update(kwargs.pop("headers", {}))
-        with httpx.Client(base_url=self.url, timeout=kwargs.pop("timeout", 30)) as client:
-            return client.request(method, path, headers=headers, **kwargs)
-
-    def api_json(self, method: str, path: str, *, timeout: float = 300.0, **kwargs: Any) -> Any:
-        """The JSON answer of an API call; raises ``RuntimeError`` unless it succeeded."""
-        response = self.api(method, path, timeout=timeout, **kwargs)
-        if response.status_code >= 300:
-            raise RuntimeError(
-                f"{method} {path} on {self.name}: {response.status_code} {response.text[:500]}"
-            )
-        return response.json()
+    @property
+    def api(self) -> Client:
+        """The daemon's own typed client, made on first use and again once the daemon's url changes
+        (a restart); ``api.transport.send(..., checked=False)`` gives a raw response."""
+        if self._api is None or self._api.url != self.url:
+            if self._api is not None:
+                self._api.close()
+            self._api = self.client()
+        return self._api
 
     def peer_ids(self) -> set[str]:
-        response = self.api("GET", "/v1/peers")
-        response.raise_for_status()
-        return {p["peer_id"] for p in response.json()["peers"]}
+        return {p.peer_id for p in self.api.peers.list().peers}
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return cli(self.home, *args, env=self.env, timeout=timeout)
@@ -312,7 +307,7 @@ class Cluster:
         if pairs is None:
             pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
         for a, b in pairs:
-            self[a].api_json("POST", "/v1/peers/connect", json={"addr": self[b].addr})
+            self[a].api.peers.connect(self[b].addr)
 
     def stop(
         self, timeout: float = 20.0, on_kill: Callable[[Daemon], None] | None = None
@@ -349,3 +344,12 @@ def wait_until(
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def api_error(call: Callable[[], object]) -> ApiError:
+    """The :class:`ApiError` that ``call`` (a typed-client call) raises; fails if it succeeds."""
+    try:
+        call()
+    except ApiError as exc:
+        return exc
+    raise AssertionError("the call succeeded; an API error was expected")
