@@ -103,6 +103,13 @@ class DaemonNotRunningError(AccelNodeError):
     code = "daemon_not_running"
 
 
+class DaemonTimeoutError(AccelNodeError):
+    """The daemon did not answer within the client's timeout (client side): it runs, but is slow."""
+
+    status = 504
+    code = "client_timeout"
+
+
 class ApiError(AccelNodeError):
     """The control API answered with an error (client side): its status, code and message."""
 

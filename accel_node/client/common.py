@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 
 from accel_node.core.schemas import InferOptions
-from accel_node.errors import ApiError, DaemonNotRunningError
+from accel_node.errors import ApiError, DaemonNotRunningError, DaemonTimeoutError
 from accel_node.home import NodeHome, pid_alive
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -50,7 +50,10 @@ def auth_headers(token: str | None) -> dict[str, str]:
     return {} if token is None else {"Authorization": f"Bearer {token}"}
 
 
-def unreachable(url: str, exc: httpx.TransportError) -> DaemonNotRunningError:
+def unreachable(url: str, exc: httpx.TransportError) -> DaemonNotRunningError | DaemonTimeoutError:
+    """What a transport failure means to the caller: a daemon that is slow, or one that is not there."""
+    if isinstance(exc, httpx.TimeoutException):
+        return DaemonTimeoutError(f"the daemon at {url} did not answer in time ({type(exc).__name__})")
     return DaemonNotRunningError(f"cannot reach the daemon at {url}: {exc}")
 
 

@@ -57,7 +57,7 @@ from typing import Any
 
 from accel_node.client import Client
 from accel_node.core import endpoints as E
-from accel_node.errors import DaemonNotRunningError
+from accel_node.errors import DaemonTimeoutError
 from scripts.bench.cpu import wait_quiet
 from scripts.bench.dht_network import (
     build_edges,
@@ -68,7 +68,6 @@ from scripts.bench.dht_network import (
     lookup,
     p2p_addr,
     scan_logs,
-    timed_out,
 )
 from scripts.bench.dht_report import render, summarize_lookups
 from scripts.bench.harness import (
@@ -265,9 +264,7 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     s0 = time.perf_counter()
                     try:
                         client.transport.send(E.STATUS)
-                    except DaemonNotRunningError as exc:
-                        if not timed_out(exc):
-                            raise
+                    except DaemonTimeoutError:
                         log(f"GET /v1/status on node {a} timed out")
                     status_ms.append((time.perf_counter() - s0) * 1e3)
                 else:

@@ -19,7 +19,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from accel_node.core import endpoints as E
-from accel_node.errors import ApiError
+from accel_node.core.schemas import InferOptions
+from accel_node.errors import ApiError, DaemonTimeoutError
 from tests.support.daemons import Daemon
 from tests.support.modelzoo import build_mlp, build_transformer
 
@@ -201,10 +202,16 @@ def test_queue_full_timeouts_variants_and_bench(start_daemon: Callable[..., Daem
     deadline = time.monotonic() + 10
     while stats()["queue_depth"] < 1 and time.monotonic() < deadline:  # one runs, others wait
         time.sleep(0.005)
-    headers = {"Content-Type": "application/x-npz"}
-    with node.client() as gone, pytest.raises(httpx.ReadTimeout):  # httpx's own error: the typed
-        # client would report the timeout as an unreachable daemon
-        gone.http.post(E.INFER.url(cid=cid), content=npz(x=x), headers=headers, timeout=0.05)
+    with node.client() as gone, pytest.raises(DaemonTimeoutError):  # the client gives up and goes away
+        options = InferOptions(timeout_s=30)
+        gone.transport.send(
+            E.INFER,
+            path={"cid": cid},
+            query={"timeout_s": options.timeout_s},
+            content=npz(x=x),
+            headers={"Content-Type": "application/x-npz"},
+            timeout_s=0.05,
+        )
     for t in busy:
         t.join()
     deadline = time.monotonic() + 10

@@ -13,7 +13,7 @@ import pytest
 
 from accel_node.client import AsyncClient, Client
 from accel_node.core import endpoints as E
-from accel_node.errors import ApiError, DaemonNotRunningError
+from accel_node.errors import ApiError, DaemonNotRunningError, DaemonTimeoutError
 from tests.support.daemons import REPO_ROOT
 
 
@@ -84,3 +84,12 @@ async def test_an_unreachable_daemon_is_daemon_not_running() -> None:
     async with AsyncClient("http://127.0.0.1:9", "t", timeout_s=2) as api:  # port 9: discard, closed
         with pytest.raises(DaemonNotRunningError, match="cannot reach the daemon"):
             await api.node.status()
+
+
+def test_a_slow_daemon_is_a_timeout_not_a_missing_daemon() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    with Client("http://127.0.0.1:9", "t", transport=httpx.MockTransport(handler)) as api:
+        with pytest.raises(DaemonTimeoutError, match="did not answer in time"):
+            api.node.status()
