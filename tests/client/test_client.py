@@ -90,6 +90,6 @@ def test_a_slow_daemon_is_a_timeout_not_a_missing_daemon() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ReadTimeout("no answer", request=request)
 
-    with Client("http://127.0.0.1:9", "t", transport=httpx.MockTransport(handler)) as api:
-        with pytest.raises(DaemonTimeoutError, match="did not answer in time"):
-            api.node.status()
+    api = Client("http://127.0.0.1:9", "t", transport=httpx.MockTransport(handler))
+    with api, pytest.raises(DaemonTimeoutError, match="did not answer in time"):
+        api.node.status()
