@@ -30,7 +30,7 @@ from tests.support.daemons import Daemon
 
 pytestmark = pytest.mark.multinode
 
-EXAMPLES_PER_OPERATION = 12
+EXAMPLES_PER_OPERATION = 8
 SKIPPED = {(e.method, e.path) for e in (E.PROFILE_START, E.PEERS_CONNECT, E.METRICS)}
 OPENAPI = Endpoint("GET", "/openapi.json")
 

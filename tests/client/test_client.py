@@ -36,8 +36,8 @@ def test_the_sync_client_is_generated_from_the_async_one() -> None:
 
 
 def test_path_parameters_are_encoded_so_they_never_add_a_segment() -> None:
-    assert E.TRUST_REMOVE.url(name="a/b c") == "/v1/trust/a%2Fb%20c"
-    assert E.MODEL.url(cid="bafy..") == "/v1/models/bafy.."
+    assert E.TRUST_REMOVE.url(name="a/b c") == E.TRUST.path + "/a%2Fb%20c"
+    assert E.MODEL.url(cid="bafy..") == E.MODELS.path + "/bafy.."
 
 
 def _answering(status: int, body: bytes, content_type: str = "application/json") -> Client:
@@ -63,7 +63,7 @@ def test_an_error_answer_becomes_an_api_error_with_status_code_and_fields() -> N
     assert (error.http_status, error.error_code, error.fields) == (400, "invalid_input", {"input": "x"})
     assert "input 'x' is wrong (HTTP 400)" in str(error)
     request = api.seen[0]  # type: ignore[attr-defined]
-    assert request.method == "GET" and request.url.path == "/v1/models/bafy"
+    assert request.method == "GET" and request.url.path == E.MODEL.url(cid="bafy")
     assert request.headers["authorization"] == "Bearer secret"
 
 
