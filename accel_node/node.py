@@ -72,9 +72,11 @@ class Node:
         """Run until stopped by a signal or :meth:`request_stop`.
 
         Signals are received for the whole lifetime, clean-up included, so that a second SIGTERM
-        arriving while the store is being flushed cancels work instead of killing the process.
+        arriving while the store is being flushed cancels work instead of killing the process. The
+        home lock is taken first, outside any nursery, so that a second daemon on the same home is
+        refused with one clear error (not an exception group) before anything starts.
         """
-        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, self.home.lock():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, signals, nursery.cancel_scope)
                 try:
@@ -83,20 +85,20 @@ class Node:
                     nursery.cancel_scope.cancel()
 
     async def _run_locked(self) -> None:
-        with self.home.lock():
-            key_pair = self.home.identity()
-            token = self.home.token()
-            peer_id = str(peer_id_of(key_pair))
-            self.metrics.set_identity(peer_id)
-            store = await AsyncStore.open(
-                self.home.resolve(self.config.store.path), synchronous=self.config.store.synchronous
-            )
-            try:
-                await self._serve(store, key_pair, token)
-            finally:
-                self.home.remove_api_info()
-                await store.close()
-                log.info("node stopped", extra={"peer_id": peer_id})
+        """Everything that needs the home lock (held by :meth:`run`)."""
+        key_pair = self.home.identity()
+        token = self.home.token()
+        peer_id = str(peer_id_of(key_pair))
+        self.metrics.set_identity(peer_id)
+        store = await AsyncStore.open(
+            self.home.resolve(self.config.store.path), synchronous=self.config.store.synchronous
+        )
+        try:
+            await self._serve(store, key_pair, token)
+        finally:
+            self.home.remove_api_info()
+            await store.close()
+            log.info("node stopped", extra={"peer_id": peer_id})
 
     async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
         """Build every subsystem, then run them in three nested layers: the substrate outermost,
