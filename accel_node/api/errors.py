@@ -47,8 +47,6 @@ HTTP_CODES = {
     504: "timeout",
 }
 MAX_VALIDATION_ITEMS = 20
-
-
 LEGACY_FIELDS = ("input",)  # top-level fields of error bodies before error.code existed
 
 
@@ -75,9 +73,11 @@ def _validation_items(exc: RequestValidationError) -> list[dict[str, Any]]:
 
 
 def _summary(items: list[dict[str, Any]]) -> str:
-    parts = [
-        f"{'.'.join(str(p) for p in item['loc'][1:]) or item['loc'][0]}: {item['message']}" for item in items
-    ]
+    parts = []
+    for item in items:
+        loc = [str(part) for part in item["loc"]]
+        where = ".".join(loc[1:]) or (loc[0] if loc else "request")  # drop "body"/"query" when there is more
+        parts.append(f"{where}: {item['message']}")
     return "invalid request: " + "; ".join(parts[:5]) if parts else "invalid request"
 
 
