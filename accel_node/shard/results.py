@@ -34,9 +34,13 @@ class RouterStats:
     late: int = 0  # results for requests already finished (or unknown)
     retries: int = 0  # micro-batches sent again to another stage-0 replica
     refused_results: int = 0  # results from a peer not allowed to answer
-    spot_checks: int = 0
-    spot_checks_skipped: int = 0  # no stage had two replicas (or a replica and a local session)
-    mismatches: int = 0
+    spot_checks: int = 0  # audits run (a stage of a delivered micro-batch checked afterwards)
+    spot_checks_skipped: int = 0  # audits drawn but not run (too many pending, nobody to compare with)
+    mismatches: int = 0  # two replicas disagreed in an audit
+    receipt_breaks: int = 0  # delivered micro-batches whose receipt chain did not hold
+    audit_failures: int = 0  # audited stages that could not produce what they committed to
+    lies_caught: int = 0  # audited stages whose committed output was a lie
+    evidence_published: int = 0
     penalised: list[str] = field(default_factory=list)
 
 

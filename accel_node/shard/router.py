@@ -13,7 +13,11 @@ FAILs, breaks or times out, the micro-batch is retried from the start on the nex
 :class:`ShardRouteError` names the stage that had no capable replica (``exhausted`` answers say which later
 stage that was) so that the caller can re-place it.
 
-Spot checks (with probability ``spot_check_p``): :mod:`accel_node.shard.spotcheck`.
+Verification cannot be told apart from normal traffic: every stage signs a receipt for every micro-batch
+(:mod:`accel_node.shard.receipts`); the router checks the receipt chain of every RESULT (a break is
+penalised and the micro-batch fails with :class:`ShardVerificationError`) and, after delivering it, audits
+each stage with probability ``audit_probability(peer, model, stage)`` (default: ``spot_check_p``) in the
+background (:mod:`accel_node.shard.audit`).
 
 The router talks to stage servers through a :class:`~p2p.bulk.ChannelTransport`; stages this node serves
 itself are reached like any other, over the transport's in-memory channel to itself.
@@ -35,24 +39,29 @@ from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from accel_node.runtime.validation import Signature
+from accel_node.shard.audit import Auditor, AuditProbability, Delivered, Publish, uniform
 from accel_node.shard.errors import (
     ShardError,
     ShardLinkError,
     ShardRequestError,
     ShardRouteError,
     ShardTimeoutError,
+    ShardVerificationError,
 )
 from accel_node.shard.failover import FailOver
 from accel_node.shard.frames import merge_batches, split_batch
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool
+from accel_node.shard.receipts import ChainBreak, as_received, check_chain, tensor_digest
 from accel_node.shard.results import Expected, ResultBox, RouterStats
 from accel_node.shard.runner import Offload, in_worker_thread
 from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE
-from accel_node.shard.spotcheck import FP16_RTOL, LocalStages, SpotChecker, Tolerance
+from accel_node.shard.spotcheck import FP16_RTOL, LocalReferees, LocalStages, Tolerance
 from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits
 from p2p.bulk import ChannelTransport
+from p2p.events import EventSink, drop
 from p2p.penalties import PenaltyBox
+from p2p.tasks import FailureHook
 
 __all__ = ["FP16_RTOL", "LocalStages", "RouterStats", "ShardRouter"]
 
@@ -71,6 +80,7 @@ class _Call:
     deadline: float
     fp16: bool
     local_stages: LocalStages
+    audit: AuditProbability
 
 
 class ShardRouter:
@@ -80,6 +90,10 @@ class ShardRouter:
     backs off stage-0 replicas that fail. ``advertise_addrs`` puts this node's addresses in each RUN so
     that the last stage can reach it even when not connected yet. ``offload`` runs local referee sessions
     (a worker thread by default).
+
+    Audits: ``audit_probability(peer, model, stage)`` overrides ``spot_check_p`` per stage (e.g. 1.0 for
+    peers not yet proven); at most ``audit_concurrency`` run at once; ``publish_evidence`` receives the
+    evidence record of a caught liar (the node gossips it); ``events`` hears of every liar caught.
     """
 
     def __init__(
@@ -100,6 +114,11 @@ class ShardRouter:
         rng: random.Random | None = None,
         link_idle_s: float = 300.0,
         offload: Offload = in_worker_thread,
+        audit_probability: AuditProbability | None = None,
+        audit_concurrency: int = 4,
+        publish_evidence: Publish | None = None,
+        events: EventSink = drop,
+        on_failure: FailureHook | None = None,
     ) -> None:
         if not 0.0 <= spot_check_p <= 1.0:
             raise ValueError("spot_check_p must be within [0, 1]")
@@ -116,14 +135,20 @@ class ShardRouter:
         self.rng = rng or random.Random()  # noqa: S311 - sampling, not secrets
         self.stats = RouterStats()
         self.results = ResultBox(self.stats, limits, self._penalise)
-        self.checker = SpotChecker(
-            health=self.health,
-            penalties=penalties,
+        self.referees = LocalReferees(offload, intra_op_threads)
+        self.audit_probability = audit_probability
+        self.auditor = Auditor(
+            transport,
             stats=self.stats,
             penalise=self._penalise,
+            referees=self.referees,
             rng=self.rng,
-            offload=offload,
-            intra_op_threads=intra_op_threads,
+            limits=limits,
+            timeout_s=hop_timeout_s,
+            max_concurrent=audit_concurrency,
+            publish=publish_evidence,
+            events=events,
+            on_failure=on_failure,
         )
         self.pool = LinkPool(
             transport,
@@ -138,6 +163,7 @@ class ShardRouter:
         """Accept results on ``shard-result/1`` and hold links to stage 0 until cancelled."""
         async with trio.open_nursery() as nursery:
             await nursery.start(self.pool.run)
+            await nursery.start(self.auditor.run)
             self.transport.set_handler(RESULT_PURPOSE, self.results.serve, require_encryption=True)
             try:
                 task_status.started()
@@ -167,17 +193,19 @@ class ShardRouter:
         when the batch dim is dynamic; every input and output must have it first); ``signature``, the
         specs of the inputs, keeps a batch whole where axis 0 is not the batch axis (see
         :func:`~accel_node.shard.frames.split_batch`; None: the caller vouches that it is).
-        ``local_stages`` are stages this node holds (model file or bytes, spec), used to referee spot
-        checks. ``addrs`` are addresses of route peers the stage servers may not know yet. Returned
-        arrays may be read-only. Raises :class:`ShardRouteError` (no capable replica for a stage;
-        ``.stage`` names it), :class:`ShardTimeoutError`, :class:`ShardVerificationError`.
+        ``local_stages`` are stages this node holds (model file or bytes, spec), used to referee audits;
+        ``spot_check_p`` overrides the audit probability of every stage for this call. ``addrs`` are
+        addresses of route peers the stage servers may not know yet. Returned arrays may be read-only.
+        Raises :class:`ShardRouteError` (no capable replica for a stage; ``.stage`` names it),
+        :class:`ShardTimeoutError`, :class:`ShardVerificationError` (a receipt chain broke).
         """
         self.stats.requests += 1
+        audit = self._probability if spot_check_p is None else uniform(spot_check_p)
         call = self._prepare(
-            route, model_cid, timeout_s=timeout_s, fp16=compress_fp16, local_stages=local_stages, addrs=addrs
-        )
+            route, model_cid, timeout_s=timeout_s, fp16=compress_fp16, local_stages=local_stages, addrs=addrs,
+            audit=audit,
+        )  # fmt: skip
         chunks = split_batch(inputs, micro_batch, signature)
-        p = self.spot_check_p if spot_check_p is None else spot_check_p
         results: list[Arrays | None] = [None] * len(chunks)
         errors: list[BaseException] = []
 
@@ -185,10 +213,7 @@ class ShardRouter:
             try:
                 async with self._slots:
                     self.stats.micro_batches += 1
-                    checked = self.rng.random() < p
-                    results[index] = await (self._spot_checked if checked else self._pipelined)(
-                        call, index, chunk
-                    )
+                    results[index] = await self._pipelined(call, index, chunk)
                     self.stats.delivered += 1
             except ShardError as exc:
                 errors.append(exc)
@@ -213,6 +238,7 @@ class ShardRouter:
         fp16: bool,
         local_stages: LocalStages | None,
         addrs: Mapping[ID, Sequence[Multiaddr]] | None,
+        audit: AuditProbability,
     ) -> _Call:
         if not route or len(route) > self.limits.max_stages:
             raise ShardRequestError(f"a route needs 1 to {self.limits.max_stages} stages, got {len(route)}")
@@ -238,9 +264,15 @@ class ShardRouter:
             deadline=trio.current_time() + timeout_s,
             fp16=fp16,
             local_stages=local_stages or {},
+            audit=audit,
         )
 
     # -- penalties ------------------------------------------------------------------------------------
+
+    def _probability(self, peer: ID, model: str, stage: int) -> float:
+        if self.audit_probability is not None:
+            return self.audit_probability(peer, model, stage)
+        return self.spot_check_p
 
     def _excluded(self, peer: ID) -> bool:
         return self.penalties is not None and self.penalties.excluded(peer)
@@ -253,22 +285,42 @@ class ShardRouter:
     # -- one micro-batch ------------------------------------------------------------------------------
 
     async def _pipelined(self, call: _Call, index: int, frame: Arrays) -> Arrays:
-        return await self._through(
-            call, index, stage=0, replicas=call.route[0], rest=call.route[1:], frame=frame
+        """Through the whole route; the receipt chain checked, the stages' audits drawn afterwards."""
+        route = call.route
+        request_id, result = await self._through(
+            call, index, stage=0, replicas=route[0], rest=route[1:], frame=frame
         )
+        assert result.sender is not None and result.message is not None
+        chain = check_chain(
+            result.message.receipts,
+            request_id=request_id,
+            model=call.model,
+            micro_batch=index,
+            fp16=call.fp16,
+            route=route,
+            sent_digest=tensor_digest(as_received(frame, call.fp16)),
+            result_digest=tensor_digest(result.message.tensors),
+            result_sender=result.sender,
+        )
+        if isinstance(chain, ChainBreak):
+            self.stats.receipt_breaks += 1
+            for peer in chain.blame:
+                self._penalise(peer, f"receipts of {call.model}: {chain.reason}")
+            raise ShardVerificationError(f"sharded inference of {call.model}: {chain.reason}")
 
-    async def _spot_checked(self, call: _Call, index: int, frame: Arrays) -> Arrays:
-        if not self.checker.checkable(call.route, call.local_stages):
-            self.stats.spot_checks_skipped += 1
-            return await self._pipelined(call, index, frame)
-
-        async def hop(stage: int, replicas: Sequence[ID], frame: Arrays) -> Arrays:
-            return await self._through(call, index, stage=stage, replicas=replicas, rest=(), frame=frame)
+        async def hop(stage: int, replicas: Sequence[ID], frame: Arrays) -> Arrays:  # a referee's run
+            again = replace(call, deadline=trio.current_time() + self.hop_timeout_s)
+            _, referee = await self._through(
+                again, index, stage=stage, replicas=replicas, rest=(), frame=frame
+            )
+            assert referee.message is not None
+            return dict(referee.message.tensors)
 
         tolerance = Tolerance(self.atol, self.rtol, call.fp16)
-        return await self.checker.run(
-            hop, call.route, frame, model=call.model, tolerance=tolerance, local_stages=call.local_stages
+        self.auditor.delivered(
+            Delivered(call.model, route, tuple(chain), tolerance, call.local_stages, hop, call.audit)
         )
+        return dict(result.message.tensors)
 
     async def _through(
         self,
@@ -279,10 +331,10 @@ class ShardRouter:
         replicas: Sequence[ID],
         rest: Sequence[Sequence[ID]],
         frame: Arrays,
-    ) -> Arrays:
+    ) -> tuple[bytes, Expected]:
         """Send ``frame`` to ``stage`` (its ``replicas`` in order, failing over) with the ``rest`` of the
-        route; the RESULT's tensors (from the last stage of ``rest``, or from ``stage`` if ``rest`` is
-        empty). Replays keep the request id, so a result is delivered once."""
+        route; the request id and the delivered RESULT (from the last stage of ``rest``, or from
+        ``stage`` if ``rest`` is empty). Replays keep the request id, so a result is delivered once."""
         request_id = os.urandom(16)
         senders = frozenset(rest[-1] if rest else replicas)
         expected = self.results.expect(request_id, call.model, stage + len(rest), senders)
@@ -312,7 +364,7 @@ class ShardRouter:
                     hops=len(rest) + 1,
                 )
                 if expected.message is not None:
-                    return dict(expected.message.tensors)
+                    return request_id, expected
             if trio.current_time() >= call.deadline:
                 raise ShardTimeoutError(f"sharded inference of {call.model} ran out of time at stage {stage}")
             stage = failover.stage_to_blame

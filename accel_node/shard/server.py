@@ -47,6 +47,7 @@ from accel_node.shard.errors import ShardLinkError, ShardWireError, StageInputEr
 from accel_node.shard.failover import FailOver
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
+from accel_node.shard.retention import Retention
 from accel_node.shard.runner import Offload, StageRunner, StageSpec, in_worker_thread
 from accel_node.shard.wire import (
     BUSY,
@@ -133,6 +134,7 @@ class StageServer:
         busy_window_s: float = 10.0,
         link_idle_s: float = 300.0,
         offload: Offload = in_worker_thread,
+        retention: Retention | None = None,
     ) -> None:
         if concurrency < 1 or max_in_flight < 1:
             raise ValueError("concurrency and max_in_flight must be >= 1")
@@ -149,6 +151,7 @@ class StageServer:
         self.max_in_flight = max_in_flight
         self.hop_timeout_s = hop_timeout_s
         self.busy_window_s = busy_window_s
+        self.retention = retention  # signs receipts, keeps what it computed for audits (None: neither)
         self.pool = LinkPool(
             transport,
             limits=limits,
@@ -241,9 +244,11 @@ class StageServer:
 
     # -- the core: one RUN ----------------------------------------------------------------------------
 
-    async def process(self, message: Message, upstream: ID) -> Message:
+    async def process(self, message: Message, upstream: ID) -> Message:  # noqa: PLR0911 - one per refusal
         """Handle one RUN from ``upstream``; the ACK or FAIL to answer it with."""
         served = self._stages.get((message.model, message.stage))
+        if message.kind == Kind.AUDIT and self.retention is not None:
+            return self.retention.answer(message, upstream)
         if message.kind != Kind.RUN:
             return reject(message, MALFORMED, f"expected RUN, got {message.kind.name}")
         if served is None:
@@ -285,6 +290,8 @@ class StageServer:
             output = await self._compute(served, frame)
         except StageRunFailed as exc:
             return reject(message, FAILED, str(exc))
+        if self.retention is not None:  # every RUN gets a receipt: audits cannot be told apart
+            message = self.retention.commit(message, output)
         if not message.route:
             return await self._deliver(message, output, deadline)
         return await self._forward(served, message, output, deadline)
@@ -362,6 +369,7 @@ class StageServer:
             micro_batch=message.micro_batch,
             fp16=message.fp16,
             tensors=frame,
+            receipts=message.receipts,
         )
         reason = "no time left"
         for _attempt in range(2):  # a broken link is reopened once

@@ -1,8 +1,8 @@
-"""Spot checks: the judgement as a pure function, and the checker that gathers what it judges.
+"""Spot checks: the judgement as a pure function, and the local sessions that referee.
 
-With probability ``spot_check_p`` the router runs a micro-batch hop by hop (each stage's replica returns
-its output to the router) and one randomly chosen stage on two replicas (or one replica and a local
-session of the stage). :func:`judge` decides from the outputs alone:
+Audits (:mod:`accel_node.shard.audit`) compare a stage's committed output with a referee's: a local
+session of the stage (:class:`LocalReferees`) or other replicas. :func:`judge` decides from the outputs
+alone:
 
 - two outputs that agree within the tolerance: go on with the first (:attr:`Judgement.AGREED`);
 - one output and no local copy of the stage: nothing to compare with, go on (:attr:`Judgement.UNCHECKED`);
@@ -11,17 +11,16 @@ session of the stage). :func:`judge` decides from the outputs alone:
   (:attr:`Judgement.REFEREED`, the referee's output goes on), except that when a third *replica* referees
   and disagrees with everyone, nobody can be blamed (:attr:`Judgement.INCONCLUSIVE`).
 
-:class:`SpotChecker` runs the I/O around it: the hops (through the router's fail-over), the local referee
-sessions (cached, loaded through an :class:`~accel_node.shard.runner.Offload`) and the penalties.
+The old distinguishable spot check (a hop-by-hop run with empty routes, from the router) is gone: a
+stage could tell it apart from pipelined traffic and lie only on the rest (issue 11, finding 1).
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,8 @@ import numpy as np
 import trio
 from libp2p.peer.id import ID
 
-from accel_node.shard.errors import ShardRouteError, ShardVerificationError
 from accel_node.shard.frames import frames_agree
-from accel_node.shard.health import ReplicaHealth
-from accel_node.shard.results import RouterStats
 from accel_node.shard.runner import Offload, StageRunner, StageSpec
-from p2p.penalties import PenaltyBox
 
 log = logging.getLogger(__name__)
 
@@ -110,139 +105,25 @@ def judge(
     return Verdict(Judgement.REFEREED, referee, liars, mismatch)
 
 
-Hop = Callable[[int, Sequence[ID], Arrays], Awaitable[Arrays]]
-"""``await hop(stage, replicas, frame)``: the stage's output for ``frame`` from the first replica that
-delivers (the router's fail-over); raises :class:`ShardRouteError` when none does."""
+class LocalReferees:
+    """ONNX Runtime sessions of stages this node holds, loaded on first use (cached, at most
+    :data:`LOCAL_RUNNERS`), to re-execute a stage when auditing it or verifying evidence."""
 
-
-class SpotChecker:
-    """Runs spot-checked micro-batches for a router; see the module docstring."""
-
-    def __init__(
-        self,
-        *,
-        health: ReplicaHealth,
-        penalties: PenaltyBox | None,
-        stats: RouterStats,
-        penalise: Callable[[ID, str], None],
-        rng: random.Random,
-        offload: Offload,
-        intra_op_threads: int = 0,
-    ) -> None:
-        self.health = health
-        self.penalties = penalties
-        self.stats = stats
-        self._penalise = penalise
-        self.rng = rng
+    def __init__(self, offload: Offload, intra_op_threads: int = 0) -> None:
         self.offload = offload
         self.intra_op_threads = intra_op_threads
         self._runners: OrderedDict[tuple[str, int], StageRunner] = OrderedDict()
         self._runner_lock = trio.Lock()
 
-    def _usable(self, peers: Sequence[ID]) -> list[ID]:
-        return [p for p in peers if self.health.usable(p, self.penalties)]
+    async def run(self, model: str, stage: int, local_stages: LocalStages, frame: Arrays) -> Arrays | None:
+        """The stage's outgoing frame for ``frame``, computed here; None when the stage is not held."""
+        runner = await self.runner(model, stage, local_stages)
+        if runner is None:
+            return None
+        return await self.offload(lambda: runner.run(frame))
 
-    def checkable(self, route: Sequence[Sequence[ID]], local_stages: LocalStages) -> list[int]:
-        """Stages that can be checked: two usable replicas, or one and a local session."""
-        return [
-            i for i, replicas in enumerate(route) if len(self._usable(replicas)) + (i in local_stages) >= 2
-        ]
-
-    async def run(
-        self,
-        hop: Hop,
-        route: Sequence[Sequence[ID]],
-        frame: Arrays,
-        *,
-        model: str,
-        tolerance: Tolerance,
-        local_stages: LocalStages,
-    ) -> Arrays:
-        """Hop by hop through ``route``, one random checkable stage verified (there must be one)."""
-        checked = self.rng.choice(self.checkable(route, local_stages))
-        self.stats.spot_checks += 1
-        for stage, replicas in enumerate(route):
-            if stage == checked:
-                frame = await self._verify(
-                    hop, route, stage, frame, model=model, tolerance=tolerance, local_stages=local_stages
-                )
-            else:
-                frame = await hop(stage, replicas, frame)
-        return frame
-
-    async def _verify(
-        self,
-        hop: Hop,
-        route: Sequence[Sequence[ID]],
-        stage: int,
-        frame: Arrays,
-        *,
-        model: str,
-        tolerance: Tolerance,
-        local_stages: LocalStages,
-    ) -> Arrays:
-        usable = self._usable(route[stage])
-        local = await self._local_runner(model, stage, local_stages)
-        pair = self.rng.sample(usable, 2) if len(usable) >= 2 else usable[:1]
-        outputs: dict[ID, Arrays] = {}
-
-        async def run_on(peer: ID) -> None:
-            try:
-                outputs[peer] = await hop(stage, (peer,), frame)
-            except ShardRouteError as exc:  # judged with what the others answered
-                log.info("spot check replica failed", extra={"peer_id": str(peer), "error": str(exc)})
-
-        async with trio.open_nursery() as nursery:
-            for peer in pair:
-                nursery.start_soon(run_on, peer)
-        if not outputs:
-            return await hop(stage, route[stage], frame)
-        verdict = judge(outputs, tolerance, local_referee=local is not None)
-        if verdict.output is not None:
-            return verdict.output
-        if verdict.mismatch:
-            self.stats.mismatches += 1
-        referee = await self._referee(
-            hop, route, stage, frame, local=local, exclude=pair, model=model, fp16=tolerance.fp16
-        )
-        verdict = judge(outputs, tolerance, local_referee=local is not None, referee=referee)
-        if verdict.judgement == Judgement.INCONCLUSIVE:
-            raise ShardVerificationError(
-                f"spot check of stage {stage} of {model}: replicas {[str(p) for p in outputs]} and the "
-                "referee replica all disagree"
-            )
-        for peer, diff in verdict.liars.items():
-            self._penalise(
-                peer,
-                f"stage {stage} of {model}: activations differ from the referee's (max abs diff {diff:.3g})",
-            )
-        return referee
-
-    async def _referee(
-        self,
-        hop: Hop,
-        route: Sequence[Sequence[ID]],
-        stage: int,
-        frame: Arrays,
-        *,
-        local: StageRunner | None,
-        exclude: Sequence[ID],
-        model: str,
-        fp16: bool,
-    ) -> Arrays:
-        if local is not None:
-            out = await self.offload(lambda: local.run(frame))
-            if fp16:  # what an honest replica's output looks like after the trip
-                out = {n: a.astype(np.float16).astype(np.float32) if a.dtype == np.float32 else a
-                       for n, a in out.items()}  # fmt: skip
-            return out
-        others = [p for p in self._usable(route[stage]) if p not in exclude]
-        if not others:
-            raise ShardVerificationError(
-                f"spot check of stage {stage} of {model}: two replicas disagree and there is no referee "
-                "(no third replica, no local copy of the stage)"
-            )
-        return await hop(stage, others, frame)
+    async def runner(self, model: str, stage: int, local_stages: LocalStages) -> StageRunner | None:
+        return await self._local_runner(model, stage, local_stages)
 
     async def _local_runner(self, model: str, stage: int, local_stages: LocalStages) -> StageRunner | None:
         if stage not in local_stages:

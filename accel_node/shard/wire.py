@@ -10,7 +10,7 @@ One message::
 Header keys (short, since a small ACK is mostly header):
 
     v      1                    format version
-    k      uint                 kind: RUN 1, RESULT 2, ACK 3, FAIL 4
+    k      uint                 kind: RUN 1, RESULT 2, ACK 3, FAIL 4, AUDIT 5, RETAINED 6
     t      uint                 tag: the sender's correlation id on its channel; ACK/FAIL echo it
     r      bytes(16)            request id, random, end to end (replays and duplicates keep it)
     s      uint                 stage index (RUN: the stage to run; RESULT: the last stage; ACK/FAIL:
@@ -25,7 +25,14 @@ Header keys (short, since a small ACK is mostly header):
     f16    bool                 RUN/RESULT: float32 tensors travel as float16 (lossy, opt-in); the
                                 receiver casts them back to float32, and each hop compresses its output
     code   text, why text       FAIL: a code from :data:`FAIL_CODES` and a human-readable reason
-    x      [[name, dtype, [dims], nbytes]]   RUN/RESULT: the tensor table
+    rc     [bytes]              RUN/RESULT/RETAINED: signed stage receipts (:mod:`accel_node.shard.receipts`),
+                                stages 0..s-1 on a RUN, every stage on a RESULT, the audited stage's on
+                                RETAINED; at most ``max_receipts`` of at most ``max_receipt_bytes`` each
+    x      [[name, dtype, [dims], nbytes]]   RUN/RESULT/RETAINED: the tensor table
+
+AUDIT (``r``, ``s``, ``m``) asks a stage server for what it retained of request ``r`` at stage ``s``
+(:mod:`accel_node.shard.retention`); it answers RETAINED with the receipt and the tensors, inputs named
+``in/<name>`` and outputs ``out/<name>``, or FAIL.
 
 Decoding is zero-copy: each tensor is ``numpy.frombuffer`` over the received bytes (read-only), after
 checking that ``prod(shape) * itemsize == nbytes`` and that the table covers the body exactly. Dtypes come
@@ -104,6 +111,8 @@ class WireLimits:
     max_addrs_per_peer: int = 8
     max_addr_bytes: int = 256
     max_text_chars: int = 2048
+    max_receipts: int = MAX_STAGES
+    max_receipt_bytes: int = 1024
 
 
 DEFAULT_LIMITS = WireLimits()
@@ -114,6 +123,8 @@ class Kind(IntEnum):
     RESULT = 2
     ACK = 3
     FAIL = 4
+    AUDIT = 5
+    RETAINED = 6
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,7 @@ class Message:
     code: str = ""
     reason: str = ""
     tensors: Mapping[str, np.ndarray[Any, Any]] = field(default_factory=dict)
+    receipts: tuple[bytes, ...] = ()
 
 
 def ack(request: Message) -> Message:
@@ -218,6 +230,30 @@ def _run_header(message: Message, limits: WireLimits) -> dict[str, Any]:
     return header
 
 
+def _data_header(message: Message, limits: WireLimits) -> dict[str, Any]:
+    """The model, micro-batch, fp16 and receipt fields of a message that has them."""
+    header: dict[str, Any] = {}
+    if message.kind in (Kind.RUN, Kind.RESULT, Kind.RETAINED):
+        header.update(m=message.model, b=message.micro_batch, f16=message.fp16)
+    if message.kind == Kind.AUDIT:
+        header.update(m=message.model)
+    if message.receipts:
+        header["rc"] = _receipts(message, limits)
+    return header
+
+
+def _receipts(message: Message, limits: WireLimits) -> list[bytes]:
+    if message.kind not in (Kind.RUN, Kind.RESULT, Kind.RETAINED):
+        raise ShardWireError(f"a {message.kind.name} carries no receipts")
+    if len(message.receipts) > limits.max_receipts or any(
+        not 0 < len(r) <= limits.max_receipt_bytes for r in message.receipts
+    ):
+        raise ShardWireError(
+            f"at most {limits.max_receipts} receipts of {limits.max_receipt_bytes} bytes each"
+        )
+    return list(message.receipts)
+
+
 def encode_message(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> Encoded:
     """Encode ``message``; the tensor bytes are referenced, not copied (fp16 compression makes one copy)."""
     if len(message.request_id) != REQUEST_ID_BYTES:
@@ -226,8 +262,7 @@ def encode_message(message: Message, limits: WireLimits = DEFAULT_LIMITS) -> Enc
         raise ShardWireError(f"{len(message.tensors)} tensors > {limits.max_tensors}")
     header: dict[str, Any] = {"v": FORMAT_VERSION, "k": int(message.kind), "t": message.tag,
                               "r": message.request_id, "s": message.stage}  # fmt: skip
-    if message.kind in (Kind.RUN, Kind.RESULT):
-        header.update(m=message.model, b=message.micro_batch, f16=message.fp16)
+    header.update(_data_header(message, limits))
     if message.kind == Kind.RUN:
         header.update(_run_header(message, limits))
     if message.kind == Kind.FAIL:
@@ -286,11 +321,20 @@ class _Fields(CborMap):
 
 _MAX_INT = (1 << 63) - 1
 _KEYS = {
-    Kind.RUN: {"v", "k", "t", "r", "s", "m", "b", "f16", "route", "ttl", "reply", "addrs", "x"},
-    Kind.RESULT: {"v", "k", "t", "r", "s", "m", "b", "f16", "x"},
+    Kind.RUN: {"v", "k", "t", "r", "s", "m", "b", "f16", "route", "ttl", "reply", "addrs", "x", "rc"},
+    Kind.RESULT: {"v", "k", "t", "r", "s", "m", "b", "f16", "x", "rc"},
     Kind.ACK: {"v", "k", "t", "r", "s"},
     Kind.FAIL: {"v", "k", "t", "r", "s", "code", "why"},
+    Kind.AUDIT: {"v", "k", "t", "r", "s", "m"},
+    Kind.RETAINED: {"v", "k", "t", "r", "s", "m", "b", "f16", "x", "rc"},
 }
+
+
+def _parse_receipts(f: _Fields) -> tuple[bytes, ...]:
+    items = f.list(f.get("rc", []), "receipts", f.limits.max_receipts)
+    if any(not isinstance(r, bytes) or not 0 < len(r) <= f.limits.max_receipt_bytes for r in items):
+        raise f.error(f"a receipt must be 1 to {f.limits.max_receipt_bytes} bytes")
+    return tuple(items)
 
 
 def _parse_header(raw: bytes, limits: WireLimits) -> tuple[_Fields, Kind]:
@@ -430,4 +474,5 @@ def decode_message(data: Buffer, limits: WireLimits = DEFAULT_LIMITS) -> Message
         code=code,
         reason=f.text("why", max_len=limits.max_text_chars, default=""),
         tensors=_parse_tensors(f, view, PREFIX.size + header_len, fp16),
+        receipts=_parse_receipts(f),
     )

@@ -38,6 +38,7 @@ from accel_node import __version__
 from accel_node.capability import KIND, NAMESPACE, CapabilityBody, HardwareSummary, Load, ShardEntry
 from accel_node.shard import directory
 from accel_node.shard.partition import Stage, extract_stages
+from accel_node.shard.retention import Retention
 from accel_node.shard.runner import StageRunner
 from accel_node.shard.server import StageServer
 from p2p.addrs import parse_peer_addr
@@ -160,7 +161,7 @@ async def main(args: argparse.Namespace) -> None:
         await nursery.start(dht.run)
         bulk = BulkService(host)
         await nursery.start(bulk.run)
-        server = LyingStageServer(bulk, intra_op_threads=1)
+        server = LyingStageServer(bulk, intra_op_threads=1, retention=Retention(key_pair))
         server.shift = np.float32(args.shift)
         server.status = status
         await nursery.start(server.run)
