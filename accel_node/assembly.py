@@ -44,10 +44,13 @@ from accel_node.presence import PresenceService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
+from accel_node.shard.gossip import EvidenceGossip
+from accel_node.shard.retention import Retention
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.served import ServedStages
 from accel_node.shard.server import StageServer
 from accel_node.shard.service import ShardService
+from accel_node.shard.spotcheck import Tolerance
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_listen_addr
 from p2p.bitswap.service import BitswapService
@@ -225,9 +228,10 @@ class Sharding:
     server: StageServer
     router: ShardRouter
     shards: ShardService
+    evidence: EvidenceGossip
 
     def starters(self) -> list[Starter]:
-        return [self.server.run, self.router.run, self.shards.run]
+        return [self.server.run, self.router.run, self.shards.run, self.evidence.run]
 
 
 def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
@@ -239,6 +243,9 @@ def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
         penalties=substrate.network.penalties,
         intra_op_threads=cfg.runtime.intra_op_threads,
         hop_timeout_s=cfg.shard.hop_timeout_s,
+        retention=Retention(
+            basis.key_pair, max_bytes=cfg.shard.retention_bytes, keep_s=cfg.shard.retention_s
+        ),
     )
     return ServedStages(server)
 
@@ -261,6 +268,8 @@ def build_sharding(
         spot_check_p=cfg.shard.spot_check_p,
         hop_timeout_s=cfg.shard.hop_timeout_s,
         intra_op_threads=cfg.runtime.intra_op_threads,
+        audit_concurrency=cfg.shard.audit_concurrency,
+        on_failure=basis.metrics.background_failure,
     )
     shards = ShardService(
         key_pair=basis.key_pair,
@@ -277,7 +286,16 @@ def build_sharding(
         served=served,
         on_failure=basis.metrics.background_failure,
     )
-    return Sharding(server=server, router=router, shards=shards)
+    evidence = EvidenceGossip(
+        substrate.pubsub,
+        local_id=substrate.network.host.get_id(),
+        stages=shards.referee_stages,
+        referees=router.referees,
+        penalties=penalties,
+        tolerance=Tolerance(router.atol, router.rtol),
+    )
+    router.auditor.publish = evidence.publish  # a liar caught here is shown to every node
+    return Sharding(server=server, router=router, shards=shards, evidence=evidence)
 
 
 def node_name(cfg: Config) -> str:

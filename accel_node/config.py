@@ -306,7 +306,21 @@ class ShardSection(_Section):
         default=0.0,
         ge=0,
         le=1,
-        description="Probability that a request re-runs one stage on a second replica.",
+        description="Audit probability per request and stage: after the answer, the requester checks "
+        "a stage's signed receipt against the tensors it retained and re-executes it (locally or on "
+        "another replica).",
+    )
+    retention_bytes: int = Field(
+        default=64 << 20,
+        ge=0,
+        le=1 << 34,
+        description="Bytes of recent stage inputs/outputs a stage server keeps for audits; 0 = none.",
+    )
+    retention_s: float = Field(
+        default=60.0, ge=0, le=3600, description="How long a stage server keeps them for audits (s)."
+    )
+    audit_concurrency: int = Field(
+        default=4, ge=1, le=64, description="Audits a requester runs at once (in the background)."
     )
     micro_batch: int = Field(
         default=0,

@@ -354,6 +354,10 @@ class ShardService:
             )
         return plan, route
 
+    async def referee_stages(self, plan_cid: str) -> LocalStages | None:
+        """The plan's stages this node can run (to verify gossiped evidence); None: not held here."""
+        return await self._referee_stages(plan_cid)
+
     async def _referee_stages(self, plan_cid: str) -> LocalStages | None:
         """The plan's stages extracted from the local model (verified against the plan), so that a
         spot check can referee a disagreement itself; None when the model is not held here."""

@@ -30,6 +30,7 @@ from accel_node.shard.evidence import (
     make_evidence,
     verify,
 )
+from accel_node.shard.gossip import TOPIC, EvidenceGossip
 from accel_node.shard.receipts import (
     ChainBreak,
     Receipt,
@@ -40,9 +41,9 @@ from accel_node.shard.receipts import (
     tensor_digest,
 )
 from accel_node.shard.retention import Retention
-from accel_node.shard.runner import StageRunner
+from accel_node.shard.runner import StageRunner, inline
 from accel_node.shard.server import StageServer
-from accel_node.shard.spotcheck import Tolerance
+from accel_node.shard.spotcheck import LocalReferees, Tolerance
 from accel_node.shard.wire import MAGIC, PREFIX, Kind, Message, decode_message, encode_bytes
 from p2p.identity import generate_identity
 from p2p.penalties import PenaltyBox
@@ -390,3 +391,70 @@ def test_retention_is_bounded_in_bytes_count_and_time_and_answers_only_the_reque
     for i in range(1, 4):
         small.commit(run(i), x)
     assert len(small) == 2 and small.bytes == 400
+
+
+# -- gossip of evidence --------------------------------------------------------------------------------
+
+
+class FakeGossip:
+    """Records what is published (the receive side is fed through ``offer``/``check``)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    async def subscribe(self, topic: str) -> object:
+        return self
+
+    async def get(self) -> object:  # nobody else publishes here
+        await trio.sleep_forever()
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        self.published.append((topic, data))
+
+
+async def test_gossiped_evidence_excludes_a_proven_liar_and_nobody_else(
+    mlp: Model,  # noqa: F811
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    local = local_stages(mlp, 2)
+    runner = StageRunner.load(*local[0])
+    liar_key, honest_key = generate_identity(), generate_identity()
+    liar, honest = ID.from_pubkey(liar_key.public_key), ID.from_pubkey(honest_key.public_key)
+    frame = {"x": np.random.default_rng(1).standard_normal((1, 64), dtype=np.float32)}
+    truth = runner.run(frame)
+    lie = shifted(runner, truth)
+
+    def record(key: Any, out: Arrays) -> bytes:
+        rc = sign_receipt(key, request_id=RID, model=cid(2), stage=0, micro_batch=0, fp16=False,
+                          input_digest=tensor_digest(frame), output_digest=tensor_digest(out))  # fmt: skip
+        return make_evidence(rc, frame, out).raw
+
+    async def stages(plan: str) -> dict[int, Any] | None:
+        return local if plan == cid(2) else None
+
+    events: list[Any] = []
+    box = PenaltyBox(limit=1)
+    gossip_net = FakeGossip()
+    me = ID.from_pubkey(generate_identity().public_key)
+    gossip = EvidenceGossip(
+        gossip_net, local_id=me, stages=stages, referees=LocalReferees(inline), penalties=box,
+        tolerance=Tolerance(1e-4, 1e-3), offload=inline, events=events.append, max_pending=2,
+    )  # fmt: skip
+    async with trio.open_nursery() as nursery:
+        await nursery.start(gossip.run)
+        proof, unfounded = record(liar_key, lie), record(honest_key, truth)
+        assert gossip.offer(honest, proof) and not gossip.offer(honest, proof)  # de-duplicated
+        assert gossip.offer(liar, unfounded)  # a liar accusing an honest peer
+        assert not gossip.offer(honest, b"\x00" * (MAX_EVIDENCE_BYTES + 1))  # oversize, never decoded
+        await trio.testing.wait_all_tasks_blocked()
+        assert box.excluded(liar) and not box.excluded(honest)
+        assert gossip.stats.proven == 1 and gossip.stats.unfounded == 1 and gossip.stats.dropped == 2
+        assert [(e.kind, e.peer) for e in events] == [("cheating", str(liar))]
+        tampered = bytearray(proof)
+        tampered[-1] ^= 1
+        assert await gossip.check(honest, bytes(tampered)) is None and gossip.stats.refused == 1
+        assert events[-1].kind == "bad-content" and not box.excluded(honest)
+        gossip.publish(proof)  # the auditor's own: queued, sent on the topic
+        await trio.testing.wait_all_tasks_blocked()
+        assert gossip_net.published == [(TOPIC, proof)]
+        nursery.cancel_scope.cancel()
