@@ -224,6 +224,7 @@ class BitswapService:
                         continue
                     if data is not None and cid.matches(data):
                         del pending[cid.encode()]
+                        del self._waiting[cid.encode()]  # later copies are late blocks
                         self._asked_done(providers[want.provider], cid)
                         self.blocks_received += 1
                         yield cid, data
