@@ -45,7 +45,7 @@ from trio_typing import TaskStatus
 
 from p2p.bitswap.protocol import MAX_BLOCK_BYTES, Incoming, blocks_message
 from p2p.content.cid import CID
-from p2p.events import LIMIT, REFUSED, EventSink, SecurityEvent, drop
+from p2p.events import LIMIT, EventSink, SecurityEvent, drop
 from p2p.resources import Limit, Reservation, ResourceManager
 
 log = logging.getLogger(__name__)
@@ -323,8 +323,3 @@ class WantServer:
         if not wants.limited:
             wants.limited = True
             self._events(SecurityEvent(LIMIT, PROTOCOL, str(peer), reason, {"resource": resource}))
-
-
-def report_refused(events: EventSink, peer: ID, reason: str) -> None:
-    """A refused message (malformed), for the audit log."""
-    events(SecurityEvent(REFUSED, PROTOCOL, str(peer), reason, {"penalised": True}))

@@ -19,7 +19,8 @@ memory, so that the same script measures any revision of ``p2p.bitswap`` that ha
   ``BitswapService.fetch`` in rounds of 64 wants (as the node's embedded backend asks), each block
   verified; ``--runs`` runs (3 by default), the median rate in MiB/s. Fetcher and server share
   this process's cores, so the rate is lower than between two processes; it is for comparing
-  revisions on the same machine, not for quoting alone.
+  revisions on the same machine, not for quoting alone. The CPU time of this process (server and
+  fetcher together) per MiB is reported too: it moves much less with machine load than the rate.
 """
 
 from __future__ import annotations
@@ -130,7 +131,8 @@ async def bench_flood(seconds: float) -> dict[str, Any]:
 async def bench_fetch(mib: int, runs: int) -> dict[str, Any]:
     blocks = random_blocks(max(1, mib * MIB // BLOCK))
     cids = [CID.decode(c) for c in blocks]
-    rates = []
+    rates, cpu = [], []
+    process = psutil.Process()
     async with trio.open_nursery() as nursery:
         server_host, client_host = await two_hosts(nursery)
         server = BitswapService(server_host, blocks.get)
@@ -139,22 +141,24 @@ async def bench_fetch(mib: int, runs: int) -> dict[str, Any]:
         await nursery.start(client.run)
         for run in range(runs + 1):  # run 0 warms the streams up
             got = 0
-            t0 = time.perf_counter()
+            cpu0, t0 = sum(process.cpu_times()[:2]), time.perf_counter()
             for i in range(0, len(cids), FETCH_ROUND):
                 async for _, data in client.fetch(cids[i : i + FETCH_ROUND], [server_host.get_id()]):
                     got += len(data)
-            elapsed = time.perf_counter() - t0
+            elapsed, cpu_s = time.perf_counter() - t0, sum(process.cpu_times()[:2]) - cpu0
             if got != len(blocks) * BLOCK:
                 raise RuntimeError(f"fetched {got} bytes, expected {len(blocks) * BLOCK}")
             if run:
                 rates.append(got / MIB / elapsed)
-                log(f"fetch run {run}: {rates[-1]:.1f} MiB/s")
+                cpu.append(cpu_s * 1e3 / (got / MIB))
+                log(f"fetch run {run}: {rates[-1]:.1f} MiB/s, {cpu[-1]:.1f} CPU ms/MiB")
         nursery.cancel_scope.cancel()
     return {
         "mib": len(blocks) * BLOCK / MIB,
         "runs": runs,
         "mib_per_s": statistics.median(rates),
         "samples_mib_per_s": [round(r, 1) for r in rates],
+        "cpu_ms_per_mib": statistics.median(cpu),
     }
 
 
@@ -186,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in (None, "fetch"):
         fetch = doc["fetch"] = trio.run(bench_fetch, args.mib, max(1, args.runs))
         rate, samples = fetch["mib_per_s"], fetch["samples_mib_per_s"]
-        print(f"fetch: {fetch['mib']:.0f} MiB, median {rate:.1f} MiB/s {samples}")
+        cpu_ms = fetch["cpu_ms_per_mib"]
+        print(f"fetch: {fetch['mib']:.0f} MiB, median {rate:.1f} MiB/s {samples}, {cpu_ms:.1f} CPU ms/MiB")
     doc["loadavg_1m_at_end"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(doc))
