@@ -11,8 +11,9 @@ as the requester did not read. So, after the decision engine of boxo (Kubo's Bit
   or in two, is one entry (a want-block upgrades a queued want-have). A CANCEL removes the entry
   wherever it is (queued, being read, waiting to be written); a message with ``wantlist.full``
   replaces the list, so entries it no longer names are not sent. Entries past
-  ``ServeLimits.wants_per_peer`` are dropped, newest first, as boxo truncates an overflowing
-  want list: no DONT_HAVE, which would claim we lack a block we have.
+  ``ServeLimits.wants_per_peer`` (or past ``wants_total`` for all peers together) are dropped,
+  newest first, as boxo truncates an overflowing want list: no DONT_HAVE, which would claim we
+  lack a block we have.
 - **Answered as a stream**: one answer task per peer reads the wanted blocks one at a time, in a
   worker thread (the block store reads a file and hashes it), takes the block's size from the
   ``bitswap.bytes_in_flight`` resource (:meth:`~p2p.resources.ResourceManager.acquire`: it
@@ -68,13 +69,14 @@ class ServeLimits:
     """
 
     wants_per_peer: int = 1024
+    wants_total: int = 64 * 1024
     bytes_in_flight: Limit = field(default_factory=lambda: Limit(per_peer=2 * MIB, total=32 * MIB))
     answer_tasks: Limit = field(default_factory=lambda: Limit(per_peer=1, total=128))
     message_bytes: int = MIB
 
     def __post_init__(self) -> None:
-        if self.wants_per_peer < 1 or self.message_bytes < 1:
-            raise ValueError("wants_per_peer and message_bytes must be >= 1")
+        if self.wants_per_peer < 1 or self.wants_total < self.wants_per_peer or self.message_bytes < 1:
+            raise ValueError("wants_per_peer and message_bytes must be >= 1, wants_total >= wants_per_peer")
         if self.bytes_in_flight.per_peer < MAX_BLOCK_BYTES:
             raise ValueError(f"bytes_in_flight.per_peer must be >= {MAX_BLOCK_BYTES} (one block)")
         if self.bytes_in_flight.total < self.bytes_in_flight.per_peer:
@@ -109,8 +111,9 @@ class PeerWants:
     def has_queued(self) -> bool:
         return bool(self._queued)
 
-    def update(self, message: Incoming) -> int:
-        """Apply a message's wants and cancels; the number of wants dropped over the limit."""
+    def update(self, message: Incoming, room: int) -> int:
+        """Apply a message's wants and cancels, adding at most ``room`` entries (what all peers'
+        lists may still hold); the number of wants dropped over either limit."""
         if message.full:
             keep = {cid.encode() for cid, _, _ in message.wants}
             for table in (self._queued, self._taken):
@@ -130,10 +133,11 @@ class PeerWants:
             taken = self._taken.get(key)
             if taken is not None and (want_have or not taken.want_have):
                 continue  # already being answered at least as fully
-            if len(self) >= self.limit:
+            if len(self) >= self.limit or room <= 0:
                 dropped += 1
                 continue
             self._queued[key] = WantEntry(cid, want_have, send_dont_have)
+            room -= 1
         return dropped
 
     def take(self) -> WantEntry | None:
@@ -194,6 +198,7 @@ class WantServer:
         self._send = send
         self._events = events
         self._wants: dict[ID, PeerWants] = {}
+        self._wants_held = 0  # entries in all peers' lists
         self._answering: set[ID] = set()
         self._ready: deque[ID] = deque()  # peers with wants, waiting for an answer task
         self._nursery: trio.Nursery | None = None
@@ -210,6 +215,11 @@ class WantServer:
             finally:
                 self._nursery = None
 
+    @property
+    def wants_held(self) -> int:
+        """Entries in all peers' want lists together (bounded by ``limits.wants_total``)."""
+        return self._wants_held
+
     def pending(self, peer: ID) -> int:
         """The entries of ``peer``'s want list (queued or being answered)."""
         wants = self._wants.get(peer)
@@ -224,7 +234,9 @@ class WantServer:
             if not message.wants:
                 return
             wants = self._wants[peer] = PeerWants(self.limits.wants_per_peer)
-        dropped = wants.update(message)
+        before = len(wants)
+        dropped = wants.update(message, self.limits.wants_total - self._wants_held)
+        self._wants_held += len(wants) - before
         if dropped:
             self._report_limit(peer, wants, "bitswap.wants", f"{dropped} want(s) over the limit dropped")
         if wants.has_queued:
@@ -255,6 +267,7 @@ class WantServer:
                     await self._read(peer, wants, send)
         except Exception as exc:  # e.g. the peer cannot be written to: forget its wants
             log.info("bitswap answer abandoned", extra={"peer_id": str(peer), "error": str(exc)})
+            self._wants_held -= len(wants)
             wants.clear()
         finally:
             while True:  # answers never written give their bytes back
@@ -287,7 +300,7 @@ class WantServer:
                 continue  # cancelled while it was read
             if data is None or entry.want_have:
                 if data is None and not entry.send_dont_have:
-                    wants.done(entry)
+                    self._done(wants, entry)
                 else:
                     out.send_nowait(_Answer(entry, None, have=data is not None))
                 continue
@@ -316,7 +329,12 @@ class WantServer:
             finally:
                 for answer in batch:
                     answer.release()
-                    wants.done(answer.entry)
+                    self._done(wants, answer.entry)
+
+    def _done(self, wants: PeerWants, entry: WantEntry) -> None:
+        before = len(wants)
+        wants.done(entry)
+        self._wants_held -= before - len(wants)
 
     def _report_limit(self, peer: ID, wants: PeerWants, resource: str, reason: str) -> None:
         log.info("bitswap limit", extra={"peer_id": str(peer), "resource": resource, "reason": reason})

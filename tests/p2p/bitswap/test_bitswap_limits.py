@@ -210,7 +210,7 @@ async def test_cancels_and_a_full_wantlist_stop_blocks_already_read() -> None:
         send.gate.set()
         await until(lambda: server.pending(peer) == 0)
         assert send.blocks(peer) == [cids[0], cids[3], cids[4]]
-        assert store.reads == 5
+        assert store.reads == 5 and server.wants_held == 0
         nursery.cancel_scope.cancel()
 
 
@@ -219,23 +219,26 @@ async def test_want_list_bounded_per_peer_and_answer_tasks_in_total() -> None:
     cids = [CID.decode(c) for c in blocks]
     events: list[SecurityEvent] = []
     send = GatedSend()
-    limits = ServeLimits(wants_per_peer=4, answer_tasks=Limit(per_peer=1, total=1))
+    limits = ServeLimits(wants_per_peer=4, wants_total=6, answer_tasks=Limit(per_peer=1, total=1))
     server = WantServer(blocks.get, send, limits=limits, events=events.append)
-    a, b = peer_id(), peer_id()
+    a, b, c = peer_id(), peer_id(), peer_id()
     async with trio.open_nursery() as nursery:
         await nursery.start(server.run)
         server.on_message(a, wants(cids[:10]))  # 10 wants, 4 kept
         server.on_message(a, wants(cids[10:]))  # still full: dropped, reported once
         assert server.pending(a) == 4
         server.on_message(b, wants(cids[:2]))  # waits for a's task to end
+        server.on_message(c, wants(cids[:1]))  # all lists together are full: dropped
+        assert server.wants_held == 6 and server.pending(c) == 0
         await until(lambda: send.waiting == 1)
         assert [(e.kind, e.peer, e.details["resource"]) for e in events] == [
             (LIMIT, str(a), "bitswap.wants"),
             (LIMIT, str(b), ANSWER_TASKS),
+            (LIMIT, str(c), "bitswap.wants"),
         ]
         send.gate.set()
         await until(lambda: server.pending(a) == 0 and server.pending(b) == 0)
-        assert send.blocks(a) == cids[:4] and send.blocks(b) == cids[:2]
+        assert send.blocks(a) == cids[:4] and send.blocks(b) == cids[:2] and server.wants_held == 0
         assert server.resources.used(ANSWER_TASKS) == 0 and server.resources.used(BYTES_IN_FLIGHT) == 0
         nursery.cancel_scope.cancel()
 
