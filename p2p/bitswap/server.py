@@ -17,14 +17,18 @@ as the requester did not read. So, after the decision engine of boxo (Kubo's Bit
 - **Answered as a stream**: one answer task per peer reads the wanted blocks one at a time, in a
   worker thread (the block store reads a file and hashes it), takes the block's size from the
   ``bitswap.bytes_in_flight`` resource (:meth:`~p2p.resources.ResourceManager.acquire`: it
-  waits), and hands it to the peer's writer, which coalesces what is ready into messages of at
-  most ``ServeLimits.message_bytes`` and releases the bytes once a message is written. A requester
-  that does not read therefore holds its per-peer share of that resource plus the one block read
-  while waiting for it, never the whole answer; its writes stop at the muxer's flow-control
-  window (py-libp2p's yamux gives up after 5 s without a window update, which ends that answer).
+  waits), and hands it to the peer's writer, which coalesces what is ready into one message
+  (it stops adding at ``ServeLimits.message_bytes``; a block is never split) and releases the
+  bytes once the message is written. A requester that does not read therefore holds its per-peer
+  share of that resource plus the one block read while waiting for it, never the whole answer.
+  Its writes stop at the muxer's flow-control window; py-libp2p's yamux gives up after 5 s
+  without a window update, and after one retry on a fresh stream the answer is abandoned and the
+  peer's list forgotten.
 - **Bounded tasks**: at most one answer task per peer and ``answer_tasks.total`` in all (resource
   ``bitswap.answer_tasks``). A peer with wants while all are busy waits in a FIFO and is started
-  when a task ends; another peer's slow reader never blocks it beyond that.
+  when a task ends. A slow reader stalls only its own answer, until ``bytes_in_flight.total /
+  per_peer`` of them (16 by default) hold the whole total: other answers then wait for one of
+  them to be written or abandoned (seconds, see above).
 
 Every limit hit is reported once per episode as a :data:`~p2p.events.LIMIT` security event.
 Wants for blocks we do not have are answered (DONT_HAVE when asked for) and forgotten, unlike

@@ -9,12 +9,13 @@ answered as a stream with bounded bytes in flight (see that module).
 
 Fetching: each wanted CID is asked of one provider at a time (want-block with send-dont-have);
 a DONT_HAVE, a timeout or a dropped peer moves it to the next provider. A received block's CID is
-computed from its bytes, so a block is accepted only if it is one we are waiting for. A block we
-no longer wait for (it came from another provider first, or its fetch ended) or never asked for
-is dropped without blame: sending a block late or unasked is not lying. Only a block that answers
-a want we have outstanding at that peer (same CID version and codec) yet hashes to no CID we asked
-of it counts as a bad block against that peer: Bitswap runs on Noise-secured streams, so the
-wrong bytes are that peer's own.
+computed from its bytes, so a block is accepted only if it is one we are waiting for. A late
+block (one we asked that peer for, now or recently, that came from another provider first or
+after its fetch ended) is dropped without blame, and so is an unasked one while we ask that peer
+for nothing of its kind. A block that arrives while a want of the same CID version and codec is
+outstanding at that peer, and hashes to no CID asked of it, is the wrong answer to that want (a
+tampered block looks exactly like that) and counts as a bad block against the peer: Bitswap runs
+on Noise-secured streams, so the wrong bytes are that peer's own.
 """
 
 from __future__ import annotations
