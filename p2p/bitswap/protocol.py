@@ -81,6 +81,7 @@ class Incoming:
     blocks: list[tuple[CID, bytes]] = field(default_factory=list)  # cid computed from the bytes
     haves: list[CID] = field(default_factory=list)
     dont_haves: list[CID] = field(default_factory=list)
+    full: bool = False  # the wantlist replaces the sender's previous one (wantlist.full)
 
 
 def parse_message(frame: bytes) -> Incoming:
@@ -92,7 +93,7 @@ def parse_message(frame: bytes) -> Incoming:
         message.ParseFromString(frame)
     except Exception as exc:  # protobuf's DecodeError and friends
         raise ProtocolError(f"malformed Bitswap message: {exc}") from exc
-    out = Incoming()
+    out = Incoming(full=message.wantlist.full)
     entries = message.wantlist.entries
     if len(entries) + len(message.payload) + len(message.blocks) + len(message.blockPresences) > MAX_ENTRIES:
         raise ProtocolError("too many entries in one message")

@@ -4,17 +4,26 @@ Wire contract (as Kubo implements it): each side *sends* only on streams it open
 *reads* every stream the other side opened. So a want arriving on a peer's stream is answered on
 our own outbound stream to that peer, which is kept open and reused.
 
+Serving is :class:`~p2p.bitswap.server.WantServer`'s: de-duplicated, bounded want lists per peer,
+answered as a stream with bounded bytes in flight (see that module).
+
 Fetching: each wanted CID is asked of one provider at a time (want-block with send-dont-have);
-a DONT_HAVE, a timeout or a dropped peer moves it to the next provider. A received block is only
-accepted if it hashes to a CID we are waiting for; anything else is discarded and counted against
-the peer that sent it.
+a DONT_HAVE, a timeout or a dropped peer moves it to the next provider. A received block's CID is
+computed from its bytes, so a block is accepted only if it is one we are waiting for. A late
+block (one we asked that peer for, now or recently, that came from another provider first or
+after its fetch ended) is dropped without blame, and so is an unasked one while we ask that peer
+for nothing of its kind. A block that arrives while a want of the same CID version and codec is
+outstanding at that peer, and hashes to no CID asked of it, is the wrong answer to that want (a
+tampered block looks exactly like that) and counts as a bad block against the peer: Bitswap runs
+on Noise-secured streams, so the wrong bytes are that peer's own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -27,21 +36,22 @@ from p2p.bitswap.protocol import (
     PROTOCOLS,
     FrameReader,
     Incoming,
-    blocks_message,
     parse_message,
     want_message,
 )
+from p2p.bitswap.server import PROTOCOL, BlockGetter, ServeLimits, WantServer
 from p2p.content.cid import CID
+from p2p.events import BAD_CONTENT, REFUSED, EventSink, SecurityEvent, drop
 from p2p.penalties import PenaltyBox
+from p2p.resources import ResourceManager
 
 log = logging.getLogger(__name__)
 
 READ_CHUNK = 256 * 1024
-MAX_BLOCKS_PER_MESSAGE_BYTES = 1024 * 1024
 WANT_TIMEOUT_S = 10.0
+RECENT_ASKS = 16384  # (peer, CID) pairs remembered after their want ended, to recognise late blocks
 
-
-BlockGetter = Callable[[bytes], bytes | None]
+__all__ = ["BitswapService", "BlockGetter", "ServeLimits"]
 
 
 @dataclass
@@ -55,23 +65,44 @@ class _Want:
 
 
 class BitswapService:
-    """Serves ``get_block(cid_bytes)`` to peers and fetches blocks for us."""
+    """Serves ``get_block(cid_bytes)`` to peers and fetches blocks for us.
 
-    def __init__(self, host: IHost, get_block: BlockGetter, penalties: PenaltyBox | None = None) -> None:
+    ``resources`` holds the serving limits (``bitswap.bytes_in_flight``, ``bitswap.answer_tasks``,
+    declared from ``limits``); ``events`` hears of limits hit, malformed messages and bad blocks.
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        get_block: BlockGetter,
+        penalties: PenaltyBox | None = None,
+        *,
+        resources: ResourceManager | None = None,
+        limits: ServeLimits | None = None,
+        events: EventSink = drop,
+    ) -> None:
         self.host = host
-        self._get_block = get_block
         self._out: dict[ID, INetStream] = {}
         self._out_locks: dict[ID, trio.Lock] = {}
         self._waiting: dict[bytes, trio.MemorySendChannel[tuple[ID, CID, bytes | None]]] = {}
+        self._asked: dict[ID, dict[bytes, CID]] = {}  # wants outstanding at each provider
+        self._recent: OrderedDict[tuple[ID, bytes], None] = OrderedDict()  # asked, want ended
         self.penalties = penalties or PenaltyBox()
-        self.blocks_sent = 0
+        self._events = events
+        self.server = WantServer(get_block, self._send, resources=resources, limits=limits, events=events)
         self.blocks_received = 0
+        self.late_blocks = 0  # blocks dropped because nobody waits for them any more (or ever did)
+
+    @property
+    def blocks_sent(self) -> int:
+        return self.server.blocks_sent
 
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        for protocol in PROTOCOLS:
-            self.host.set_stream_handler(protocol, self._handle_stream)
-        task_status.started()
-        await trio.sleep_forever()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.server.run)
+            for protocol in PROTOCOLS:
+                self.host.set_stream_handler(protocol, self._handle_stream)
+            task_status.started()
 
     # -- inbound -----------------------------------------------------------------------------
 
@@ -84,58 +115,67 @@ class BitswapService:
                 if not data:
                     break
                 for frame in reader.feed(data):
-                    await self._handle_message(peer, parse_message(frame))
+                    self._handle_message(peer, parse_message(frame))
         except ProtocolError as exc:
             self.penalties.penalise(peer, "malformed-message")
+            self._events(SecurityEvent(REFUSED, PROTOCOL, str(peer), f"malformed message: {exc}"))
             log.info("bitswap protocol error", extra={"peer_id": str(peer), "error": str(exc)})
             await stream.reset()
         except Exception as exc:  # the stream broke; the peer may open another
             log.debug("bitswap stream ended", extra={"peer_id": str(peer), "error": str(exc)})
 
-    async def _handle_message(self, peer: ID, message: Incoming) -> None:
+    def _handle_message(self, peer: ID, message: Incoming) -> None:
         for cid, data in message.blocks:
             self._deliver(peer, cid, data)
         for cid in message.dont_haves:
             self._deliver(peer, cid, None)
-        if message.wants:
-            await self._answer_wants(peer, message.wants)
+        self.server.on_message(peer, message)
 
     def _deliver(self, peer: ID, cid: CID, data: bytes | None) -> None:
-        channel = self._waiting.get(cid.encode())
+        key = cid.encode()
+        channel = self._waiting.get(key)
         if channel is None:
             if data is not None:
-                # Not something we asked for (or bytes that hash to no wanted CID): discard.
-                self.penalties.penalise(peer, "bad-block")
-                log.warning("discarded a block nobody asked for", extra={"peer_id": str(peer)})
+                self._unwanted_block(peer, cid)
             return
         # A full or closed channel means that fetch has ended; the block is simply not needed.
         with contextlib.suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
             channel.send_nowait((peer, cid, data))
 
-    async def _answer_wants(self, peer: ID, wants: list[tuple[CID, bool, bool]]) -> None:
-        found: list[tuple[CID, bytes]] = []
-        haves: list[CID] = []
-        dont_haves: list[CID] = []
-        for cid, want_have, send_dont_have in wants:
-            data = await trio.to_thread.run_sync(self._get_block, cid.encode())
-            if data is None:
-                if send_dont_have:
-                    dont_haves.append(cid)
-            elif want_have:
-                haves.append(cid)
-            else:
-                found.append((cid, data))
-        batch: list[tuple[CID, bytes]] = []
-        size = 0
-        for cid, data in found:
-            if batch and size + len(data) > MAX_BLOCKS_PER_MESSAGE_BYTES:
-                await self._send(peer, blocks_message(batch))
-                batch, size = [], 0
-            batch.append((cid, data))
-            size += len(data)
-        if batch or haves or dont_haves:
-            await self._send(peer, blocks_message(batch, haves=haves, dont_haves=dont_haves))
-        self.blocks_sent += len(found)
+    def _unwanted_block(self, peer: ID, cid: CID) -> None:
+        """A block nobody waits for: late or unasked (dropped), or a wrong answer (penalised)."""
+        asked = self._asked.get(peer, {})
+        key = cid.encode()
+        answers_a_want = any(w.version == cid.version and w.codec == cid.codec for w in asked.values())
+        if key in asked or (peer, key) in self._recent or not answers_a_want:
+            self.late_blocks += 1
+            log.debug("dropped a block nobody waits for", extra={"peer_id": str(peer)})
+            return
+        self.penalties.penalise(peer, "bad-block")
+        self._events(
+            SecurityEvent(
+                BAD_CONTENT,
+                PROTOCOL,
+                str(peer),
+                "a block answering our want matches no CID asked of this peer",
+                {"penalised": True},
+            )
+        )
+        log.warning("discarded a block that matches no CID we asked for", extra={"peer_id": str(peer)})
+
+    def _asking(self, peer: ID, cid: CID) -> None:
+        self._asked.setdefault(peer, {})[cid.encode()] = cid
+
+    def _asked_done(self, peer: ID, cid: CID) -> None:
+        asked = self._asked.get(peer)
+        if asked is None or asked.pop(cid.encode(), None) is None:
+            return
+        if not asked:
+            del self._asked[peer]
+        self._recent[(peer, cid.encode())] = None
+        self._recent.move_to_end((peer, cid.encode()))
+        while len(self._recent) > RECENT_ASKS:
+            self._recent.popitem(last=False)
 
     # -- outbound ----------------------------------------------------------------------------
 
@@ -185,6 +225,8 @@ class BitswapService:
                         continue
                     if data is not None and cid.matches(data):
                         del pending[cid.encode()]
+                        del self._waiting[cid.encode()]  # later copies are late blocks
+                        self._asked_done(providers[want.provider], cid)
                         self.blocks_received += 1
                         yield cid, data
                     elif providers[want.provider] == peer:
@@ -199,6 +241,8 @@ class BitswapService:
             for cid in cids:
                 if self._waiting.get(cid.encode()) is send:
                     del self._waiting[cid.encode()]
+            for want in pending.values():
+                self._asked_done(providers[want.provider], want.cid)
             if pending:
                 with trio.CancelScope(shield=True), trio.move_on_after(2):
                     await self._cancel([w.cid for w in pending.values()], providers)
@@ -218,6 +262,7 @@ class BitswapService:
         by_peer: dict[int, list[CID]] = {}
         for want in wants:
             by_peer.setdefault(want.provider, []).append(want.cid)
+            self._asking(providers[want.provider], want.cid)
         for index, cids in by_peer.items():
             try:
                 await self._send(providers[index], want_message(cids))
@@ -233,6 +278,7 @@ class BitswapService:
                 f"block {want.cid.encode().hex()} is not available from any of "
                 f"{len(providers)} provider(s): {reason}"
             )
+        self._asked_done(providers[want.provider], want.cid)
         want.provider = (want.provider + 1) % len(providers)
         want.deadline = trio.current_time() + timeout_s
         await self._want([want], providers)
