@@ -65,17 +65,25 @@ def details_text(details: Mapping[str, Scalar]) -> str:
     return json.dumps(dict(details), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
 
 
+_CONTROL = {i: "?" for i in [*range(32), 127]}  # no terminal escapes from a peer's text into `audit tail`
+
+
+def clean(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, control characters replaced."""
+    return text[:limit].translate(_CONTROL)
+
+
 def _scalar(value: object) -> Scalar:
     if value is None or isinstance(value, bool | int):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    return str(value)[:MAX_TEXT]
+    return clean(str(value), MAX_TEXT)
 
 
 def sanitise(details: Mapping[str, object]) -> dict[str, Scalar]:
     """Short scalars only: the first keys, long text cut, non-finite floats and other objects as text."""
-    return {str(k)[:64]: _scalar(v) for k, v in list(details.items())[:MAX_DETAILS]}
+    return {clean(str(k), 64): _scalar(v) for k, v in list(details.items())[:MAX_DETAILS]}
 
 
 def row_hash(row: AuditRow) -> str | None:

@@ -35,6 +35,7 @@ from accel_node.audit.chain import (
     ChainCheck,
     Problem,
     checkpoint_message,
+    clean,
     details_text,
     record_hash,
     sanitise,
@@ -200,19 +201,21 @@ class AuditLog:
         for at, event in entries:
             seq += 1
             details = sanitise(event.details)
-            reason = event.reason[:MAX_REASON]
+            reason = clean(event.reason, MAX_REASON)
+            kind, protocol = clean(event.kind, 64), clean(event.protocol, 128)
+            peer = None if event.peer is None else clean(event.peer, 128)
             digest = record_hash(
                 seq=seq,
                 at=at,
-                kind=event.kind,
-                protocol=event.protocol,
-                peer=event.peer,
+                kind=kind,
+                protocol=protocol,
+                peer=peer,
                 reason=reason,
                 details=details,
                 prev=prev,
             )
             text = details_text(details)
-            rows.append(AuditRow(seq, at, event.kind, event.protocol, event.peer, reason, text, prev, digest))
+            rows.append(AuditRow(seq, at, kind, protocol, peer, reason, text, prev, digest))
             prev = digest
         await self._store.append_audit(rows)
         self._head = (seq, prev)
