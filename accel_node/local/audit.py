@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+from pydantic import ValidationError
+
 from accel_node.audit import AuditLog
 from accel_node.core.schemas import AuditQuery, AuditRecord, AuditRecords, AuditVerification
+from accel_node.errors import InvalidRequestError
 from accel_node.store import AuditRow
 
 
@@ -34,7 +37,11 @@ class LocalAudit:
     async def tail(
         self, *, limit: int = 100, after: int | None = None, kind: str | None = None
     ) -> AuditRecords:
-        query = AuditQuery(limit=limit, after=after, kind=kind)  # the bounds the HTTP query has
+        try:  # the bounds the HTTP query has, refused alike
+            query = AuditQuery(limit=limit, after=after, kind=kind)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+            raise InvalidRequestError(f"invalid request: {problems}") from exc
         await self._audit.flush()  # what was reported before this call is in the answer
         rows = await self._audit.records(limit=query.limit, after=query.after, kind=query.kind)
         return AuditRecords(
