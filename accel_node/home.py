@@ -22,7 +22,7 @@ import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -242,10 +242,16 @@ class ApiTokens:
     (the CLI) pick up the new one.
     """
 
-    def __init__(self, home: NodeHome) -> None:
+    def __init__(self, tokens: Mapping[str, str], *, home: NodeHome | None = None) -> None:
+        """``tokens`` by scope (a scope left out has no token); ``home``: where rotation writes."""
         self._home = home
+        self._expected = {scope: self._header(token) for scope, token in tokens.items()}
+
+    @classmethod
+    def load(cls, home: NodeHome) -> ApiTokens:
+        """The tokens of ``home``'s files (the read-only one created if the home has none yet)."""
         home.ensure_read_token()
-        self._expected = {scope: self._header(home.token(scope)) for scope in SCOPES}
+        return cls({scope: home.token(scope) for scope in SCOPES}, home=home)
 
     @staticmethod
     def _header(token: str) -> bytes:
@@ -263,6 +269,8 @@ class ApiTokens:
         """Replace the token of ``scope``; the path of its new file."""
         if scope not in SCOPES:
             raise HomeError(f"unknown API token scope {scope!r}")
+        if self._home is None:
+            raise HomeError("these API tokens have no node home to write a new token to")
         token = new_token()
         self._home.write_token(scope, token)
         self._expected[scope] = self._header(token)

@@ -88,7 +88,7 @@ class Node:
     async def _run_locked(self) -> None:
         """Everything that needs the home lock (held by :meth:`run`)."""
         key_pair = self.home.identity()
-        tokens = ApiTokens(self.home)  # creates api.read.token in a home made before scopes
+        tokens = ApiTokens.load(self.home)  # creates api.read.token in a home made before scopes
         peer_id = str(peer_id_of(key_pair))
         self.metrics.set_identity(peer_id)
         store = await AsyncStore.open(

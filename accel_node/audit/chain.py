@@ -10,8 +10,10 @@ A chain alone cannot show that all of it was rewritten consistently, or that its
 were cut off: the node therefore signs checkpoints (seq and hash of the head) with its own key,
 and :func:`checkpoint_message` is what is signed.
 
-The encoding is JSON with sorted keys and no spaces (floats as Python writes them, which
-round-trips through SQLite's REAL exactly); details must already be sanitised (:func:`sanitise`).
+The encoding is a JSON array of the fields in a fixed order, no spaces (floats as Python writes
+them, which round-trips through SQLite's REAL exactly); ``details`` enters as the text stored (JSON
+with sorted keys of the sanitised details, :func:`sanitise` and :func:`details_text`), so even a
+change of its spacing shows.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from accel_node.store import AuditRow
 
@@ -40,25 +41,22 @@ def canonical(
     protocol: str,
     peer: str | None,
     reason: str,
-    details: Mapping[str, Scalar],
+    details: str,
     prev: str,
 ) -> bytes:
-    fields = {
-        "seq": seq,
-        "at": at,
-        "kind": kind,
-        "protocol": protocol,
-        "peer": peer,
-        "reason": reason,
-        "details": dict(details),
-        "prev": prev,
-    }
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+    """A JSON array of the fields in a fixed order (``details`` as its stored, canonical text)."""
+    fields = [seq, at, kind, protocol, peer, reason, details, prev]
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=True).encode("ascii")
 
 
-def record_hash(**fields: Any) -> str:
-    """Hex SHA-256 of :func:`canonical` of ``fields``."""
-    return hashlib.sha256(canonical(**fields)).hexdigest()
+def record_hash(
+    *, seq: int, at: float, kind: str, protocol: str, peer: str | None, reason: str, details: str, prev: str
+) -> str:
+    """Hex SHA-256 of :func:`canonical` of the fields."""
+    encoded = canonical(
+        seq=seq, at=at, kind=kind, protocol=protocol, peer=peer, reason=reason, details=details, prev=prev
+    )
+    return hashlib.sha256(encoded).hexdigest()
 
 
 def details_text(details: Mapping[str, Scalar]) -> str:
@@ -70,7 +68,8 @@ _CONTROL = {i: "?" for i in [*range(32), 127]}  # no terminal escapes from a pee
 
 def clean(text: str, limit: int) -> str:
     """``text`` cut to ``limit`` characters, control characters replaced."""
-    return text[:limit].translate(_CONTROL)
+    text = text[:limit]
+    return text if text.isprintable() else text.translate(_CONTROL)
 
 
 def _scalar(value: object) -> Scalar:
@@ -86,14 +85,8 @@ def sanitise(details: Mapping[str, object]) -> dict[str, Scalar]:
     return {clean(str(k), 64): _scalar(v) for k, v in list(details.items())[:MAX_DETAILS]}
 
 
-def row_hash(row: AuditRow) -> str | None:
-    """The hash ``row``'s contents call for; None when its details are not a JSON object."""
-    try:
-        details = json.loads(row.details)
-    except ValueError:
-        return None
-    if not isinstance(details, dict):
-        return None
+def row_hash(row: AuditRow) -> str:
+    """The hash ``row``'s contents call for."""
     return record_hash(
         seq=row.seq,
         at=row.at,
@@ -101,7 +94,7 @@ def row_hash(row: AuditRow) -> str | None:
         protocol=row.protocol,
         peer=row.peer,
         reason=row.reason,
-        details=details,
+        details=row.details,
         prev=row.prev,
     )
 

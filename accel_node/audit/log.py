@@ -113,7 +113,8 @@ class AuditLog:
             return
         self._pending.append((self._clock(), event))
         self._queued += 1
-        self._wake.set()
+        if not self._wake.is_set():  # (setting a set event still wakes its parking lot: slow)
+            self._wake.set()
 
     def record(
         self,
@@ -204,6 +205,7 @@ class AuditLog:
             reason = clean(event.reason, MAX_REASON)
             kind, protocol = clean(event.kind, 64), clean(event.protocol, 128)
             peer = None if event.peer is None else clean(event.peer, 128)
+            text = details_text(details)
             digest = record_hash(
                 seq=seq,
                 at=at,
@@ -211,10 +213,9 @@ class AuditLog:
                 protocol=protocol,
                 peer=peer,
                 reason=reason,
-                details=details,
+                details=text,
                 prev=prev,
             )
-            text = details_text(details)
             rows.append(AuditRow(seq, at, kind, protocol, peer, reason, text, prev, digest))
             prev = digest
         await self._store.append_audit(rows)

@@ -150,7 +150,7 @@ async def test_a_consistently_rewritten_chain_fails_against_the_signed_checkpoin
             digest = row_hash(forged)
             update = "UPDATE audit_log SET reason = 'forged', prev = ?, hash = ? WHERE seq = ?"
             conn.execute(update, [prev, digest, row.seq])
-            prev = digest or ""
+            prev = digest
     conn.close()
     ok, seq, message = await verify(db)
     assert not ok and seq == 4 and "signed checkpoint" in message
