@@ -19,12 +19,14 @@ from accel_node.home import READ, NodeHome
 from accel_node.node import Node
 from tests.support.daemons import node_env
 
+UNKNOWN_PEER = "12D3KooWGRUVh9QXFz4nqkMJbyHqnYFHkmSz1Bs5rUoWHk9fGMLh"
+
 
 @asynccontextmanager
 async def running_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[tuple[NodeHome, str]]:
-    """A node in this trio loop; its home and API url."""
+) -> AsyncIterator[tuple[NodeHome, str, Node]]:
+    """A node in this trio loop; its home, API url and the node."""
     for key, value in node_env().items():
         if key.startswith("ACCEL_NODE_"):
             monkeypatch.setenv(key, value)
@@ -38,7 +40,7 @@ async def running_node(
         info = home.read_api_info()
         assert info is not None
         try:
-            yield home, str(info["url"])
+            yield home, str(info["url"]), node
         finally:
             node.request_stop()
 
@@ -50,7 +52,7 @@ def test_every_endpoint_declares_a_scope_and_only_safe_ones_are_read() -> None:
 
 
 async def test_read_token_reads_but_changes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_node(tmp_path, monkeypatch) as (home, url):
+    async with running_node(tmp_path, monkeypatch) as (home, url, _):
         assert oct(home.read_token_path.stat().st_mode & 0o777) == "0o600"
         assert home.token(READ) != home.token()
         async with AsyncClient(url, home.token(READ)) as reader:
@@ -77,7 +79,7 @@ async def test_read_token_reads_but_changes_nothing(tmp_path: Path, monkeypatch:
 
 
 async def test_rotated_tokens_are_refused_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    async with running_node(tmp_path, monkeypatch) as (home, url):
+    async with running_node(tmp_path, monkeypatch) as (home, url, _):
         old_admin, old_read = home.token(), home.token(READ)
         async with AsyncClient(url, old_admin) as admin:
             rotated = await admin.node.rotate_token()
@@ -110,3 +112,24 @@ async def test_rotated_tokens_are_refused_at_once(tmp_path: Path, monkeypatch: p
         ]
         assert [r.reason for r in tail if r.kind == "refused"] == ["unauthorized", "unauthorized"]
         assert verified.ok and verified.records == len(tail)
+
+
+async def test_penalties_and_protocol_events_reach_the_nodes_audit_log(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from libp2p.peer.id import ID
+
+    from p2p.events import BAD_CONTENT, SecurityEvent
+
+    async with running_node(tmp_path, monkeypatch) as (home, url, node):
+        assert node.core is not None
+        services = node.core.services
+        peer = ID.from_base58(UNKNOWN_PEER)
+        services.network.penalties.penalise(peer, "bad-block")
+        services.audit.sink(SecurityEvent(BAD_CONTENT, "/ipfs/bitswap/1.2.0", UNKNOWN_PEER, "cid mismatch"))
+        async with AsyncClient(url, home.token(READ)) as reader:
+            records = (await reader.audit.tail()).records
+    penalised = next(r for r in records if r.kind == "penalised")
+    assert penalised.peer == UNKNOWN_PEER and penalised.reason == "bad-block"
+    assert penalised.details == {"count": 1, "excluded": False}
+    assert records[-1].kind == BAD_CONTENT and records[-1].protocol == "/ipfs/bitswap/1.2.0"
