@@ -13,7 +13,9 @@ from accel_node.cli import render
 from accel_node.cli.common import client as _client
 from accel_node.cli.common import dump as _dump
 from accel_node.cli.common import json_option
-from accel_node.errors import AccelNodeError
+from accel_node.cli.common import settings as _settings
+from accel_node.errors import AccelNodeError, DaemonNotRunningError, HomeError
+from accel_node.home import NodeHome
 
 
 class AuditBrokenError(AccelNodeError):
@@ -59,13 +61,43 @@ def audit_tail(ctx: click.Context, limit: int, after: int | None, kind: str | No
     render.show(data, as_json=as_json, human=_records)
 
 
+def _verify_offline(home: NodeHome) -> dict[str, Any]:
+    """Verify the store file of ``home`` directly (no daemon runs on it)."""
+    import trio
+
+    from accel_node.audit import AuditLog
+    from accel_node.config import load_config
+    from accel_node.local.audit import LocalAudit
+    from accel_node.store import AsyncStore
+
+    config = load_config(home.config_path)
+    path = home.resolve(config.store.path)
+    if not path.exists():
+        raise HomeError(f"no store at {path}: nothing to verify")
+
+    async def verify() -> dict[str, Any]:
+        store = await AsyncStore.open(path)
+        try:
+            return _dump(await LocalAudit(AuditLog(store, key_pair=home.identity())).verify())
+        finally:
+            await store.close()
+
+    return trio.run(verify)
+
+
 @audit.command("verify")
 @json_option
 @click.pass_context
 def audit_verify(ctx: click.Context, as_json: bool) -> None:
-    """Check the hash chain and the signed checkpoints; exit 1 naming the first bad record."""
-    with _client(ctx, timeout_s=600.0) as api:
-        data = _dump(api.audit.verify())
+    """Check the hash chain and the signed checkpoints; exit 1 naming the first bad record.
+
+    With no daemon running on the home, the store file is checked directly."""
+    try:
+        with _client(ctx, timeout_s=600.0) as api:
+            data = _dump(api.audit.verify())
+    except DaemonNotRunningError:
+        click.echo("no daemon is running: verifying the store file directly", err=True)
+        data = _verify_offline(_settings(ctx).home)
     if as_json:
         render.emit_json(data)
     if not data["ok"]:

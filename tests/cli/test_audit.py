@@ -41,3 +41,8 @@ def test_audit_tail_verify_and_token_rotation(start_daemon: Callable[..., Daemon
     broken = node.cli("audit", "verify")
     assert broken.returncode == 1
     assert "audit log broken at record 2" in broken.stderr and "altered" in broken.stderr, broken.stderr
+
+    node.stop()  # with no daemon, the CLI verifies the database file itself
+    offline = node.cli("audit", "verify")
+    assert offline.returncode == 1 and "audit log broken at record 2" in offline.stderr, offline.stderr
+    assert "verifying the store file directly" in offline.stderr

@@ -153,6 +153,8 @@ async def test_publish_infer_remove(core: CoreApi, zoo: Zoo, tmp_path: Path) -> 
     outputs = await core.inference.infer(model.cid, {"x": x}, InferOptions(mode="local"))
     (name,) = outputs
     np.testing.assert_allclose(outputs[name], expected, rtol=1e-5, atol=1e-6)
+    loads = (await core.audit.tail(kind="model-load")).records
+    assert loads and loads[-1].details["cid"] == model.cid  # the runtime's load is audited
     with refused("invalid_input", 400):
         await core.inference.infer(model.cid, {"nope": x})
     stats = await core.inference.runtime()
