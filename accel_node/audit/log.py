@@ -102,6 +102,7 @@ class AuditLog:
         self._head: tuple[int, str] = (0, GENESIS)
         self._checkpointed = 0  # seq of the last signed checkpoint
         self._pruned_at = 0  # seq when retention was last applied
+        self._running = False
 
     # -- reporting (synchronous, never blocks) ---------------------------------------------------
 
@@ -133,9 +134,10 @@ class AuditLog:
         self.record(POLICY_CHANGE, reason=reason, details=details)
 
     async def flush(self) -> None:
-        """Wait until everything queued before this call is written (needs :meth:`run` running)."""
+        """Wait until everything queued before this call is written (at once when :meth:`run` is
+        not running: nothing would write it)."""
         target = self._queued
-        while self._handled < target:
+        while self._running and self._handled < target:
             await self._progress.wait()
 
     @property
@@ -152,6 +154,7 @@ class AuditLog:
         checkpoints = await self._store.audit_checkpoints()
         self._checkpointed = checkpoints[-1].seq if checkpoints else 0
         self._pruned_at = self._head[0]
+        self._running = True
         task_status.started()
         try:
             while True:
@@ -160,11 +163,15 @@ class AuditLog:
                     await self._wake.wait()
                 await self._write_batch()
         finally:
-            with trio.move_on_after(STOP_FLUSH_S) as scope:
-                scope.shield = True
-                while self._inflight or self._pending or self._unreported:
-                    await self._write_batch()
-                await self._checkpoint()
+            try:
+                with trio.move_on_after(STOP_FLUSH_S) as scope:
+                    scope.shield = True
+                    while self._inflight or self._pending or self._unreported:
+                        await self._write_batch()
+                    await self._checkpoint()
+            finally:
+                self._running = False
+                self._progress.set()  # flush() waiters: nothing more will be written
 
     async def _write_batch(self) -> None:
         if not self._inflight:

@@ -197,3 +197,20 @@ async def test_retention_keeps_the_rest_verifiable(tmp_path: Path) -> None:
     tamper(db, f"DELETE FROM audit_log WHERE seq = {rows[0].seq}")
     ok, seq, _ = await verify(db)
     assert not ok and seq == rows[0].seq
+
+
+async def test_flush_returns_when_the_writer_is_not_running(tmp_path: Path) -> None:
+    store = await AsyncStore.open(tmp_path / "node.db")
+    audit = AuditLog(store)
+    audit.sink(event(1))
+    with trio.fail_after(1):
+        await audit.flush()  # nothing would ever write it: no wait
+    async with trio.open_nursery() as nursery:
+        await nursery.start(audit.run)
+        await audit.flush()
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(1):
+        audit.sink(event(2))
+        await audit.flush()
+    assert [r.peer for r in await audit.records()] == ["peer-1"]
+    await store.close()
