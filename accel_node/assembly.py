@@ -31,8 +31,10 @@ from libp2p.crypto.keys import KeyPair
 from multiaddr import Multiaddr
 
 from accel_node import capability
+from accel_node.audit import MODEL_LOAD, AuditLog
 from accel_node.config import Config
 from accel_node.hardware import HardwareService
+from accel_node.home import ApiTokens
 from accel_node.local import LocalApi, LocalServices
 from accel_node.metrics import NodeMetrics
 from accel_node.models.backend import ContentBackend, EmbeddedBackend, KuboBackend
@@ -58,6 +60,7 @@ from p2p.bulk import BlockFetcher, BulkService, serve_blocks
 from p2p.content import BlockStore
 from p2p.content.kubo_rpc import KuboRpcClient
 from p2p.dht import RecordDHT
+from p2p.events import EventSink
 from p2p.host import HostSettings, build_host, run_host
 from p2p.pubsub import PubSub
 from p2p.tasks import FailureHook
@@ -67,13 +70,22 @@ Starter = Callable[..., Awaitable[Any]]
 
 @dataclass(frozen=True)
 class Basis:
-    """What every subsystem is built from."""
+    """What every subsystem is built from. ``audit`` is the node's audit log (started by the node
+    before every other service); a component that refuses or catches something takes
+    ``events=basis.events``."""
 
     config: Config
     home: Path
     key_pair: KeyPair
     store: AsyncStore
     metrics: NodeMetrics
+    audit: AuditLog
+    tokens: ApiTokens
+
+    @property
+    def events(self) -> EventSink:
+        """The node's :data:`p2p.events.EventSink`: every event it is given goes to the audit log."""
+        return self.audit.sink
 
 
 @dataclass(frozen=True)
@@ -103,7 +115,7 @@ def build_substrate(basis: Basis) -> Substrate:
         listen=listen,
         dht=RecordDHT(host, namespace=capability.NAMESPACE, kinds=[capability.KIND]),
         pubsub=PubSub(host),
-        network=PeerNetwork(host, basis.store, cfg.p2p, basis.metrics),
+        network=PeerNetwork(host, basis.store, cfg.p2p, basis.metrics, events=basis.events),
         bulk=BulkService(host, port=cfg.shard.bulk_port, on_failure=basis.metrics.background_failure),
         auto_connect=cfg.p2p.auto_connect,
     )
@@ -166,9 +178,17 @@ def build_runtime(basis: Basis, *, content: Content) -> Runtime:
     failure = basis.metrics.background_failure
     hardware = HardwareService(store=store, disk_dir=home, auto=cfg.profile.auto, on_failure=failure)
     library = ModelLibrary(home=home, models=content.models, store=store, hardware=hardware)
+    audit = basis.audit
+
+    async def resolve(cid: str) -> tuple[Path, Any]:
+        """The library's answer, audited: the runtime resolves a model before it loads it."""
+        found = await library.resolve(cid)
+        audit.record(MODEL_LOAD, reason="model loaded for inference", details={"cid": cid})
+        return found
+
     inference = InferenceService(
         RuntimeSettings(**cfg.runtime.model_dump()),
-        resolve=library.resolve,
+        resolve=resolve,
         variant_path=library.variant_path,
         record=library.record,
         metrics=RuntimeMetrics(basis.metrics.registry),
@@ -326,5 +346,7 @@ def build_core(
             config=cfg,
             metrics=metrics,
             name=node_name(cfg),
+            audit=basis.audit,
+            tokens=basis.tokens,
         )
     )

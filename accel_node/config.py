@@ -181,6 +181,26 @@ class StoreSection(_Section):
     )
 
 
+class AuditSection(_Section):
+    """[audit]: the hash-chained audit log of security-relevant events (in the store)."""
+
+    queue_size: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="Events waiting to be written; beyond it events are dropped and counted.",
+    )
+    max_records: int = Field(
+        default=1_000_000,
+        ge=0,
+        le=1_000_000_000,
+        description="Records kept (the oldest are pruned; the chain stays verifiable); 0 = keep all.",
+    )
+    checkpoint_every: int = Field(
+        default=1000, ge=1, le=1_000_000, description="Records between checkpoints signed with the node key."
+    )
+
+
 class ProfileSection(_Section):
     """[profile]: hardware self-profiling."""
 
@@ -359,6 +379,7 @@ class Config(_Section):
     p2p: P2PSection = Field(default_factory=P2PSection)
     api: ApiSection = Field(default_factory=ApiSection)
     store: StoreSection = Field(default_factory=StoreSection)
+    audit: AuditSection = Field(default_factory=AuditSection)
     profile: ProfileSection = Field(default_factory=ProfileSection)
     ipfs: IpfsSection = Field(default_factory=IpfsSection)
     models: ModelsSection = Field(default_factory=ModelsSection)

@@ -90,6 +90,13 @@ class HomeError(AccelNodeError):
     code = "home"
 
 
+class ApiScopeError(AccelNodeError):
+    """The caller's API token does not grant this endpoint (the read-only token on an admin one)."""
+
+    status = 403
+    code = "forbidden"
+
+
 class HomeLockedError(HomeError):
     """Another daemon is running on the same node home."""
 

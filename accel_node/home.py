@@ -4,7 +4,8 @@ Layout::
 
     HOME/config.toml    configuration (written from the documented example by ``init``)
     HOME/identity.key   Ed25519 libp2p private key, protobuf-encoded, mode 0600
-    HOME/api.token      bearer token of the control API, mode 0600
+    HOME/api.token      bearer token of the control API (admin scope), mode 0600
+    HOME/api.read.token bearer token of the control API's read-only scope, mode 0600
     HOME/node.lock      held (flock) by the running daemon; records its pid
     HOME/api.json       written while the daemon runs: {"url", "peer_id", "addrs", "pid"}
     HOME/node.db        SQLite store (path configurable)
@@ -17,10 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hmac
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +38,9 @@ if TYPE_CHECKING:
 # commands that only read api.json and the token start without loading the networking stack.
 
 HOME_ENV = "ACCEL_NODE_HOME"
+ADMIN = "admin"  # API token scopes: admin may do anything, read only safe reads that reveal no secret
+READ = "read"
+SCOPES = (ADMIN, READ)
 MAX_SMALL_FILE_BYTES = 64 * 1024
 
 
@@ -86,6 +91,14 @@ class NodeHome:
         return self.root / "api.token"
 
     @property
+    def read_token_path(self) -> Path:
+        return self.root / "api.read.token"
+
+    def token_file(self, scope: str) -> Path:
+        """The token file of an API scope (:data:`ADMIN` or :data:`READ`)."""
+        return self.token_path if scope == ADMIN else self.read_token_path
+
+    @property
     def lock_path(self) -> Path:
         return self.root / "node.lock"
 
@@ -119,6 +132,8 @@ class NodeHome:
             if not self.token_path.exists():
                 write_private_file(self.token_path, secrets.token_urlsafe(32).encode("ascii"))
                 created.append(self.token_path.name)
+            if self.ensure_read_token():
+                created.append(self.read_token_path.name)
         except IdentityError as exc:
             raise HomeError(str(exc)) from exc
         except OSError as exc:
@@ -134,14 +149,32 @@ class NodeHome:
         except IdentityError as exc:
             raise HomeError(f"{exc}; run 'accel-node init' to create one") from exc
 
-    def token(self) -> str:
+    def token(self, scope: str = ADMIN) -> str:
+        """The API token of ``scope`` as its file holds it now (the daemon may have rotated it)."""
+        path = self.token_file(scope)
         try:
-            token = self._read_small(self.token_path).decode("ascii").strip()
+            token = self._read_small(path).decode("ascii").strip()
         except (OSError, UnicodeDecodeError) as exc:
-            raise HomeError(f"cannot read API token {self.token_path}: {exc}") from exc
+            raise HomeError(f"cannot read API token {path}: {exc}") from exc
         if len(token) < 16:
-            raise HomeError(f"API token in {self.token_path} is too short")
+            raise HomeError(f"API token in {path} is too short")
         return token
+
+    def ensure_read_token(self) -> bool:
+        """Create the read-only token if the home has none (homes made before scopes); whether it did."""
+        if self.read_token_path.exists():
+            return False
+        self.write_token(READ, new_token())
+        return True
+
+    def write_token(self, scope: str, token: str) -> None:
+        """Replace the token file of ``scope`` atomically (mode 0600)."""
+        from p2p.identity import write_private_file
+
+        try:
+            write_private_file(self.token_file(scope), token.encode("ascii"))
+        except OSError as exc:
+            raise HomeError(f"cannot write API token {self.token_file(scope)}: {exc.strerror}") from exc
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
@@ -194,3 +227,51 @@ class NodeHome:
         if len(data) > MAX_SMALL_FILE_BYTES:
             raise OSError(f"{path} is larger than {MAX_SMALL_FILE_BYTES} bytes")
         return data
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class ApiTokens:
+    """The tokens the running control API accepts, one per scope, held in memory and in their files.
+
+    :meth:`scope_of` compares an ``Authorization`` header with every scope's token in constant time;
+    :meth:`rotate` writes a fresh token file (atomically) and swaps the token in memory in the same
+    step, so the old token is refused from the next request on, while clients that read the file
+    (the CLI) pick up the new one.
+    """
+
+    def __init__(self, tokens: Mapping[str, str], *, home: NodeHome | None = None) -> None:
+        """``tokens`` by scope (a scope left out has no token); ``home``: where rotation writes."""
+        self._home = home
+        self._expected = {scope: self._header(token) for scope, token in tokens.items()}
+
+    @classmethod
+    def load(cls, home: NodeHome) -> ApiTokens:
+        """The tokens of ``home``'s files (the read-only one created if the home has none yet)."""
+        home.ensure_read_token()
+        return cls({scope: home.token(scope) for scope in SCOPES}, home=home)
+
+    @staticmethod
+    def _header(token: str) -> bytes:
+        return f"Bearer {token}".encode("ascii")
+
+    def scope_of(self, authorization: bytes) -> str | None:
+        """The scope an ``Authorization`` header value grants, or None."""
+        found = None
+        for scope, expected in self._expected.items():
+            if hmac.compare_digest(authorization, expected):
+                found = scope
+        return found
+
+    def rotate(self, scope: str) -> Path:
+        """Replace the token of ``scope``; the path of its new file."""
+        if scope not in SCOPES:
+            raise HomeError(f"unknown API token scope {scope!r}")
+        if self._home is None:
+            raise HomeError("these API tokens have no node home to write a new token to")
+        token = new_token()
+        self._home.write_token(scope, token)
+        self._expected[scope] = self._header(token)
+        return self._home.token_file(scope)

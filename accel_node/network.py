@@ -23,6 +23,7 @@ from accel_node.metrics import NodeMetrics
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_peer_addr
 from p2p.errors import DialError, PingError
+from p2p.events import PENALISED, EventSink, SecurityEvent, drop
 from p2p.host import dial, listening_addrs
 from p2p.penalties import PeerPenalty, PenaltyBox
 from p2p.perf import PERF_PROTOCOL, PerfResult, handle_perf_stream, measure_peer
@@ -44,8 +45,17 @@ def full_addr(addr: Multiaddr, peer_id: ID) -> str:
 class PeerNetwork:
     """Keeps the node connected and measured; started with ``nursery.start(network.run)``."""
 
-    def __init__(self, host: IHost, store: AsyncStore, settings: P2PSection, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        host: IHost,
+        store: AsyncStore,
+        settings: P2PSection,
+        metrics: NodeMetrics,
+        *,
+        events: EventSink = drop,
+    ) -> None:
         self.host = host
+        self._events = events
         self._store = store
         self._settings = settings
         self._metrics = metrics
@@ -85,6 +95,9 @@ class PeerNetwork:
 
     def _on_penalty(self, peer: ID, reason: str, state: PeerPenalty) -> None:
         self._metrics.peer_penalties.labels(reason=reason).inc()
+        excluded = state.count >= self.penalties.limit
+        details = {"count": state.count, "excluded": excluded}
+        self._events(SecurityEvent(PENALISED, "penalties", str(peer), reason, details))
         if state.count == self.penalties.limit:
             self._metrics.peer_exclusions.inc()
             log.warning("peer excluded after penalties", extra={"peer_id": str(peer), "reason": reason})

@@ -42,8 +42,9 @@ from accel_node.assembly import (
     build_substrate,
     node_name,
 )
+from accel_node.audit import AuditLog
 from accel_node.config import Config
-from accel_node.home import NodeHome
+from accel_node.home import ApiTokens, NodeHome
 from accel_node.local import LocalApi
 from accel_node.metrics import NodeMetrics
 from accel_node.store import AsyncStore
@@ -87,24 +88,32 @@ class Node:
     async def _run_locked(self) -> None:
         """Everything that needs the home lock (held by :meth:`run`)."""
         key_pair = self.home.identity()
-        token = self.home.token()
+        tokens = ApiTokens.load(self.home)  # creates api.read.token in a home made before scopes
         peer_id = str(peer_id_of(key_pair))
         self.metrics.set_identity(peer_id)
         store = await AsyncStore.open(
             self.home.resolve(self.config.store.path), synchronous=self.config.store.synchronous
         )
         try:
-            await self._serve(store, key_pair, token)
+            await self._serve(store, key_pair, tokens)
         finally:
             self.home.remove_api_info()
             await store.close()
             log.info("node stopped", extra={"peer_id": peer_id})
 
-    async def _serve(self, store: AsyncStore, key_pair: KeyPair, token: str) -> None:
+    async def _serve(self, store: AsyncStore, key_pair: KeyPair, tokens: ApiTokens) -> None:
         """Build every subsystem, then run them in three nested layers: the substrate outermost,
-        the services inside it, the control API innermost; shutdown unwinds them in that order."""
+        the services inside it, the control API innermost; shutdown unwinds them in that order.
+        The audit log starts first and stops last (it writes what is still queued when stopped)."""
         cfg = self.config
-        basis = Basis(cfg, self.home.root, key_pair, store, self.metrics)
+        audit = AuditLog(
+            store,
+            key_pair=key_pair,
+            queue_size=cfg.audit.queue_size,
+            max_records=cfg.audit.max_records,
+            checkpoint_every=cfg.audit.checkpoint_every,
+        )
+        basis = Basis(cfg, self.home.root, key_pair, store, self.metrics, audit, tokens)
         substrate = build_substrate(basis)
         content = build_content(basis, substrate=substrate)
         runtime = build_runtime(basis, content=content)
@@ -123,9 +132,10 @@ class Node:
             announcing=announcing,
             sharding=sharding,
         )
-        app = create_app(ApiContext(core=self.core, metrics=self.metrics, token=token))
+        app = create_app(ApiContext(core=self.core, metrics=self.metrics, tokens=tokens, events=basis.events))
 
         async with trio.open_nursery() as substrate_nursery:
+            await substrate_nursery.start(audit.run)
             for start in substrate.starters():
                 await substrate_nursery.start(start)
             async with trio.open_nursery() as services:

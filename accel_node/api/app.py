@@ -3,7 +3,7 @@
 Handlers are thin adapters of the core API (:mod:`accel_node.core`, implemented in process by
 :mod:`accel_node.local`): they validate input (pydantic), call the core and render its result; they
 live in one router per domain (``routes_node``, ``routes_peers``, ``routes_hardware``, ``routes_keys``,
-``routes_models``, ``routes_infer``, ``routes_shard``), each registered from
+``routes_models``, ``routes_infer``, ``routes_shard``, ``routes_audit``), each registered from
 :mod:`accel_node.core.endpoints`. Every error goes through one boundary, :mod:`accel_node.api.errors`.
 """
 
@@ -18,6 +18,7 @@ from accel_node import __version__
 from accel_node.api.context import ApiContext
 from accel_node.api.errors import document_errors, install_error_handlers
 from accel_node.api.middleware import AuthMetricsMiddleware
+from accel_node.api.routes_audit import audit_routes
 from accel_node.api.routes_hardware import hardware_routes
 from accel_node.api.routes_infer import infer_routes
 from accel_node.api.routes_keys import key_routes
@@ -35,12 +36,14 @@ def create_app(ctx: ApiContext) -> FastAPI:
         title="accel-node control API",
         version=__version__,
         description="Local control API of an accel-node daemon. Every endpoint except /healthz "
-        "requires `Authorization: Bearer <token>` (the token is in the node home's api.token).",
+        "requires `Authorization: Bearer <token>` (the token is in the node home's api.token; "
+        "api.read.token holds a read-only token for the endpoints that change nothing).",
     )
     app.include_router(node_routes(ctx))
     app.include_router(peer_routes(ctx))
     app.include_router(hardware_routes(ctx))
     app.include_router(key_routes(ctx))
+    app.include_router(audit_routes(ctx))
     app.include_router(model_routes(ctx))
     app.include_router(infer_routes(ctx))
     app.include_router(shard_routes(ctx))
@@ -62,5 +65,11 @@ def create_app(ctx: ApiContext) -> FastAPI:
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    app.add_middleware(AuthMetricsMiddleware, token=ctx.token, metrics=ctx.metrics, open_paths=OPEN_PATHS)
+    app.add_middleware(
+        AuthMetricsMiddleware,
+        tokens=ctx.tokens,
+        metrics=ctx.metrics,
+        open_paths=OPEN_PATHS,
+        events=ctx.events,
+    )
     return app

@@ -26,6 +26,8 @@ from accel_node.client.common import (
 from accel_node.core import endpoints as E
 from accel_node.core.endpoints import Endpoint
 from accel_node.core.schemas import (
+    AuditRecords,
+    AuditVerification,
     BenchRequest,
     ConfigView,
     FetchProgressList,
@@ -44,6 +46,7 @@ from accel_node.core.schemas import (
     PublishRequest,
     ServeRequest,
     Status,
+    TokenRotated,
     TrustedKey,
     TrustedKeys,
     TrustRequest,
@@ -110,6 +113,10 @@ class AsyncNodeClient:
     async def health(self) -> bool:
         return bool((await self._t.json(E.HEALTH))["ok"])
 
+    async def rotate_token(self, scope: str = "admin") -> TokenRotated:
+        body = {"scope": scope}  # checked by the daemon (422), as the in-process core checks it
+        return TokenRotated.model_validate(await self._t.json(E.API_TOKEN_ROTATE, body=body))
+
     async def metrics_text(self) -> bytes:
         return (await self._t.send(E.METRICS)).content
 
@@ -173,6 +180,20 @@ class AsyncKeysClient:
 
     async def untrust(self, name: str) -> TrustedKey:
         return TrustedKey.model_validate(await self._t.json(E.TRUST_REMOVE, path={"name": name}))
+
+
+class AsyncAuditClient:
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def tail(
+        self, *, limit: int = 100, after: int | None = None, kind: str | None = None
+    ) -> AuditRecords:
+        query = params(limit=limit, after=after, kind=kind)
+        return AuditRecords.model_validate(await self._t.json(E.AUDIT, query=query))
+
+    async def verify(self) -> AuditVerification:
+        return AuditVerification.model_validate(await self._t.json(E.AUDIT_VERIFY, timeout_s=600.0))
 
 
 class AsyncModelsClient:
@@ -289,7 +310,7 @@ class AsyncShardsClient:
 
 
 class AsyncClient:
-    """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``models``,
+    """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``audit``, ``models``,
     ``inference``, ``shards``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
     status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`.
     A ``token`` of None sends no ``Authorization`` header (what a test of the 401 answers needs)."""
@@ -311,6 +332,7 @@ class AsyncClient:
         self.peers = AsyncPeersClient(self.transport)
         self.hardware = AsyncHardwareClient(self.transport)
         self.keys = AsyncKeysClient(self.transport)
+        self.audit = AsyncAuditClient(self.transport)
         self.models = AsyncModelsClient(self.transport)
         self.inference = AsyncInferenceClient(self.transport)
         self.shards = AsyncShardsClient(self.transport)

@@ -25,6 +25,8 @@ from accel_node.client.common import (
 from accel_node.core import endpoints as E
 from accel_node.core.endpoints import Endpoint
 from accel_node.core.schemas import (
+    AuditRecords,
+    AuditVerification,
     BenchRequest,
     ConfigView,
     FetchProgressList,
@@ -43,6 +45,7 @@ from accel_node.core.schemas import (
     PublishRequest,
     ServeRequest,
     Status,
+    TokenRotated,
     TrustedKey,
     TrustedKeys,
     TrustRequest,
@@ -109,6 +112,10 @@ class NodeClient:
     def health(self) -> bool:
         return bool((self._t.json(E.HEALTH))["ok"])
 
+    def rotate_token(self, scope: str = "admin") -> TokenRotated:
+        body = {"scope": scope}  # checked by the daemon (422), as the in-process core checks it
+        return TokenRotated.model_validate(self._t.json(E.API_TOKEN_ROTATE, body=body))
+
     def metrics_text(self) -> bytes:
         return (self._t.send(E.METRICS)).content
 
@@ -172,6 +179,18 @@ class KeysClient:
 
     def untrust(self, name: str) -> TrustedKey:
         return TrustedKey.model_validate(self._t.json(E.TRUST_REMOVE, path={"name": name}))
+
+
+class AuditClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def tail(self, *, limit: int = 100, after: int | None = None, kind: str | None = None) -> AuditRecords:
+        query = params(limit=limit, after=after, kind=kind)
+        return AuditRecords.model_validate(self._t.json(E.AUDIT, query=query))
+
+    def verify(self) -> AuditVerification:
+        return AuditVerification.model_validate(self._t.json(E.AUDIT_VERIFY, timeout_s=600.0))
 
 
 class ModelsClient:
@@ -284,7 +303,7 @@ class ShardsClient:
 
 
 class Client:
-    """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``models``,
+    """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``audit``, ``models``,
     ``inference``, ``shards``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
     status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`.
     A ``token`` of None sends no ``Authorization`` header (what a test of the 401 answers needs)."""
@@ -306,6 +325,7 @@ class Client:
         self.peers = PeersClient(self.transport)
         self.hardware = HardwareClient(self.transport)
         self.keys = KeysClient(self.transport)
+        self.audit = AuditClient(self.transport)
         self.models = ModelsClient(self.transport)
         self.inference = InferenceClient(self.transport)
         self.shards = ShardsClient(self.transport)

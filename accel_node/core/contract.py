@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from accel_node.core.schemas import (
+    AuditRecords,
+    AuditVerification,
     BenchRequest,
     ConfigView,
     FetchProgressList,
@@ -30,6 +32,7 @@ from accel_node.core.schemas import (
     PublishRequest,
     ServeRequest,
     Status,
+    TokenRotated,
     TrustedKey,
     TrustedKeys,
 )
@@ -45,6 +48,7 @@ JsonObject = dict[str, Any]
 class NodeApi(Protocol):
     async def status(self) -> Status: ...
     async def config(self) -> ConfigView: ...
+    async def rotate_token(self, scope: str = "admin") -> TokenRotated: ...
 
 
 class PeersApi(Protocol):
@@ -71,6 +75,15 @@ class KeysApi(Protocol):
     async def trust(self, public_key: str, name: str) -> TrustedKey: ...
     async def trusted(self) -> TrustedKeys: ...
     async def untrust(self, name: str) -> TrustedKey: ...
+
+
+class AuditApi(Protocol):
+    """The node's hash-chained audit log."""
+
+    async def tail(
+        self, *, limit: int = 100, after: int | None = None, kind: str | None = None
+    ) -> AuditRecords: ...
+    async def verify(self) -> AuditVerification: ...
 
 
 class ModelsApi(Protocol):
@@ -114,6 +127,8 @@ class CoreApi(Protocol):
     def hardware(self) -> HardwareApi: ...
     @property
     def keys(self) -> KeysApi: ...
+    @property
+    def audit(self) -> AuditApi: ...
     @property
     def models(self) -> ModelsApi: ...
     @property

@@ -131,6 +131,61 @@ class TrustRequest(BaseModel):
     name: str = Field(max_length=64)
 
 
+# -- audit log and API tokens ------------------------------------------------------------------
+
+
+class AuditRecord(BaseModel):
+    seq: int = Field(description="Position in the chain, from 1")
+    at: float = Field(description="Unix time of the event")
+    kind: str = Field(
+        description="refused, limit, policy-denied, bad-signature, bad-content, cheating, "
+        "token-used, penalised, model-load, key-change, trust-change, policy-change, "
+        "api-token-rotated, audit-dropped, ..."
+    )
+    protocol: str = Field(description="The protocol that reported it (accel-node: the node itself)")
+    peer: str | None
+    reason: str
+    details: dict[str, Any] = Field(description="Short scalar facts")
+    prev: str = Field(description="Hex SHA-256 of the record before (zeros for the first)")
+    hash: str = Field(description="Hex SHA-256 of this record's canonical encoding, prev included")
+
+
+class AuditRecords(BaseModel):
+    records: list[AuditRecord] = Field(description="Oldest first")
+    head_seq: int = Field(description="Seq of the newest record written")
+    dropped: int = Field(description="Events dropped since the daemon started (queue full)")
+
+
+class AuditQuery(BaseModel):
+    """The query of ``GET /v1/audit``: the ``limit`` newest records, or the first after ``after``."""
+
+    model_config = ConfigDict(extra="forbid")
+    limit: int = Field(default=100, ge=1, le=1000)
+    after: int | None = Field(default=None, ge=0, description="Only records with a higher seq, oldest first")
+    kind: str | None = Field(default=None, max_length=64)
+
+
+class AuditVerification(BaseModel):
+    ok: bool
+    records: int = Field(description="Records checked")
+    anchor_seq: int = Field(description="Records up to this seq were pruned (retention); 0 if none")
+    head_seq: int
+    checkpoints: int = Field(description="Signed checkpoints checked")
+    bad_seq: int | None = Field(default=None, description="The first record that does not fit")
+    problem: str | None = None
+
+
+class TokenRotateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scope: Literal["admin", "read"] = "admin"
+
+
+class TokenRotated(BaseModel):
+    scope: str
+    path: str = Field(description="The token file, replaced (the token itself is never sent)")
+    rotated_at: float
+
+
 # -- models --------------------------------------------------------------------------------------
 
 

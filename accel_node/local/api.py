@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from accel_node.audit import AuditLog
 from accel_node.capability import CapabilityService
 from accel_node.config import Config
 from accel_node.core.contract import CoreApi
 from accel_node.hardware import HardwareService
+from accel_node.home import ApiTokens
+from accel_node.local.audit import LocalAudit
 from accel_node.local.hardware import LocalHardware
 from accel_node.local.inference import LocalInference
 from accel_node.local.keys import LocalKeys
@@ -41,6 +44,8 @@ class LocalServices:
     config: Config
     metrics: NodeMetrics
     name: str
+    audit: AuditLog
+    tokens: ApiTokens
 
 
 class LocalApi:
@@ -49,10 +54,11 @@ class LocalApi:
     def __init__(self, services: LocalServices) -> None:
         s = services
         self.services = services
-        self._node = LocalNode(s.network, s.config, s.metrics, s.name)
+        self._node = LocalNode(s.network, s.config, s.metrics, s.name, tokens=s.tokens, audit=s.audit)
         self._peers = LocalPeers(s.network, s.capability, s.store)
         self._hardware = LocalHardware(s.hardware)
-        self._keys = LocalKeys(s.trust)
+        self._keys = LocalKeys(s.trust, s.audit)
+        self._audit = LocalAudit(s.audit)
         self._models = LocalModels(s.models, s.library, s.inference, s.config)
         self._inference = LocalInference(s.inference, s.shards, s.store)
         self._shards = LocalShards(s.shards)
@@ -72,6 +78,10 @@ class LocalApi:
     @property
     def keys(self) -> LocalKeys:
         return self._keys
+
+    @property
+    def audit(self) -> LocalAudit:
+        return self._audit
 
     @property
     def models(self) -> LocalModels:

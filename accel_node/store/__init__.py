@@ -5,11 +5,12 @@
   capability records, heartbeats, penalties, link performance), :mod:`.meta` (node meta, hardware
   profiles), :mod:`.trust` (publisher keys, accepted versions), :mod:`.models` (installed models),
   :mod:`.variants` (analyses, precision variants), :mod:`.measurements`, :mod:`.shards` (plans,
-  served stages).
+  served stages), :mod:`.audit` (the hash-chained audit log, its anchor and signed checkpoints).
 - :mod:`.facade`: :class:`AsyncStore`, what the rest of the node uses; it runs every call on one
   worker thread, one at a time.
 """
 
+from accel_node.store.audit import AuditRow, CheckpointRow
 from accel_node.store.db import MIGRATIONS, SCHEMA_VERSION
 from accel_node.store.facade import AsyncStore
 from accel_node.store.measurements import MeasurementRow
@@ -23,6 +24,8 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "AsyncStore",
+    "AuditRow",
+    "CheckpointRow",
     "MeasurementRow",
     "ModelRow",
     "PeerRecord",

@@ -151,6 +151,25 @@ def _migration_7(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_8(db: sqlite_utils.Database) -> None:
+    # The audit log (accel_node.audit): append-only, each record chained to the one before by hash.
+    db.table("audit_log").create(
+        {"seq": int, "at": float, "kind": str, "protocol": str, "peer": str, "reason": str,
+         "details": str, "prev": str, "hash": str},
+        pk="seq",
+        not_null={"at", "kind", "protocol", "reason", "details", "prev", "hash"},
+    )  # fmt: skip
+    db.table("audit_log").create_index(["kind", "seq"])
+    # Where the kept chain starts once older records were pruned: the last pruned record's seq/hash.
+    db.table("audit_anchor").create({"id": int, "seq": int, "hash": str}, pk="id", not_null={"seq", "hash"})
+    # Heads of the chain signed with the node key: a rewritten or truncated chain fails against them.
+    db.table("audit_checkpoints").create(
+        {"seq": int, "hash": str, "at": float, "signature": bytes},
+        pk="seq",
+        not_null={"hash", "at", "signature"},
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _migration_1,
     _migration_2,
@@ -159,6 +178,7 @@ MIGRATIONS: list[Migration] = [
     _migration_5,
     _migration_6,
     _migration_7,
+    _migration_8,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

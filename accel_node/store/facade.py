@@ -14,6 +14,7 @@ from typing import Any, ParamSpec, TypeVar
 
 import trio
 
+from accel_node.store.audit import AuditRecords, AuditRow, CheckpointRow
 from accel_node.store.db import Database
 from accel_node.store.measurements import MeasurementRow, Measurements
 from accel_node.store.meta import Meta, Profiles
@@ -39,6 +40,7 @@ class AsyncStore:
         self._derived = Derived(database)
         self._measurements = Measurements(database)
         self._shards = Shards(database)
+        self._audit = AuditRecords(database)
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "NORMAL") -> AsyncStore:
@@ -205,3 +207,32 @@ class AsyncStore:
 
     async def list_served(self) -> list[ServedRow]:
         return await self._run(self._shards.list_served)
+
+    # -- audit log (written by accel_node.audit only) -----------------------------------------
+
+    async def append_audit(self, rows: list[AuditRow]) -> None:
+        await self._run(self._audit.append, rows)
+
+    async def audit_head(self) -> AuditRow | None:
+        return await self._run(self._audit.head)
+
+    async def audit_anchor(self) -> tuple[int, str] | None:
+        return await self._run(self._audit.anchor)
+
+    async def audit_after(self, seq: int, limit: int, kind: str | None = None) -> list[AuditRow]:
+        return await self._run(self._audit.after, seq, limit, kind)
+
+    async def audit_newest(self, limit: int, kind: str | None = None) -> list[AuditRow]:
+        return await self._run(self._audit.newest, limit, kind)
+
+    async def audit_count(self) -> int:
+        return await self._run(self._audit.count)
+
+    async def prune_audit(self, keep: int) -> int:
+        return await self._run(self._audit.prune, keep)
+
+    async def add_audit_checkpoint(self, checkpoint: CheckpointRow) -> None:
+        await self._run(self._audit.add_checkpoint, checkpoint)
+
+    async def audit_checkpoints(self) -> list[CheckpointRow]:
+        return await self._run(self._audit.checkpoints)

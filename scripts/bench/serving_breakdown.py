@@ -34,6 +34,7 @@ def breakdown(
     from accel_node.api.middleware import AuthMetricsMiddleware
     from accel_node.api.routes_infer import infer_routes
     from accel_node.core.schemas import Health
+    from accel_node.home import ApiTokens
     from accel_node.local.inference import LocalInference
     from accel_node.metrics import NodeMetrics
     from accel_node.runtime.service import InferenceService, RuntimeSettings
@@ -53,7 +54,10 @@ def breakdown(
             return Health(ok=True)
 
         app.include_router(infer_routes(ctx))
-        app.add_middleware(AuthMetricsMiddleware, token="t", metrics=NodeMetrics(), open_paths=("/healthz",))
+        tokens = ApiTokens({"admin": "t"})
+        app.add_middleware(
+            AuthMetricsMiddleware, tokens=tokens, metrics=NodeMetrics(), open_paths=("/healthz",)
+        )
         session = create_session(
             wl.path,
             intra_op_threads=runtime.intra_op_threads,

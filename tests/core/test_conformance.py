@@ -153,6 +153,8 @@ async def test_publish_infer_remove(core: CoreApi, zoo: Zoo, tmp_path: Path) -> 
     outputs = await core.inference.infer(model.cid, {"x": x}, InferOptions(mode="local"))
     (name,) = outputs
     np.testing.assert_allclose(outputs[name], expected, rtol=1e-5, atol=1e-6)
+    loads = (await core.audit.tail(kind="model-load")).records
+    assert loads and loads[-1].details["cid"] == model.cid  # the runtime's load is audited
     with refused("invalid_input", 400):
         await core.inference.infer(model.cid, {"nope": x})
     stats = await core.inference.runtime()
@@ -183,6 +185,25 @@ async def test_peers_and_hardware(core: CoreApi) -> None:
     assert (await core.hardware.profile_job()).job is None  # profiling is off in tests
     with refused("invalid_request", 422):
         await core.hardware.start_profile("slow")
+
+
+async def test_audit_log_and_token_rotation(core: CoreApi) -> None:
+    await core.keys.trust("ed25519:" + "B" * 43, "audited")
+    rotated = await core.node.rotate_token("read")
+    assert rotated.scope == "read" and rotated.path.endswith("api.read.token")
+    tail = await core.audit.tail(limit=5)
+    assert [r.kind for r in tail.records][-2:] == ["trust-change", "api-token-rotated"]
+    assert tail.records[-2].details["name"] == "audited" and tail.head_seq == tail.records[-1].seq
+    first = tail.records[-2].seq
+    assert [r.seq for r in (await core.audit.tail(after=first - 1, limit=1)).records] == [first]
+    assert {r.kind for r in (await core.audit.tail(kind="trust-change")).records} == {"trust-change"}
+    verified = await core.audit.verify()
+    assert verified.ok and verified.head_seq >= tail.head_seq and verified.bad_seq is None
+    await core.keys.untrust("audited")
+    with refused("invalid_request", 422):
+        await core.audit.tail(limit=0)
+    with refused("invalid_request", 422):
+        await core.node.rotate_token("root")
 
 
 async def test_the_app_serves_exactly_the_endpoints_of_the_core(daemon: Daemon) -> None:

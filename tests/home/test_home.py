@@ -20,7 +20,7 @@ def mode(path: Path) -> int:
 def test_init_creates_private_files_and_is_idempotent(tmp_path: Path) -> None:
     home = NodeHome(tmp_path / "h")
     first = home.init()
-    assert set(first.created) == {"config.toml", "identity.key", "api.token"}
+    assert set(first.created) == {"config.toml", "identity.key", "api.token", "api.read.token"}
     assert mode(home.root) == 0o700
     assert mode(home.identity_path) == 0o600 and mode(home.token_path) == 0o600
     token = home.token()
