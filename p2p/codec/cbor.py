@@ -94,7 +94,6 @@ def brief(value: object) -> str:
     return text if len(text) <= MAX_BRIEF_CHARS else text[:MAX_BRIEF_CHARS] + "..."
 
 
-
 def as_int(
     value: object,
     what: str,

@@ -60,7 +60,6 @@ def test_private_file_writer_never_follows_a_planted_link(tmp_path: Path) -> Non
     assert sorted(p.name for p in tmp_path.iterdir()) == [".api.token.tmp", "api.token", "key", "victim"]
 
 
-
 @pytest.mark.parametrize(
     "text",
     [
