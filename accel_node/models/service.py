@@ -101,7 +101,7 @@ def model_files(directory: Path) -> list[str]:
                     continue
                 relative = Path(entry.path).relative_to(directory).as_posix()
                 if entry.is_symlink():
-                    raise ManifestError(f"{relative} is a symbolic link; copy the file into the model directory")
+                    raise ManifestError(f"{relative} is a symbolic link; copy the file into the directory")
                 if entry.is_dir(follow_symlinks=False):
                     pending.append(Path(entry.path))
                 elif entry.is_file(follow_symlinks=False):
