@@ -25,7 +25,12 @@ that did not fit: it is backed off and another replica of this stage is tried. A
 ``invalid`` a frame that another replica of the same stage then accepted was wrong about it (broken or
 dodging work): it is backed off when the other one delivers.
 
-Nothing here does I/O or reads a clock itself (:class:`ReplicaHealth` does, through trio's clock).
+With ``observations`` (:class:`~accel_node.shard.observed.PeerObservations`, the router's), each outcome is
+also recorded there for plan ``model``: a delivery with the time since :meth:`next` handed the replica out,
+a failure that was the replica's fault (the same cases that back it off) as a failure.
+
+Nothing here does I/O or reads a clock itself (:class:`ReplicaHealth` and the observations do, through
+trio's clock or an injected one).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from collections.abc import Sequence
 from libp2p.peer.id import ID
 
 from accel_node.shard.health import ReplicaHealth
+from accel_node.shard.observed import PeerObservations
 from accel_node.shard.wire import EXHAUSTED, INVALID
 from p2p.penalties import PenaltyBox
 
@@ -50,6 +56,8 @@ class FailOver:
         penalties: PenaltyBox | None = None,
         *,
         max_attempts: int | None = None,
+        observations: PeerObservations | None = None,
+        model: str = "",
     ) -> None:
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -64,6 +72,9 @@ class FailOver:
         self._position = 0
         self._exhausted: list[int] = []
         self._invalid_here: list[ID] = []  # replicas that called this stage's frame invalid
+        self.observations = observations
+        self.model = model
+        self._handed_out = 0.0  # when next() last returned a replica (the observations' clock)
 
     # -- what to do next ------------------------------------------------------------------------------
 
@@ -80,6 +91,8 @@ class FailOver:
                 self.reasons.append(f"{peer}: skipped ({self.health.why(peer) or 'excluded'})")
                 continue
             self.attempts += 1
+            if self.observations is not None:
+                self._handed_out = self.observations.now()
             return peer
         return None
 
@@ -93,17 +106,26 @@ class FailOver:
     def delivered(self, peer: ID) -> None:
         self.winner = peer
         self.health.succeeded(peer)
+        if self.observations is not None:
+            latency_s = self.observations.now() - self._handed_out
+            self.observations.record_success(peer, self.model, self.stage, latency_s)
         for liar in self._invalid_here:  # the same frame fitted this stage after all
-            self.health.failed(liar, f"called a frame of stage {self.stage} invalid that {peer} accepted")
+            self._failed(liar, f"called a frame of stage {self.stage} invalid that {peer} accepted")
+
+    def _failed(self, peer: ID, reason: str) -> None:
+        """``peer`` failed through its own fault: backed off, and observed failing."""
+        self.health.failed(peer, reason)
+        if self.observations is not None:
+            self.observations.record_failure(peer, self.model, self.stage)
 
     def broke(self, peer: ID, reason: str) -> None:
         """The channel to ``peer`` broke, could not be opened, or the answer did not come as agreed."""
-        self.health.failed(peer, reason)
+        self._failed(peer, reason)
         self.reasons.append(f"{peer}: {reason}")
 
     def timed_out(self, peer: ID, timeout_s: float) -> None:
         reason = f"no answer within {timeout_s:.3g} s"
-        self.health.failed(peer, reason)
+        self._failed(peer, reason)
         self.reasons.append(f"{peer}: {reason}")
 
     def not_tried(self, peer: ID, reason: str) -> None:
@@ -119,7 +141,7 @@ class FailOver:
         elif code == INVALID and at_stage == self.stage:
             self._invalid_here.append(peer)  # the sender's frame (see the module docstring)
         else:  # also INVALID about another stage: this replica's output did not fit a later one
-            self.health.failed(peer, f"{code}: {reason}")
+            self._failed(peer, f"{code}: {reason}")
 
     # -- the outcome ----------------------------------------------------------------------------------
 
