@@ -36,7 +36,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import psutil
 import trio
@@ -71,6 +71,7 @@ MAX_CORES = 1 << 16
 MAX_GPU_MEMORY_GB = 4096.0
 MAX_GPU_TFLOPS = 20_000.0
 MAX_QUEUE_DEPTH = 1 << 20
+MAX_ADDR_CHARS = 256  # a multiaddr with a DNS name and a /p2p/ peer id fits in well under this
 IMPLAUSIBLE_ERRORS = frozenset({"less_than_equal", "implausible"})
 """Validation error types that mean "a figure beyond its bound" rather than "not a capability record"."""
 
@@ -126,9 +127,9 @@ class CapabilityBody(_Body):
 
     name: str = Field(max_length=64)
     version: str = Field(max_length=32)
-    addrs: list[str] = Field(max_length=32)
+    addrs: list[Annotated[str, Field(max_length=MAX_ADDR_CHARS)]] = Field(max_length=32)
     hw: HardwareSummary
-    models: list[str] = Field(default_factory=list, max_length=1024)
+    models: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1024)
     shards: list[ShardEntry] = Field(default_factory=list, max_length=256)
     load: Load
 
