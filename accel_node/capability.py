@@ -5,6 +5,27 @@ with its libp2p key, refreshed every ``[p2p] cap_refresh_s`` and valid for twice
 peer's record always goes to the network (a cached copy may be stale); the record is verified
 (signature, signer = key's peer id, expiry, size) by the DHT layer, its body is validated here, and
 a sequence number lower than one already accepted for that peer is refused as a replay.
+
+Every figure is a peer's own claim, so each is bounded to what one node can physically have (the
+bounds below, a generous margin above the largest hardware of 2026); a record claiming more is refused
+whole, counted as ``records_rejected{kind="cap", reason="implausible"}`` (refused, not clamped: a peer
+that claims a petaflop of CPU GEMM is broken or lying, and no part of its record is worth believing).
+Within the bounds a claim is still only a claim: routing prefers what this node observed
+(:mod:`accel_node.shard.observed`).
+
+======================  =========================  ==============================================
+figure                  bound                      why
+======================  =========================  ==============================================
+``hw.peak_gflops``      <= 1e6 GFLOP/s (1 PFLOP/s)  the node's measured fp32 GEMM (numpy/ORT on its
+                                                   CPUs): a 2-socket server does ~10 TFLOP/s
+``*.mem_bw_gbs``        <= 1e5 GB/s                HBM3e is ~8 TB/s per device, DDR5 ~1 TB/s per node
+``hw.mem_total_gb``     <= 1e5 GB (100 TB)         the largest single systems hold tens of TB
+``hw.mem_free_gb``      <= ``mem_total_gb``        free memory is part of the total
+``hw.cores``            <= 65536                   physical cores of one system
+``gpus[].memory_gb``    <= 4096 GB                 one accelerator holds <= ~300 GB today
+``gpus[].*_tflops``     <= 20000 TFLOP/s           one accelerator: ~2.5 PFLOP/s dense fp16 today
+``load/shards queue``   <= 1 << 20 requests        more than any node's admission limits allow
+======================  =========================  ==============================================
 """
 
 from __future__ import annotations
@@ -15,13 +36,14 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import psutil
 import trio
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 from trio_typing import TaskStatus
 
 from accel_node import __version__
@@ -41,6 +63,18 @@ FETCH_CONCURRENCY = 4
 EARLY_REPUBLISH_S = 2.0
 SWEEP_INTERVAL_S = 1.0
 
+# Plausibility bounds on what a peer claims (see the module docstring for why each).
+MAX_NODE_GFLOPS = 1e6
+MAX_MEM_BW_GBS = 1e5
+MAX_MEM_GB = 1e5
+MAX_CORES = 1 << 16
+MAX_GPU_MEMORY_GB = 4096.0
+MAX_GPU_TFLOPS = 20_000.0
+MAX_QUEUE_DEPTH = 1 << 20
+MAX_ADDR_CHARS = 256  # a multiaddr with a DNS name and a /p2p/ peer id fits in well under this
+IMPLAUSIBLE_ERRORS = frozenset({"less_than_equal", "implausible"})
+"""Validation error types that mean "a figure beyond its bound" rather than "not a capability record"."""
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False, frozen=True)
@@ -48,27 +82,33 @@ class _Body(BaseModel):
 
 class GpuSummary(_Body):
     name: str = Field(max_length=256)
-    memory_gb: float = Field(ge=0)
+    memory_gb: float = Field(ge=0, le=MAX_GPU_MEMORY_GB)
     compute_capability: str | None = Field(default=None, max_length=32)
-    fp32_tflops: float | None = Field(default=None, ge=0)
-    fp16_tflops: float | None = Field(default=None, ge=0)
-    bf16_tflops: float | None = Field(default=None, ge=0)
-    mem_bw_gbs: float | None = Field(default=None, ge=0)
+    fp32_tflops: float | None = Field(default=None, ge=0, le=MAX_GPU_TFLOPS)
+    fp16_tflops: float | None = Field(default=None, ge=0, le=MAX_GPU_TFLOPS)
+    bf16_tflops: float | None = Field(default=None, ge=0, le=MAX_GPU_TFLOPS)
+    mem_bw_gbs: float | None = Field(default=None, ge=0, le=MAX_MEM_BW_GBS)
 
 
 class HardwareSummary(_Body):
-    peak_gflops: float | None = Field(default=None, ge=0)
-    mem_bw_gbs: float | None = Field(default=None, ge=0)
-    mem_total_gb: float = Field(ge=0)
-    mem_free_gb: float = Field(ge=0)
+    peak_gflops: float | None = Field(default=None, ge=0, le=MAX_NODE_GFLOPS)
+    mem_bw_gbs: float | None = Field(default=None, ge=0, le=MAX_MEM_BW_GBS)
+    mem_total_gb: float = Field(ge=0, le=MAX_MEM_GB)
+    mem_free_gb: float = Field(ge=0, le=MAX_MEM_GB)
     cpu: str = Field(max_length=256)
-    cores: int = Field(ge=1, le=1 << 16)
+    cores: int = Field(ge=1, le=MAX_CORES)
     gpus: list[GpuSummary] = Field(default_factory=list, max_length=64)
     profiled: bool = False
 
+    @model_validator(mode="after")
+    def _free_within_total(self) -> HardwareSummary:
+        if self.mem_free_gb > self.mem_total_gb * 1.001 + 0.01:  # readings taken a moment apart
+            raise PydanticCustomError("implausible", "mem_free_gb exceeds mem_total_gb")
+        return self
+
 
 class Load(_Body):
-    queue_depth: int = Field(ge=0)
+    queue_depth: int = Field(ge=0, le=MAX_QUEUE_DEPTH)
     utilisation: float = Field(ge=0, le=1)
 
 
@@ -78,7 +118,7 @@ class ShardEntry(_Body):
     model: str = Field(max_length=128)
     stage: int = Field(ge=0, le=1024)
     plan: str = Field(max_length=128)
-    queue_depth: int = Field(default=0, ge=0)
+    queue_depth: int = Field(default=0, ge=0, le=MAX_QUEUE_DEPTH)
     busy: float = Field(default=0.0, ge=0, le=1)
 
 
@@ -87,9 +127,9 @@ class CapabilityBody(_Body):
 
     name: str = Field(max_length=64)
     version: str = Field(max_length=32)
-    addrs: list[str] = Field(max_length=32)
+    addrs: list[Annotated[str, Field(max_length=MAX_ADDR_CHARS)]] = Field(max_length=32)
     hw: HardwareSummary
-    models: list[str] = Field(default_factory=list, max_length=1024)
+    models: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list, max_length=1024)
     shards: list[ShardEntry] = Field(default_factory=list, max_length=256)
     load: Load
 
@@ -102,6 +142,20 @@ class Offer:
     models: Callable[[], Awaitable[list[str]]] | None = None
     queue_depth: Callable[[], int] = lambda: 0
     shards: Callable[[], list[ShardEntry]] = list
+
+
+def rejection_reason(exc: ValidationError) -> str:
+    """``implausible`` when every problem is a figure beyond its bound, else ``malformed``."""
+    types = {str(error["type"]) for error in exc.errors()}
+    return "implausible" if types <= IMPLAUSIBLE_ERRORS else "malformed"
+
+
+def parse_body(data: object) -> CapabilityBody | None:
+    """A stored or received record body, or None when it is malformed or implausible."""
+    try:
+        return CapabilityBody.model_validate(data)
+    except ValidationError:
+        return None
 
 
 def current_load(queue_depth: int = 0) -> Load:
@@ -197,8 +251,9 @@ class CapabilityService:
         try:
             body = CapabilityBody.model_validate(record.body)
         except ValidationError as exc:
-            self._metrics.records_rejected.labels(kind=KIND, reason="malformed").inc()
-            log.info("malformed capability record", extra={"peer_id": str(peer_id), "error": str(exc)[:200]})
+            reason = rejection_reason(exc)
+            self._metrics.records_rejected.labels(kind=KIND, reason=reason).inc()
+            log.info(f"{reason} capability record", extra={"peer_id": str(peer_id), "error": str(exc)[:200]})
             return None
         outcome = await self._store.record_capability(
             str(peer_id),
@@ -248,9 +303,9 @@ class CapabilityService:
         fetched = await self.fetch_many(await self.known_peer_ids())
         found = []
         for record in fetched.values():
-            if record is None or record.capability is None:
+            body = None if record is None or record.capability is None else parse_body(record.capability)
+            if record is None or body is None:  # a record stored before its figures were bounded
                 continue
-            body = CapabilityBody.model_validate(record.capability)
             if matches(body, min_mem_gb=min_mem_gb, min_gflops=min_gflops, gpu=gpu):
                 found.append(record)
         return sorted(found, key=lambda r: r.peer_id)

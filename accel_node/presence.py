@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 TOPIC = "/accel/presence/1"
 KIND = "presence"
 ADDR_TTL_S = 600
+MAX_LIFETIME_S = 3 * 3600  # a heartbeat is valid for 3 intervals; [p2p] presence_interval_s <= 1 h
 
 
 class Heartbeat(BaseModel):
@@ -106,7 +107,9 @@ class PresenceService:
     async def accept(self, author: ID, data: bytes) -> bool:
         """Verify a heartbeat received from ``author`` and merge it into the peer table."""
         try:
-            record = decode_record(data, expect_kind=KIND, max_bytes=MAX_MESSAGE_BYTES)
+            record = decode_record(
+                data, expect_kind=KIND, max_bytes=MAX_MESSAGE_BYTES, max_lifetime_s=MAX_LIFETIME_S
+            )
             if record.peer_id != author:
                 raise RecordError("heartbeat signed by a peer other than its gossip author")
             heartbeat = Heartbeat.model_validate(record.body)

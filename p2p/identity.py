@@ -8,6 +8,7 @@ and written atomically, so a crash never leaves a truncated key behind.
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from libp2p.crypto.ed25519 import create_new_key_pair
@@ -20,17 +21,53 @@ from p2p.errors import IdentityError
 MAX_KEY_FILE_BYTES = 4096
 
 
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_PRIVATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+
+
 def write_private_file(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write ``data`` to ``path`` atomically with mode 0600 (owner read/write only).
+
+    The bytes go to a temporary file of a random name beside ``path``, created with ``O_CREAT|O_EXCL|
+    O_NOFOLLOW`` (so nothing planted in the directory, a symbolic link least of all, is opened or
+    truncated), fsynced, then renamed over ``path``. A symbolic link at ``path`` itself is refused:
+    a key or token is never written where a link points.
+    """
+    if path.is_symlink():
+        raise IdentityError(f"{path} is a symbolic link; refusing to write a private file through it")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        os.write(fd, data)
+        fd = os.open(tmp, _PRIVATE_FLAGS, 0o600)
+    except OSError as exc:
+        raise IdentityError(f"cannot create a private file beside {path}: {exc.strerror}") from exc
+    try:
+        try:
+            os.fchmod(fd, 0o600)  # whatever the umask
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (best effort: not every platform opens directories)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
         os.fsync(fd)
+    except OSError:
+        pass
     finally:
         os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
 
 
 def generate_identity() -> KeyPair:

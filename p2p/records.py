@@ -11,7 +11,15 @@ Wire format: a CBOR map (canonical encoding) with exactly these keys::
     sig         bytes  signature by that key over DOMAIN + canonical CBOR of the other six keys
 
 :func:`decode_record` refuses anything oversize, malformed, signed by a key that is not the
-claimed peer's, badly signed or expired; callers never see an unverified record.
+claimed peer's, badly signed, expired, or expiring too far ahead; callers never see an unverified record.
+
+Expiry is bounded above because a record is a claim its publisher can no longer take back: one valid for
+a year would outlive any correction (a new sequence number only replaces it where the new one arrives)
+and would sit in every DHT store that accepted it (a stored value lives until its ``expires_at``). A
+record may expire at most :data:`MAX_LIFETIME_S` after the verifier's *now*, plus :data:`CLOCK_SKEW_S`
+for clocks that disagree. The default is twice the longest refresh period a node may be configured with
+(capability records: ``[p2p] cap_refresh_s`` <= 1 day, valid twice that); a kind with a shorter life
+passes its own bound (``max_lifetime_s``).
 """
 
 from __future__ import annotations
@@ -36,6 +44,10 @@ FIELDS = frozenset({"kind", "peer", "seq", "expires_at", "body", "pubkey", "sig"
 MAX_SEQ = (1 << 63) - 1
 MAX_KIND_CHARS = 64
 MAX_PEER_BYTES = 128
+MAX_LIFETIME_S = 2 * 86_400
+"""Longest a record may still be valid when it is verified (see the module docstring)."""
+CLOCK_SKEW_S = 300
+"""How far the publisher's clock may run ahead of the verifier's."""
 
 
 @dataclass(frozen=True)
@@ -99,8 +111,10 @@ def decode_record(
     expect_peer: ID | None = None,
     now: float | None = None,
     max_bytes: int = MAX_RECORD_BYTES,
+    max_lifetime_s: float = MAX_LIFETIME_S,
 ) -> SignedRecord:
-    """Parse and verify ``raw``; raises :class:`RecordError` on anything but a valid record."""
+    """Parse and verify ``raw``; raises :class:`RecordError` on anything but a valid record (one that
+    expires more than ``max_lifetime_s`` + :data:`CLOCK_SKEW_S` after ``now`` included)."""
     data = _parse(raw, max_bytes)
     kind = data["kind"]
     if expect_kind is not None and kind != expect_kind:
@@ -121,6 +135,9 @@ def decode_record(
         valid = False
     if not valid:
         raise RecordError("record signature is invalid")
-    if (time.time() if now is None else now) >= data["expires_at"]:
+    current = time.time() if now is None else now
+    if current >= data["expires_at"]:
         raise RecordError("record has expired")
+    if data["expires_at"] > current + max_lifetime_s + CLOCK_SKEW_S:
+        raise RecordError(f"record expires more than {max_lifetime_s:.0f} s ahead")
     return SignedRecord(kind, peer_id, data["seq"], data["expires_at"], data["body"], bytes(raw))

@@ -81,6 +81,38 @@ def onnx_signature(path: Path) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec
     return specs(model.graph.input), specs(model.graph.output)
 
 
+def model_files(directory: Path) -> list[str]:
+    """The files a model directory publishes, as sorted POSIX paths relative to ``directory``.
+
+    Hidden entries (a name starting with ``.``: ``.git``, ``.env``, editor files) are skipped, with
+    everything under them: they are not part of a model and must not end up served to the network.
+    A symbolic link anywhere is refused (it could point outside the directory, at a key or a
+    token), and so is anything that is not a regular file or a directory (sockets, devices, pipes).
+    Nothing is read or imported here: a refused directory leaves the block store untouched.
+    """
+    if directory.is_symlink() or not directory.is_dir():
+        raise ManifestError(f"{directory} is not a directory")
+    found: list[str] = []
+    pending = [directory]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                relative = Path(entry.path).relative_to(directory).as_posix()
+                if entry.is_symlink():
+                    raise ManifestError(f"{relative} is a symbolic link; copy the file into the directory")
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif entry.is_file(follow_symlinks=False):
+                    found.append(relative)
+                else:
+                    raise ManifestError(f"{relative} is not a regular file")
+    if not found:
+        raise ManifestError(f"{directory} holds no files")
+    return sorted(found, key=lambda relative: relative.split("/"))  # the order of Path parts
+
+
 class ModelService:
     """Publish, fetch, list and remove verified models."""
 
@@ -111,18 +143,20 @@ class ModelService:
         the backend (for Kubo: put, pin, provide; if that fails nothing is recorded), install it."""
         key = self._trust.signing_key(key_name)
         directory = await trio.to_thread.run_sync(directory.resolve)
-        files = await trio.to_thread.run_sync(self._add_directory, directory)
-        entries = [f for f in files if f.path.endswith(".onnx")]
+        # Everything is checked before the first byte enters the block store (which serves it).
+        paths = await trio.to_thread.run_sync(model_files, directory)
+        entries = [p for p in paths if p.endswith(".onnx")]
         if len(entries) != 1:
             raise ManifestError(f"{directory} must hold exactly one .onnx model, found {len(entries)}")
-        inputs, outputs = await trio.to_thread.run_sync(onnx_signature, directory / entries[0].path)
+        inputs, outputs = await trio.to_thread.run_sync(onnx_signature, directory / entries[0])
+        files = await trio.to_thread.run_sync(self._add_files, directory, paths)
         model_name = name or directory.name
         if version is None:
             highest = await self._store.highest_model_version(key.key_id, model_name)
             version = (highest or 0) + 1
         now = int(time.time())
         manifest = Manifest(
-            name=model_name, version=version, format="onnx", entry=entries[0].path, files=tuple(files),
+            name=model_name, version=version, format="onnx", entry=entries[0], files=tuple(files),
             inputs=inputs, outputs=outputs, created=now, expires=int(now + ttl_s), publisher=key.key_id,
         )  # fmt: skip
         package = sign_manifest(manifest, key)
@@ -135,18 +169,13 @@ class ModelService:
         log.info("model published", extra={"cid": cid, "model": model_name, "version": version})
         return await self.show(cid)
 
-    def _add_directory(self, directory: Path) -> list[ManifestFile]:
-        if not directory.is_dir():
-            raise ManifestError(f"{directory} is not a directory")
+    def _add_files(self, directory: Path, paths: list[str]) -> list[ManifestFile]:
+        """Import the files :func:`model_files` listed (relative to ``directory``) into the block store."""
         files = []
-        for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-            relative = path.relative_to(directory).as_posix()
-            if path.is_symlink():
-                raise ManifestError(f"{relative} is a symbolic link; copy the file into the model directory")
+        for relative in paths:
+            path = directory / relative
             result = import_file(path, self.blocks.put)
             files.append(ManifestFile(relative, str(result.root), result.file_size, sha256_file(path)))
-        if not files:
-            raise ManifestError(f"{directory} holds no files")
         return files
 
     # -- fetching ----------------------------------------------------------------------------

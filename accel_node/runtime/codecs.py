@@ -42,6 +42,11 @@ MEDIA_TYPES = (JSON_TYPE, NPZ_TYPE, NPY_TYPE)
 MAX_RANK = 16
 MAX_MEMBERS = 256
 MAX_NPY_HEADER = 10_000
+MAX_JSON_DEPTH = MAX_RANK + 8
+"""Deepest nesting of arrays/objects a JSON body may have: a tensor of rank ``MAX_RANK`` inside
+``{"inputs": {name: ...}}`` (or ``{"outputs": {name: {"data": ...}}}``) with room to spare. Checked before
+the parser runs, since Python's parser recurses per level and a body of ``[[[[...`` would otherwise
+end in a RecursionError (a 500) rather than a 400."""
 
 
 @dataclass(frozen=True)
@@ -119,16 +124,38 @@ def _json_tensor(name: str, value: Any, spec: SpecLike) -> np.ndarray[Any, Any]:
     return _from_json_values(name, data, target).reshape(shape)
 
 
+def json_depth(body: bytes) -> int:
+    """The deepest nesting of ``[``/``{`` in the JSON text ``body`` (brackets inside strings do not
+    count), computed without recursion. For text that is not valid JSON the figure means nothing (the
+    parser refuses such text anyway)."""
+    # Escapes only occur inside strings: dropping them leaves every remaining quote a delimiter.
+    text = np.frombuffer(body.replace(b"\\\\", b"").replace(b'\\"', b""), dtype=np.uint8)
+    if text.size == 0:
+        return 0
+    outside = np.cumsum(text == ord('"')) % 2 == 0
+    step = np.zeros(text.size, dtype=np.int64)
+    step[(text == ord("[")) | (text == ord("{"))] = 1
+    step[(text == ord("]")) | (text == ord("}"))] = -1
+    return int(np.cumsum(step * outside).max(initial=0))
+
+
+def _load_json(body: bytes, what: str) -> Any:
+    """``json.loads`` with the nesting bounded first (:data:`MAX_JSON_DEPTH`); one error for any failure."""
+    if json_depth(body) > MAX_JSON_DEPTH:
+        raise InputError(f"{what} is nested more than {MAX_JSON_DEPTH} levels deep")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise InputError(f"{what} is not valid JSON: {exc}") from exc
+
+
 def decode_json(body: bytes, signature: Signature, limits: TensorLimits) -> Arrays:
     """Decode (and coerce, but not yet validate) a JSON request body."""
     if len(body) > limits.max_json_bytes:
         raise PayloadTooLarge(
             f"JSON body is {len(body)} bytes; the limit is {limits.max_json_bytes} (use application/x-npz)"
         )
-    try:
-        doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InputError(f"body is not valid JSON: {exc}") from exc
+    doc = _load_json(body, "body")
     if not isinstance(doc, dict) or set(doc) != {"inputs"} or not isinstance(doc["inputs"], dict):
         raise InputError('JSON body must be {"inputs": {name: tensor, ...}}')
     check_names(doc["inputs"].keys(), signature)
@@ -161,8 +188,8 @@ def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
     """Client side: decode an ``{"outputs": ...}`` JSON response (explicit form only)."""
     if len(body) > limits.max_body_bytes:
         raise PayloadTooLarge(f"response is {len(body)} bytes; the limit is {limits.max_body_bytes}")
+    doc = _load_json(body, "JSON response")
     try:
-        doc = json.loads(body)
         outputs = doc["outputs"]
         out: Arrays = {}
         for name, value in outputs.items():

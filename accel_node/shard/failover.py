@@ -8,14 +8,29 @@ state and rules; the caller does the I/O and tells it what happened:
   excluded by the penalty box are skipped (and named in the reasons), and at most ``max_attempts`` are
   tried.
 - :meth:`broke` (the channel broke or could not be opened) and :meth:`timed_out` back the replica off.
-- :meth:`refused` reads a FAIL: ``invalid`` is the request's fault, not the replica's (no back-off);
-  ``exhausted`` naming a *later* stage means a stage after this replica had no replica left (no back-off,
-  and that later stage is what to re-place); any other code backs the replica off.
+- :meth:`refused` reads a FAIL: ``exhausted`` naming a *later* stage means a stage after this replica had
+  no replica left (no back-off, and that later stage is what to re-place); ``invalid`` (the tensors did not
+  fit the stage) depends on whose tensors they were, below; any other code backs the replica off.
 - :meth:`delivered` forgives the replica.
 - :attr:`stage_to_blame` and :attr:`reasons` describe the failure once :meth:`next` returns None: the later
-  stage when every attempt ended ``exhausted`` there, else this stage.
+  stage when every attempt ended ``exhausted`` there, else this stage; :attr:`relay_code` is the FAIL code a
+  stage server passes upstream.
 
-Nothing here does I/O or reads a clock itself (:class:`ReplicaHealth` does, through trio's clock).
+``invalid``, whose fault: the frame sent to this stage is the sender's (the requester's own inputs at
+stage 0, the previous stage's output later on), so a replica answering ``invalid`` *about this stage* is
+not backed off, and when every attempt says so the sender is the one at fault: :attr:`relay_code` is then
+``invalid`` (about this stage), which tells the replica upstream of this one that *its* output was bad.
+So ``invalid`` *about a later stage* means the replica asked here (or the chain behind it) produced output
+that did not fit: it is backed off and another replica of this stage is tried. And a replica that called
+``invalid`` a frame that another replica of the same stage then accepted was wrong about it (broken or
+dodging work): it is backed off when the other one delivers.
+
+With ``observations`` (:class:`~accel_node.shard.observed.PeerObservations`, the router's), each outcome is
+also recorded there for plan ``model``: a delivery with the time since :meth:`next` handed the replica out,
+a failure that was the replica's fault (the same cases that back it off) as a failure.
+
+Nothing here does I/O or reads a clock itself (:class:`ReplicaHealth` and the observations do, through
+trio's clock or an injected one).
 """
 
 from __future__ import annotations
@@ -25,6 +40,7 @@ from collections.abc import Sequence
 from libp2p.peer.id import ID
 
 from accel_node.shard.health import ReplicaHealth
+from accel_node.shard.observed import PeerObservations
 from accel_node.shard.wire import EXHAUSTED, INVALID
 from p2p.penalties import PenaltyBox
 
@@ -40,6 +56,8 @@ class FailOver:
         penalties: PenaltyBox | None = None,
         *,
         max_attempts: int | None = None,
+        observations: PeerObservations | None = None,
+        model: str = "",
     ) -> None:
         if max_attempts is not None and max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -53,6 +71,10 @@ class FailOver:
         self.winner: ID | None = None
         self._position = 0
         self._exhausted: list[int] = []
+        self._invalid_here: list[ID] = []  # replicas that called this stage's frame invalid
+        self.observations = observations
+        self.model = model
+        self._handed_out = 0.0  # when next() last returned a replica (the observations' clock)
 
     # -- what to do next ------------------------------------------------------------------------------
 
@@ -69,6 +91,8 @@ class FailOver:
                 self.reasons.append(f"{peer}: skipped ({self.health.why(peer) or 'excluded'})")
                 continue
             self.attempts += 1
+            if self.observations is not None:
+                self._handed_out = self.observations.now()
             return peer
         return None
 
@@ -82,15 +106,26 @@ class FailOver:
     def delivered(self, peer: ID) -> None:
         self.winner = peer
         self.health.succeeded(peer)
+        if self.observations is not None:
+            latency_s = self.observations.now() - self._handed_out
+            self.observations.record_success(peer, self.model, self.stage, latency_s)
+        for liar in self._invalid_here:  # the same frame fitted this stage after all
+            self._failed(liar, f"called a frame of stage {self.stage} invalid that {peer} accepted")
+
+    def _failed(self, peer: ID, reason: str) -> None:
+        """``peer`` failed through its own fault: backed off, and observed failing."""
+        self.health.failed(peer, reason)
+        if self.observations is not None:
+            self.observations.record_failure(peer, self.model, self.stage)
 
     def broke(self, peer: ID, reason: str) -> None:
         """The channel to ``peer`` broke, could not be opened, or the answer did not come as agreed."""
-        self.health.failed(peer, reason)
+        self._failed(peer, reason)
         self.reasons.append(f"{peer}: {reason}")
 
     def timed_out(self, peer: ID, timeout_s: float) -> None:
         reason = f"no answer within {timeout_s:.3g} s"
-        self.health.failed(peer, reason)
+        self._failed(peer, reason)
         self.reasons.append(f"{peer}: {reason}")
 
     def not_tried(self, peer: ID, reason: str) -> None:
@@ -103,8 +138,10 @@ class FailOver:
         self.reasons.append(f"{peer}: {code}: {reason}")
         if code == EXHAUSTED and at_stage > self.stage:
             self._exhausted.append(at_stage)  # a later stage has no replica: not this replica's fault
-        elif code != INVALID:
-            self.health.failed(peer, f"{code}: {reason}")
+        elif code == INVALID and at_stage == self.stage:
+            self._invalid_here.append(peer)  # the sender's frame (see the module docstring)
+        else:  # also INVALID about another stage: this replica's output did not fit a later one
+            self._failed(peer, f"{code}: {reason}")
 
     # -- the outcome ----------------------------------------------------------------------------------
 
@@ -114,6 +151,17 @@ class FailOver:
         if self._exhausted and len(self._exhausted) == self.attempts:
             return self._exhausted[0]
         return self.stage
+
+    @property
+    def invalid_input(self) -> bool:
+        """Whether every attempt ended ``invalid`` about this stage: the frame sent here is at fault."""
+        return self.attempts > 0 and len(self._invalid_here) == self.attempts
+
+    @property
+    def relay_code(self) -> str:
+        """The FAIL code to pass upstream when no replica delivered: ``invalid`` (about this stage) when
+        the frame was at fault, else ``exhausted`` (about :attr:`stage_to_blame`)."""
+        return INVALID if self.invalid_input else EXHAUSTED
 
     def summary(self) -> str:
         return "; ".join(self.reasons)

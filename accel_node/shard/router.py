@@ -53,6 +53,7 @@ from accel_node.shard.frames import merge_batches, split_batch
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool
 from accel_node.shard.receipts import ChainBreak, as_received, check_chain, tensor_digest
+from accel_node.shard.observed import PeerObservations
 from accel_node.shard.results import Expected, ResultBox, RouterStats
 from accel_node.shard.runner import Offload, in_worker_thread
 from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE
@@ -119,6 +120,7 @@ class ShardRouter:
         publish_evidence: Publish | None = None,
         events: EventSink = drop,
         on_failure: FailureHook | None = None,
+        observations: PeerObservations | None = None,
     ) -> None:
         if not 0.0 <= spot_check_p <= 1.0:
             raise ValueError("spot_check_p must be within [0, 1]")
@@ -126,6 +128,7 @@ class ShardRouter:
         self.local_id: ID = transport.local_id
         self.penalties = penalties
         self.health = health or ReplicaHealth()
+        self.observations = observations or PeerObservations()  # what replicas did (ranking)
         self.spot_check_p = spot_check_p
         self.atol = atol
         self.rtol = rtol
@@ -338,7 +341,9 @@ class ShardRouter:
         request_id = os.urandom(16)
         senders = frozenset(rest[-1] if rest else replicas)
         expected = self.results.expect(request_id, call.model, stage + len(rest), senders)
-        failover = FailOver(stage, replicas, self.health, self.penalties)
+        failover = FailOver(
+            stage, replicas, self.health, self.penalties, observations=self.observations, model=call.model
+        )
         message = Message(
             Kind.RUN,
             request_id,

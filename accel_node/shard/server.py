@@ -52,7 +52,6 @@ from accel_node.shard.runner import Offload, StageRunner, StageSpec, in_worker_t
 from accel_node.shard.wire import (
     BUSY,
     DEFAULT_LIMITS,
-    EXHAUSTED,
     FAILED,
     INVALID,
     MALFORMED,
@@ -355,7 +354,7 @@ class StageServer:
             failover.refused(peer, reply.code, reply.reason, at_stage=reply.stage)
         stage = failover.stage_to_blame
         reason = f"no replica of stage {stage} delivered: {failover.summary()}"
-        return reject(message, EXHAUSTED, reason, stage=stage)
+        return reject(message, failover.relay_code, reason, stage=stage)
 
     async def _deliver(self, message: Message, frame: Arrays, deadline: float) -> Message:
         reply_to = message.reply_to

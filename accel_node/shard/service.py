@@ -9,8 +9,10 @@
   capability record (``shards``: plan, stage, load). Served stages are remembered in the store and
   served again after a restart (in the background, once the service has started).
 - **Route** (``infer``): for each stage, replicas are the peers whose verified capability record
-  says they serve that plan's stage (DHT providers first, then connected peers), ranked by expected
-  time (the stage's FLOPs at their measured throughput, scaled by load, plus RTT); the router
+  says they serve that plan's stage (DHT providers first, then connected peers), ranked by what this
+  node observed before what they claim (:mod:`accel_node.shard.observed`: audited replicas first, by
+  observed latency; merely claimed ones after, by expected time from their bounded claims: the
+  stage's FLOPs at their measured throughput, scaled by load, plus RTT); the router
   pushes activations stage to stage and replays on another replica when one fails (see
   :mod:`accel_node.shard.router`). With no replica left for a stage, the stage is re-placed here.
 """
@@ -39,6 +41,7 @@ from accel_node.runtime.library import ModelLibrary
 from accel_node.shard import directory
 from accel_node.shard.assign import ASSIGN_PROTOCOL, assign, assignment_handler
 from accel_node.shard.errors import PlanError, ShardError, ShardRouteError
+from accel_node.shard.observed import Candidate, rank
 from accel_node.shard.partition import Stage, partition
 from accel_node.shard.plan import (
     MAX_PLAN_BYTES,
@@ -297,8 +300,11 @@ class ShardService:
     # -- routing -----------------------------------------------------------------------------
 
     async def replicas(self, plan: ShardPlan, plan_cid: str, stage: int) -> list[ID]:
-        """Peers serving ``plan``'s stage ``stage``, best first by expected time: the stage's FLOPs
-        at the peer's measured throughput, times (1 + its queue and busy fraction), plus the RTT."""
+        """Peers serving ``plan``'s stage ``stage``, best first (:func:`~accel_node.shard.observed.rank`):
+        replicas proven by an audit before ones that only claim the stage, each by the latency this
+        node's router observed when it has a fresh observation, else by the claimed estimate: the
+        stage's FLOPs at the peer's (bounded) claimed throughput, times (1 + its queue and busy
+        fraction), plus the RTT. Peers caught lying are left out."""
         # DHT providers, then connected peers (a provider record may not have reached us yet); not
         # every peer ever met: each candidate costs a verified capability lookup.
         candidates = await directory.find(self._dht, plan.model_cid, stage)
@@ -308,22 +314,24 @@ class ShardService:
         def expected_ms(gflops: float, load: float, rtt_ms: float) -> float:
             return (1.0 + load) * flops / (gflops * 1e6) + rtt_ms
 
-        ranked: list[tuple[float, ID]] = []
+        found: list[Candidate] = []
         if (plan_cid, stage) in self.served:
             own = await self._capabilities.body()
-            ranked.append((expected_ms(self._gflops(own), self._queue(plan_cid, stage), 0.0), self.local_id))
+            own_ms = expected_ms(self._gflops(own), self._queue(plan_cid, stage), 0.0)
+            found.append(Candidate(self.local_id, own_ms, local=True))
         for peer in candidates:
             if peer == self.local_id:
                 continue
-            found = await self._entry(peer, plan_cid, stage)
-            if found is None:
+            entry_body = await self._entry(peer, plan_cid, stage)
+            if entry_body is None:
                 continue
-            entry, body = found
+            entry, body = entry_body
             rtt = self._network.latency(peer)
-            score = expected_ms(self._gflops(body), entry.queue_depth + entry.busy, rtt[0] if rtt else 1e3)
-            ranked.append((score, peer))
-        ranked.sort(key=lambda item: item[0])
-        return [peer for _, peer in ranked]
+            claimed_ms = expected_ms(
+                self._gflops(body), entry.queue_depth + entry.busy, rtt[0] if rtt else 1e3
+            )
+            found.append(Candidate(peer, claimed_ms))
+        return rank(found, self.router.observations, plan_cid, stage)
 
     def _queue(self, plan_cid: str, stage: int) -> float:
         for load in self.server.loads():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +17,13 @@ from multiaddr import Multiaddr
 from p2p.addrs import expand_wildcard, parse_listen_addr, parse_peer_addr
 from p2p.errors import DialError, IdentityError, InvalidAddressError
 from p2p.host import HostSettings, build_host, dial, run_host
-from p2p.identity import generate_identity, load_identity, load_or_create_identity, peer_id_of
+from p2p.identity import (
+    generate_identity,
+    load_identity,
+    load_or_create_identity,
+    peer_id_of,
+    write_private_file,
+)
 from p2p.ping import Pinger
 from tests.support.daemons import Daemon
 
@@ -31,6 +38,26 @@ def test_identity_round_trip_and_mode(tmp_path: Path) -> None:
     path.write_bytes(b"\x00" * 10_000)
     with pytest.raises(IdentityError, match="expected a small key file"):
         load_identity(path)
+
+
+def test_private_file_writer_never_follows_a_planted_link(tmp_path: Path) -> None:
+    # issue 11, finding 10: the writer opened ".<name>.tmp" with O_CREAT|O_TRUNC, following a link
+    # planted there (the secret went to, or truncated, the link's target).
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    target = tmp_path / "api.token"
+    (tmp_path / ".api.token.tmp").symlink_to(victim)
+    write_private_file(target, b"secret")
+    assert victim.read_bytes() == b"precious"
+    assert target.read_bytes() == b"secret" and stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert not target.is_symlink()
+    # A link at the target itself is refused, and nothing is left behind.
+    link = tmp_path / "key"
+    link.symlink_to(victim)
+    with pytest.raises(IdentityError, match="symbolic link"):
+        write_private_file(link, b"secret")
+    assert victim.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".api.token.tmp", "api.token", "key", "victim"]
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,7 @@ from accel_node.store import AsyncStore, Replay
 from p2p.dht import SignedRecordValidator, record_key
 from p2p.errors import RecordError
 from p2p.identity import generate_identity, peer_id_of
-from p2p.records import MAX_RECORD_BYTES, decode_record, sign_record
+from p2p.records import CLOCK_SKEW_S, MAX_LIFETIME_S, MAX_RECORD_BYTES, decode_record, sign_record
 
 VALIDATOR = SignedRecordValidator("accel", ["cap"])
 
@@ -65,6 +65,25 @@ def test_expired_record_is_refused() -> None:
     record = sign_record(kp, kind="cap", seq=1, expires_at=int(time.time()) - 1, body={})
     with pytest.raises(RecordError, match="expired"):
         VALIDATOR.validate(key_of(peer_id_of(kp)), record.raw)
+
+
+def test_record_expiring_too_far_ahead_is_refused() -> None:
+    # issue 11, finding 10: a record valid until 2^63 s was accepted (and stored by the DHT that long).
+    kp = generate_identity()
+    now = time.time()
+    for expires in (1 << 62, int(now + MAX_LIFETIME_S + CLOCK_SKEW_S) + 2):
+        record = sign_record(kp, kind="cap", seq=1, expires_at=expires, body={})
+        with pytest.raises(RecordError, match="ahead"):
+            decode_record(record.raw, now=now)
+        with pytest.raises(RecordError, match="ahead"):
+            VALIDATOR.validate(key_of(peer_id_of(kp)), record.raw)
+    at_bound = sign_record(
+        kp, kind="cap", seq=1, expires_at=int(now + MAX_LIFETIME_S + CLOCK_SKEW_S), body={}
+    )
+    assert decode_record(at_bound.raw, now=now).seq == 1  # a clock a little ahead is tolerated
+    short = sign_record(kp, kind="cap", seq=1, expires_at=int(now) + 1000, body={})
+    with pytest.raises(RecordError, match="ahead"):
+        decode_record(short.raw, now=now, max_lifetime_s=600)  # a kind may bound its records tighter
 
 
 def test_oversize_record_is_refused_on_both_ends() -> None:

@@ -11,7 +11,15 @@ import pytest
 
 from accel_node.api.media import decode_request, decode_response, encode_response, response_media_type
 from accel_node.models.manifest import TensorSpec
-from accel_node.runtime.codecs import JSON_TYPE, NPY_TYPE, NPZ_TYPE, TensorLimits, encode_npy, encode_npz
+from accel_node.runtime.codecs import (
+    JSON_TYPE,
+    NPY_TYPE,
+    NPZ_TYPE,
+    TensorLimits,
+    encode_npy,
+    encode_npz,
+    json_depth,
+)
 from accel_node.runtime.errors import InputError, PayloadTooLarge, UnsupportedMediaType
 from accel_node.runtime.synthetic import random_inputs
 from accel_node.runtime.validation import validate
@@ -96,6 +104,16 @@ def test_malformed_bodies() -> None:
     with pytest.raises(UnsupportedMediaType) as info:
         decode_request(b"x", "text/csv", SIG, LIMITS)
     assert info.value.status == 415
+
+
+@pytest.mark.parametrize("depth", [40, 100_000])
+def test_deeply_nested_json_is_a_400_not_a_crash(depth: int) -> None:
+    # issue 11, finding 10: 100k levels made the parser raise RecursionError (a 500 from the API).
+    nested = b"[" * depth + b"1" + b"]" * depth
+    err = error_of(b'{"inputs": {"x": ' + nested + b', "ids": [[1]]}}')
+    assert err.status == 400 and "nested more than" in str(err)
+    # Brackets inside strings do not count; escaped quotes do not end a string.
+    assert json_depth(js({"a": ["[[[[" * 50, '\\"[[[' * 50]})) == 2
 
 
 def test_size_bounds() -> None:

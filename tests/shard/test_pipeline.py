@@ -270,6 +270,14 @@ def test_malformed_messages_raise_shard_wire_errors() -> None:
     assert caught.value.request_id == message.request_id and caught.value.tag == message.tag
 
 
+@pytest.mark.parametrize("change", [lambda h: h.update(v=10**5000), set_entry(0, 3, -(10**5000))])
+def test_huge_integers_in_a_header_are_wire_errors(change: Callable[[dict[str, Any]], None]) -> None:
+    # issue 11, finding 10: naming a 5000-digit version in the error raised ValueError (int-to-text limit)
+    data = corrupt_header(run_message(tensors={"a": np.ones(2, np.float32)}), change)
+    with pytest.raises(ShardWireError, match="integer of 16610 bits"):
+        decode_message(data)
+
+
 def test_random_corruption_never_escapes_as_another_error() -> None:
     rng = random.Random(5)
     good = encode_bytes(run_message())
