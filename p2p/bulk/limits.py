@@ -4,8 +4,8 @@ The bulk port is reachable from the whole network (it must be, for sharding acro
 everything a stranger can occupy is bounded with :class:`p2p.resources.ResourceManager`, per scope
 and in total:
 
-- ``bulk.pending_handshakes``, scope ``ip:<addr>``: TCP connections that have not yet proved a
-  ticket. Before the proof the only identity is the remote IP, so one IP holds at most
+- ``bulk.pending_handshakes``, scope ``ip:<addr>`` (:func:`ip_scope`): TCP connections that have
+  not yet proved a ticket. Before the proof the only identity is the remote IP, so one IP holds at most
   ``pending_handshakes_per_ip`` of the ``pending_handshakes`` slots, and each has
   ``handshake_timeout_s`` to prove its ticket. A flood of idle sockets from one IP then costs that
   IP its own slots only; handshakes from other IPs go on.
@@ -22,6 +22,7 @@ as a :class:`~p2p.events.SecurityEvent`.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, fields
 from math import inf
 
@@ -36,8 +37,17 @@ CHANNELS = "bulk.channels"
 
 
 def ip_scope(ip: str) -> str:
-    """The scope key of a remote IP before authentication."""
-    return f"ip:{ip}"
+    """The scope key of a remote IP before authentication: ``ip:<addr>`` for IPv4 (IPv4-mapped
+    IPv6 included), ``ip:<prefix>/64`` for IPv6, since one host there commonly holds a whole /64."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return f"ip:{ip}"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return f"ip:{address.ipv4_mapped}"
+        return f"ip:{ipaddress.ip_network(f'{address}/64', strict=False)}"
+    return f"ip:{address}"
 
 
 @dataclass(frozen=True)

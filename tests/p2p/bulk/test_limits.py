@@ -35,7 +35,7 @@ from p2p.bulk import (
 )
 from p2p.bulk.blocks import BlockServer
 from p2p.bulk.handshake import ChannelRequest
-from p2p.bulk.limits import CHANNELS, PENDING_HANDSHAKES, BulkLimits
+from p2p.bulk.limits import CHANNELS, PENDING_HANDSHAKES, BulkLimits, ip_scope
 from p2p.bulk.memory import MemoryStream, memory_stream_pair
 from p2p.content.cid import CID
 from p2p.events import BAD_CONTENT, BAD_SIGNATURE, LIMIT, SecurityEvent
@@ -326,6 +326,13 @@ async def test_idle_close_on_the_mock_clock_spares_busy_channels(
             await busy.send(b"still open")
             assert (await busy.receive()).payload == b"still open"
         nursery.cancel_scope.cancel()
+
+
+def test_ip_scopes_group_what_one_host_controls() -> None:
+    assert ip_scope("192.0.2.7") == "ip:192.0.2.7"
+    assert ip_scope("::ffff:192.0.2.7") == "ip:192.0.2.7"  # a dual-stack listener's IPv4 peer
+    assert ip_scope("2001:db8:1:2::1") == ip_scope("2001:db8:1:2:ffff::9") == "ip:2001:db8:1:2::/64"
+    assert ip_scope("2001:db8:1:3::1") != ip_scope("2001:db8:1:2::1")
 
 
 def test_limits_are_validated() -> None:
