@@ -56,7 +56,7 @@ from accel_node.shard.spotcheck import Tolerance
 from accel_node.store import AsyncStore
 from p2p.addrs import parse_listen_addr
 from p2p.bitswap.service import BitswapService
-from p2p.bulk import BlockFetcher, BulkService, serve_blocks
+from p2p.bulk import BlockFetcher, BulkLimits, BulkService, serve_blocks
 from p2p.content import BlockStore
 from p2p.content.kubo_rpc import KuboRpcClient
 from p2p.dht import RecordDHT
@@ -116,7 +116,13 @@ def build_substrate(basis: Basis) -> Substrate:
         dht=RecordDHT(host, namespace=capability.NAMESPACE, kinds=[capability.KIND]),
         pubsub=PubSub(host),
         network=PeerNetwork(host, basis.store, cfg.p2p, basis.metrics, events=basis.events),
-        bulk=BulkService(host, port=cfg.shard.bulk_port, on_failure=basis.metrics.background_failure),
+        bulk=BulkService(
+            host,
+            port=cfg.shard.bulk_port,
+            limits=BulkLimits(**cfg.bulk.model_dump()),  # [bulk] keys are BulkLimits' fields
+            on_failure=basis.metrics.background_failure,
+            events=basis.events,
+        ),
         auto_connect=cfg.p2p.auto_connect,
     )
 

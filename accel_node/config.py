@@ -320,7 +320,7 @@ class ShardSection(_Section):
         default=0,
         ge=0,
         le=65535,
-        description="TCP port of direct bulk channels (activations, blocks); 0 = random.",
+        description="TCP port of bulk channels, on the IPs of [p2p] listen_addrs; 0 = random.",
     )
     spot_check_p: float = Field(
         default=0.0,
@@ -360,6 +360,49 @@ class ShardSection(_Section):
     )
 
 
+class BulkSection(_Section):
+    """[bulk]: what peers may hold on the bulk port (reachable from the network, bounded before and
+    after the handshake; see p2p/bulk/limits.py). The port itself is [shard] bulk_port."""
+
+    handshake_timeout_s: float = Field(
+        default=3.0, gt=0, le=60, description="Time a new bulk connection has to prove its ticket (s)."
+    )
+    pending_handshakes_per_ip: int = Field(
+        default=8, ge=1, le=4096, description="Unproved bulk connections one remote IP may hold."
+    )
+    pending_handshakes: int = Field(
+        default=64, ge=1, le=65536, description="Unproved bulk connections in total."
+    )
+    tickets_per_peer: int = Field(
+        default=8, ge=1, le=4096, description="Granted, unredeemed bulk channel tickets per peer."
+    )
+    tickets: int = Field(default=256, ge=1, le=65536, description="Granted, unredeemed tickets in total.")
+    ticket_ttl_s: float = Field(
+        default=5.0, gt=0, le=60, description="How long a granted bulk channel ticket stays valid (s)."
+    )
+    channels_per_peer: int = Field(
+        default=32, ge=1, le=4096, description="Bulk channels one peer may have open to this node."
+    )
+    channels: int = Field(default=256, ge=1, le=65536, description="Bulk channels open in total.")
+    idle_timeout_s: float = Field(
+        default=600.0,
+        gt=0,
+        le=86400,
+        description="Close a served bulk channel with no frame either way for this long (s).",
+    )
+
+    @field_validator("pending_handshakes", "tickets", "channels")
+    @classmethod
+    def _total_covers_share(cls, value: int, info: ValidationInfo) -> int:
+        share = {"pending_handshakes": "pending_handshakes_per_ip"}.get(
+            str(info.field_name), f"{info.field_name}_per_peer"
+        )
+        per = info.data.get(share)
+        if per is not None and value < per:
+            raise ValueError(f"must be >= {share} ({per})")
+        return value
+
+
 class LogSection(_Section):
     """[log]: logging."""
 
@@ -385,6 +428,7 @@ class Config(_Section):
     models: ModelsSection = Field(default_factory=ModelsSection)
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     shard: ShardSection = Field(default_factory=ShardSection)
+    bulk: BulkSection = Field(default_factory=BulkSection)
     log: LogSection = Field(default_factory=LogSection)
 
 

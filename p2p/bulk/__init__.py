@@ -2,14 +2,19 @@
 
 py-libp2p streams (Noise + yamux) carry ~100-160 MB/s here, ~1/20 of a raw socket; model blocks
 and activations need more. A channel's endpoint and secret are agreed over the authenticated
-libp2p protocol ``/accel/bulk/1.0.0``; the bytes then flow on their own TCP connection, in frames
-that are either AEAD-sealed (``encrypted``: private data such as activations) or bare (``plain``:
-public content whose blocks the receiver verifies against their CIDs).
+libp2p protocol ``/accel/bulk/2.0.0``; the bytes then flow on their own TCP connection, in frames
+that all carry an AEAD tag: sealed (``encrypted``: private data such as activations) or
+authenticated only (``plain``: public content, in the clear, whose blocks the receiver also verifies
+against their CIDs). So a bad payload in a frame is evidence against the peer, and a frame that fails
+authentication blames nobody. What a peer (or a remote IP, before the handshake) can hold is bounded.
 
 Modules:
 - ``errors``: this package's error taxonomy (:class:`BulkError` and subclasses).
 - ``framing``: sans-IO frames (type, length, body), AES-256-GCM / ChaCha20-Poly1305 per direction.
 - ``handshake``: sans-IO tickets, the libp2p request/response, the TCP proof (HMAC), key derivation.
+- ``limits``: :class:`BulkLimits` (pending handshakes per IP, tickets and channels per peer, idle
+  close; accounted in :class:`p2p.resources.ResourceManager`) and the throttled event reporter.
+- ``dialer``: the client side of the handshake.
 - ``seam``: the interfaces protocol code depends on: :class:`FrameChannel`, :class:`ChannelOpener`,
   :class:`ChannelAcceptor`, :class:`ChannelTransport`.
 - ``channel``: :class:`Channel`, the trio side of one established channel (send/receive frames) over
@@ -37,6 +42,7 @@ from p2p.bulk.errors import (
 )
 from p2p.bulk.fetch import BlockFetcher
 from p2p.bulk.framing import CIPHERS, DEFAULT_MAX_PAYLOAD, Frame, FrameDecoder, FrameEncoder
+from p2p.bulk.limits import BulkLimits
 from p2p.bulk.memory import MemoryNetwork, MemoryTransport, memory_channel_pair, memory_stream_pair
 from p2p.bulk.seam import ChannelAcceptor, ChannelOpener, ChannelTransport, FrameChannel, Handler
 from p2p.bulk.service import PROTOCOL_ID, BulkService
@@ -51,6 +57,7 @@ __all__ = [
     "BlockServer",
     "BlocksNotFoundError",
     "BulkError",
+    "BulkLimits",
     "BulkService",
     "Channel",
     "ChannelAcceptor",

@@ -1,6 +1,7 @@
 """Content blocks over bulk channels (purpose ``blocks/1``): the protocol and the server.
 
-Protocol on one channel (plain by default: blocks are public and verified against their CIDs)::
+Protocol on one channel (``plain`` by default: blocks are public and verified against their CIDs;
+every frame is still authenticated, so a bad block is evidence against the provider)::
 
     client -> server   WANT    CBOR array of binary CIDs (at most MAX_WANTS_PER_FRAME)
                        END     no more wants

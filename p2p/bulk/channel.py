@@ -7,6 +7,12 @@ copied) and receives go straight into the frame's buffer for large bodies; on ot
 in-memory ones of :mod:`p2p.bulk.memory`) the same frames go through ``send_all``/``receive_some``.
 One task may send while another receives; concurrent sends (or receives) are serialised by a lock
 each, so frames never interleave.
+
+Every frame is authenticated (:mod:`p2p.bulk.framing`): a received frame comes from the peer the
+handshake authenticated. One that fails authentication may have been injected on the path, so it is
+nobody's fault: the channel reports a :data:`~p2p.events.BAD_SIGNATURE` event, closes, and the
+receive raises :class:`~p2p.bulk.errors.FrameAuthenticationError` (callers must not blame the peer).
+``last_activity`` (trio time of the last frame either way) lets the acceptor close idle channels.
 """
 
 from __future__ import annotations
@@ -17,10 +23,11 @@ from types import TracebackType
 import trio
 from libp2p.peer.id import ID
 
-from p2p.bulk.errors import BulkError, ChannelClosed
+from p2p.bulk.errors import BulkError, ChannelClosed, FrameAuthenticationError
 from p2p.bulk.framing import Buffer, Frame, FrameDecoder, FrameEncoder
 from p2p.bulk.handshake import Mode
 from p2p.bulk.seam import DATA
+from p2p.events import BAD_SIGNATURE, EventSink, SecurityEvent, drop
 
 __all__ = ["DATA", "Channel"]
 
@@ -38,6 +45,7 @@ class Channel:
         cipher: str | None,
         encoder: FrameEncoder,
         decoder: FrameDecoder,
+        events: EventSink = drop,
     ) -> None:
         self.peer_id = peer_id
         self.purpose = purpose
@@ -47,6 +55,8 @@ class Channel:
         self._sock = stream.socket if isinstance(stream, trio.SocketStream) else None
         self._encoder = encoder
         self._decoder = decoder
+        self._events = events
+        self.last_activity = trio.current_time()
         self._send_lock = trio.Lock()
         self._recv_lock = trio.Lock()
         self.bytes_sent = 0
@@ -55,6 +65,11 @@ class Channel:
     @property
     def encrypted(self) -> bool:
         return self.mode == "encrypted"
+
+    @property
+    def authenticated(self) -> bool:
+        """Always true: every frame of a channel carries an AEAD tag (see the module docstring)."""
+        return True
 
     @property
     def max_send_payload(self) -> int:
@@ -76,6 +91,7 @@ class Channel:
             except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 raise BulkError(f"bulk channel to {self.peer_id} broke while sending: {exc}") from exc
             self.bytes_sent += sum(memoryview(p).nbytes for p in parts)
+            self.last_activity = trio.current_time()
 
     async def _write(self, buffers: list[Buffer]) -> None:
         views = [memoryview(b).cast("B") for b in buffers if len(b)]
@@ -110,6 +126,7 @@ class Channel:
             while (frame := self._decoder.next_frame()) is None:
                 await self._read_more()
             self.bytes_received += len(frame.payload)
+            self.last_activity = trio.current_time()
             return frame
 
     async def receive_view(self) -> tuple[int, memoryview]:
@@ -119,6 +136,7 @@ class Channel:
             while (item := self._decoder.next_view()) is None:
                 await self._read_more()
             self.bytes_received += len(item[1])
+            self.last_activity = trio.current_time()
             return item
 
     async def _read_more(self) -> None:
@@ -135,7 +153,24 @@ class Channel:
         if received == 0:
             self._decoder.eof()
             raise ChannelClosed(f"{self.peer_id} closed the bulk channel")
-        self._decoder.buffer_updated(received)
+        try:
+            self._decoder.buffer_updated(received)
+        except FrameAuthenticationError as exc:
+            await self._unauthenticated(exc)
+            raise
+
+    async def _unauthenticated(self, exc: FrameAuthenticationError) -> None:
+        self._events(
+            SecurityEvent(
+                BAD_SIGNATURE,
+                "bulk",
+                str(self.peer_id),
+                "a bulk frame failed authentication; channel closed, peer not blamed",
+                {"purpose": self.purpose, "mode": self.mode, "frame": self._decoder.frames},
+            )
+        )
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
 
     def __aiter__(self) -> Channel:
         return self

@@ -9,8 +9,11 @@ the end of the largest share left, and a block a provider lacks goes back to the
 others. Each worker keeps a window of wants in flight (the server never idles waiting for the next
 want), receives on the event loop into the channel's reused buffer, and hands blocks, a batch at a
 time, to a verifier task that hashes them in a worker thread (hashlib releases the GIL on large
-buffers), so hashing overlaps receiving. A block that does not match its CID is discarded,
-reported through ``on_bad_block(peer_id)`` and ends that provider's part in the fetch. Blocks that
+buffers), so hashing overlaps receiving. A block that does not match its CID is discarded and
+ends that provider's part in the fetch; it is held against the provider (``on_bad_block(peer_id)``,
+a :data:`~p2p.events.BAD_CONTENT` event) only because the frame that carried it authenticated, so
+it really came from that peer. A frame that fails authentication (injected on the path, say) ends
+the channel and blames nobody (the channel reports it). Blocks that
 no provider had are listed in the :class:`BlocksNotFoundError` raised at the end, after every found
 block was yielded, so the caller can fetch those another way (Bitswap, which Kubo peers speak).
 """
@@ -42,6 +45,7 @@ from p2p.bulk.blocks import (
 from p2p.bulk.errors import BlocksNotFoundError, BulkError, ChannelClosed, FrameError
 from p2p.bulk.seam import ChannelOpener, FrameChannel
 from p2p.content.cid import CID, SHA2_256
+from p2p.events import BAD_CONTENT, EventSink, SecurityEvent, drop
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +253,8 @@ class _ProviderRun:
                         self.queue.resolve(want)
                 if good < len(batch):
                     cid = batch[good][0].cid
-                    await self.fetcher._report_bad_block(self.peer, cid)
+                    if self.channel.authenticated:  # evidence: it came from this peer
+                        await self.fetcher._report_bad_block(self.peer, cid)
                     raise _BadBlock(f"{self.peer} sent a block that does not match {cid}")
 
 
@@ -314,8 +319,8 @@ class BlockFetcher:
 
     Owns no tasks of its own: each :meth:`fetch` is an async context manager whose block owns
     that fetch's workers. ``batch_blocks`` CIDs go in one WANT frame and up to ``window_blocks``
-    are in flight per provider; ``on_bad_block(peer_id)`` (sync or async) hears of every block
-    that failed its CID.
+    are in flight per provider; ``on_bad_block(peer_id)`` (sync or async) and ``events`` hear of
+    every block that failed its CID in an authenticated frame.
     """
 
     def __init__(
@@ -330,6 +335,7 @@ class BlockFetcher:
         verify_depth: int = 4,
         verify_batch_bytes: int = 1024 * 1024,
         output_depth: int = 4,
+        events: EventSink = drop,
     ) -> None:
         if not 0 < batch_blocks <= min(window_blocks, MAX_WANTS_PER_FRAME):
             raise ValueError("need 0 < batch_blocks <= min(window_blocks, MAX_WANTS_PER_FRAME)")
@@ -342,6 +348,7 @@ class BlockFetcher:
         self.verify_depth = verify_depth
         self.verify_batch_bytes = verify_batch_bytes
         self.output_depth = output_depth
+        self.events = events
         self.bad_blocks: Counter[ID] = Counter()
         self.blocks_received: Counter[ID] = Counter()
 
@@ -349,6 +356,15 @@ class BlockFetcher:
         self.bad_blocks[peer] += 1
         log.warning(
             "discarded a block that does not match its CID", extra={"peer_id": str(peer), "cid": str(cid)}
+        )
+        self.events(
+            SecurityEvent(
+                BAD_CONTENT,
+                "bulk",
+                str(peer),
+                "a block in an authenticated frame does not match its CID",
+                {"cid": str(cid), "purpose": self.purpose},
+            )
         )
         if self.on_bad_block is None:
             return

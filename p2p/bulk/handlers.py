@@ -2,14 +2,18 @@
 opened, and running a handler so that its failure ends its channel and nothing else.
 
 Shared by :class:`~p2p.bulk.service.BulkService` (channels over TCP, and to itself) and
-:class:`~p2p.bulk.memory.MemoryTransport`, so that both refuse and serve channels alike.
+:class:`~p2p.bulk.memory.MemoryTransport`, so that both refuse and serve channels alike, and close a
+served channel that carried no frame either way for ``idle_timeout_s`` (a peer must not park
+channels forever; a handler stuck sending to a peer that never reads counts as idle too).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import trio
 from libp2p.peer.id import ID
 
 from p2p.bulk.handshake import Mode, check_purpose
@@ -56,12 +60,27 @@ class HandlerTable:
             return f"purpose {purpose!r} requires an encrypted channel"
         return None
 
-    async def serve(self, route: Route, channel: FrameChannel, peer_id: ID) -> None:
+    async def serve(
+        self,
+        route: Route,
+        channel: FrameChannel,
+        peer_id: ID,
+        *,
+        idle_timeout_s: float | None = None,
+        on_idle: Callable[[], object] | None = None,
+    ) -> None:
         """Run ``route``'s handler on ``channel``, then close it; a handler's failure is logged, never
-        raised (it ends its channel, not the service)."""
+        raised (it ends its channel, not the service). With ``idle_timeout_s`` the handler is
+        cancelled (``on_idle()`` hears of it) once the channel has been idle that long."""
         self.active_channels += 1
         try:
-            await route.handler(channel, peer_id)
+            async with trio.open_nursery() as nursery:
+                if idle_timeout_s is not None:
+                    nursery.start_soon(
+                        _close_when_idle, channel, idle_timeout_s, nursery.cancel_scope, on_idle
+                    )
+                await route.handler(channel, peer_id)
+                nursery.cancel_scope.cancel()
         except Exception as exc:
             log.info(
                 "bulk handler failed",
@@ -69,4 +88,17 @@ class HandlerTable:
             )
         finally:
             self.active_channels -= 1
-            await channel.aclose()
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+
+
+async def _close_when_idle(
+    channel: FrameChannel, idle_s: float, scope: trio.CancelScope, on_idle: Callable[[], object] | None
+) -> None:
+    # Sleeps until the idle deadline, which each frame moves: one wake-up per idle_s at most.
+    while (deadline := channel.last_activity + idle_s) > trio.current_time():  # noqa: ASYNC110
+        await trio.sleep_until(deadline)
+    log.info("closing an idle bulk channel", extra={"purpose": channel.purpose, "idle_s": idle_s})
+    if on_idle is not None:
+        on_idle()
+    scope.cancel()

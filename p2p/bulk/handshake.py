@@ -3,8 +3,9 @@
 1. Over an authenticated libp2p stream (Noise; the peer ids are the identities) the client sends a
    :class:`ChannelRequest` (purpose, mode, ciphers it accepts, its frame limit). The server answers
    a :class:`TicketGrant`: its TCP port, a random single-use ticket id, a random 32-byte secret
-   (private: the libp2p stream is encrypted), the chosen cipher, its own frame limit and the
-   ticket's lifetime; or a :class:`Refusal` with a reason.
+   (private: the libp2p stream is encrypted), the chosen cipher (in both modes: ``plain`` frames
+   are authenticated too, see :mod:`p2p.bulk.framing`), its own frame limit and the ticket's
+   lifetime; or a :class:`Refusal` with a reason ("busy: ..." over a limit).
 2. The client connects to that port (at the IP it already reaches the peer at) and sends
    ``MAGIC | ticket id | client nonce | MAC_client``. The server takes the ticket out of its
    :class:`TicketBook` (unknown, expired or reused tickets end here), checks the MAC and answers
@@ -30,10 +31,13 @@ from typing import Any, Literal
 import cbor2
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from libp2p.peer.id import ID
 
 from p2p.bulk.errors import HandshakeError, RefusedError
 from p2p.bulk.framing import CIPHERS, KEY_SIZE, MAX_PAYLOAD_LIMIT
+from p2p.bulk.limits import TICKETS
 from p2p.codec.cbor import CborMap, load_map
+from p2p.resources import Limit, Reservation, ResourceLimitExceeded, ResourceManager
 
 Mode = Literal["plain", "encrypted"]
 MODES: tuple[Mode, ...] = ("plain", "encrypted")
@@ -126,7 +130,7 @@ class TicketGrant:
     port: int
     ticket_id: bytes
     secret: bytes
-    cipher: str | None
+    cipher: str
     max_payload: int
     ttl_s: float
 
@@ -147,7 +151,7 @@ def encode_response(response: TicketGrant | Refusal) -> bytes:
             "port": response.port,
             "ticket": response.ticket_id,
             "secret": response.secret,
-            "cipher": response.cipher or "",
+            "cipher": response.cipher,
             "max": response.max_payload,
             "ttl_ms": int(response.ttl_s * 1000),
         }
@@ -162,15 +166,15 @@ def decode_response(raw: bytes | bytearray) -> TicketGrant | Refusal:
     port = doc.integer("port")
     ticket_id = doc.bytes_("ticket", max_len=MAX_CONTROL_MESSAGE)
     secret = doc.bytes_("secret", max_len=MAX_CONTROL_MESSAGE)
-    cipher = doc.text("cipher", max_len=MAX_CONTROL_MESSAGE) or None
+    cipher = doc.text("cipher", max_len=MAX_CONTROL_MESSAGE)
     max_payload = doc.integer("max")
     ttl_ms = doc.integer("ttl_ms")
     if not 0 < port < 65536:
         raise HandshakeError(f"{what}: port {port} out of range")
     if len(ticket_id) != TICKET_ID_SIZE or len(secret) != SECRET_SIZE:
         raise HandshakeError(f"{what}: ticket or secret has the wrong size")
-    if cipher is not None and cipher not in CIPHERS:
-        raise HandshakeError(f"{what}: server chose an unknown cipher {cipher[:32]!r}")
+    if cipher not in CIPHERS:  # every channel is authenticated, "plain" ones too
+        raise HandshakeError(f"{what}: server chose no cipher or an unknown one ({cipher[:32]!r})")
     if not 0 < max_payload <= MAX_PAYLOAD_LIMIT or not 0 < ttl_ms <= 3_600_000:
         raise HandshakeError(f"{what}: frame limit or ticket lifetime out of range")
     return TicketGrant(port, ticket_id, secret, cipher, max_payload, ttl_ms / 1000)
@@ -191,34 +195,47 @@ class Ticket:
     """The client's peer id (binary), as authenticated by the libp2p connection."""
     purpose: str
     mode: Mode
-    cipher: str | None
+    cipher: str
     client_max_payload: int
     expires_at: float
 
 
 class TicketBook:
-    """Outstanding tickets, bounded per peer and in total; each one can be redeemed once."""
+    """Outstanding tickets, bounded per peer and in total (``bulk.tickets`` on ``resources``); each
+    one can be redeemed once, and expires ``ttl_s`` after it was granted."""
 
-    def __init__(self, *, ttl_s: float = 10.0, max_per_peer: int = 32, max_total: int = 1024) -> None:
+    def __init__(
+        self,
+        *,
+        ttl_s: float = 5.0,
+        max_per_peer: int = 8,
+        max_total: int = 256,
+        resources: ResourceManager | None = None,
+    ) -> None:
         self.ttl_s = ttl_s
-        self.max_per_peer = max_per_peer
-        self.max_total = max_total
-        self._tickets: dict[bytes, Ticket] = {}
+        self.resources = resources if resources is not None else ResourceManager()
+        self.resources.set_limit(TICKETS, Limit(max_per_peer, max_total))
+        # In grant order, so expiry (one lifetime for all) only ever looks at the front.
+        self._tickets: dict[bytes, tuple[Ticket, Reservation]] = {}
 
     def __len__(self) -> int:
         return len(self._tickets)
 
     def _expire(self, now: float) -> None:
-        for ticket_id in [t for t, ticket in self._tickets.items() if ticket.expires_at <= now]:
+        while self._tickets:
+            ticket_id, (ticket, held) = next(iter(self._tickets.items()))
+            if ticket.expires_at > now:
+                return
             del self._tickets[ticket_id]
+            held.release()
 
-    def issue(self, client: bytes, request: ChannelRequest, cipher: str | None, now: float) -> Ticket:
-        """A fresh ticket for ``client``; :class:`RefusedError` when too many are outstanding."""
+    def issue(self, client: bytes, request: ChannelRequest, cipher: str, now: float) -> Ticket:
+        """A fresh ticket for ``client``; :class:`RefusedError` ("busy") when too many are outstanding."""
         self._expire(now)
-        if len(self._tickets) >= self.max_total:
-            raise RefusedError(f"too many outstanding channel tickets ({self.max_total})")
-        if sum(1 for t in self._tickets.values() if t.client == client) >= self.max_per_peer:
-            raise RefusedError(f"too many outstanding channel tickets for this peer ({self.max_per_peer})")
+        try:
+            held = self.resources.reserve(TICKETS, str(ID(client)))
+        except ResourceLimitExceeded as exc:
+            raise RefusedError(f"busy: too many outstanding channel tickets ({exc})") from None
         ticket = Ticket(
             ticket_id=secrets.token_bytes(TICKET_ID_SIZE),
             secret=secrets.token_bytes(SECRET_SIZE),
@@ -229,17 +246,17 @@ class TicketBook:
             client_max_payload=request.max_payload,
             expires_at=now + self.ttl_s,
         )
-        self._tickets[ticket.ticket_id] = ticket
+        self._tickets[ticket.ticket_id] = (ticket, held)
         return ticket
 
     def redeem(self, ticket_id: bytes, now: float) -> Ticket:
         """Take the ticket out (whatever happens next, it cannot be used again)."""
-        ticket = self._tickets.pop(ticket_id, None)
-        if ticket is None:
-            raise HandshakeError("unknown or already used ticket")
-        if ticket.expires_at <= now:
-            raise HandshakeError("expired ticket")
-        return ticket
+        self._expire(now)
+        entry = self._tickets.pop(ticket_id, None)
+        if entry is None:
+            raise HandshakeError("unknown, expired or already used ticket")
+        entry[1].release()
+        return entry[0]
 
 
 def _lp(data: bytes) -> bytes:

@@ -4,8 +4,8 @@
   memory channels (a sender waits while ``max_chunks`` writes are unread: back-pressure like TCP's).
 - :func:`memory_channel_pair`: two connected :class:`~p2p.bulk.channel.Channel` ends on such a stream
   pair, with the same :class:`~p2p.bulk.framing.FrameEncoder`/:class:`~p2p.bulk.framing.FrameDecoder`,
-  payload limits and (in ``encrypted`` mode, with fresh random keys per direction) AEAD as a TCP channel,
-  so that a framing bug shows in memory tests too.
+  payload limits and AEAD (fresh random keys per direction; sealed in ``encrypted`` mode, authenticated in
+  ``plain`` mode) as a TCP channel, so that a framing bug shows in memory tests too.
 - :class:`MemoryNetwork` and :class:`MemoryTransport`: a registry of in-memory nodes, each a
   :class:`~p2p.bulk.seam.ChannelTransport` that refuses channels like
   :class:`~p2p.bulk.service.BulkService` does and runs handlers as tasks it owns (start
@@ -29,7 +29,7 @@ from trio_typing import TaskStatus
 from p2p.bulk.channel import Channel
 from p2p.bulk.errors import HandshakeError, RefusedError
 from p2p.bulk.framing import AES_256_GCM, DEFAULT_MAX_PAYLOAD, KEY_SIZE, FrameDecoder, FrameEncoder
-from p2p.bulk.handlers import HandlerTable
+from p2p.bulk.handlers import HandlerTable, Route
 from p2p.bulk.handshake import Mode, check_purpose
 from p2p.bulk.seam import FrameChannel, Handler
 from p2p.tasks import FailureHook, OwnedTasks
@@ -108,26 +108,25 @@ def memory_channel_pair(
     ``acceptor``'s. Each side refuses frames over its own ``*_max_payload``, as over TCP."""
     check_purpose(purpose)
     a_stream, b_stream = memory_stream_pair(max_chunks)
-    used: str | None = cipher if mode == "encrypted" else None
-    a_to_b = os.urandom(KEY_SIZE) if used else None
-    b_to_a = os.urandom(KEY_SIZE) if used else None
+    seal = mode == "encrypted"
+    a_to_b, b_to_a = os.urandom(KEY_SIZE), os.urandom(KEY_SIZE)
     a = Channel(
         a_stream,
         peer_id=acceptor,
         purpose=purpose,
         mode=mode,
-        cipher=used,
-        encoder=FrameEncoder(max_payload=acceptor_max_payload, cipher=used, key=a_to_b),
-        decoder=FrameDecoder(max_payload=opener_max_payload, cipher=used, key=b_to_a),
+        cipher=cipher,
+        encoder=FrameEncoder(max_payload=acceptor_max_payload, cipher=cipher, key=a_to_b, encrypt=seal),
+        decoder=FrameDecoder(max_payload=opener_max_payload, cipher=cipher, key=b_to_a, encrypt=seal),
     )
     b = Channel(
         b_stream,
         peer_id=opener,
         purpose=purpose,
         mode=mode,
-        cipher=used,
-        encoder=FrameEncoder(max_payload=opener_max_payload, cipher=used, key=b_to_a),
-        decoder=FrameDecoder(max_payload=acceptor_max_payload, cipher=used, key=a_to_b),
+        cipher=cipher,
+        encoder=FrameEncoder(max_payload=opener_max_payload, cipher=cipher, key=b_to_a, encrypt=seal),
+        decoder=FrameDecoder(max_payload=acceptor_max_payload, cipher=cipher, key=a_to_b, encrypt=seal),
     )
     return a, b
 
@@ -138,12 +137,14 @@ class MemoryNetwork:
     def __init__(self) -> None:
         self.nodes: dict[ID, MemoryTransport] = {}
 
-    def transport(self, peer_id: ID, *, max_payload: int = DEFAULT_MAX_PAYLOAD) -> MemoryTransport:
+    def transport(
+        self, peer_id: ID, *, max_payload: int = DEFAULT_MAX_PAYLOAD, idle_timeout_s: float | None = None
+    ) -> MemoryTransport:
         """A new node ``peer_id`` on this network (reachable once its :meth:`~MemoryTransport.run`
         has started)."""
         if peer_id in self.nodes:
             raise ValueError(f"{peer_id} is already on this memory network")
-        node = MemoryTransport(self, peer_id, max_payload=max_payload)
+        node = MemoryTransport(self, peer_id, max_payload=max_payload, idle_timeout_s=idle_timeout_s)
         self.nodes[peer_id] = node
         return node
 
@@ -153,7 +154,8 @@ class MemoryTransport:
 
     Owns (while :meth:`run` runs) the handler tasks of the channels opened to it; ``on_failure``
     hears of one that failed outside the handler (a handler's own failure is logged by the
-    handler table and ends only its channel).
+    handler table and ends only its channel). ``idle_timeout_s`` closes served channels that carry
+    no frame for that long, as :class:`~p2p.bulk.service.BulkService` does.
     """
 
     def __init__(
@@ -162,9 +164,11 @@ class MemoryTransport:
         peer_id: ID,
         *,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        idle_timeout_s: float | None = None,
         on_failure: FailureHook | None = None,
     ) -> None:
         self.network = network
+        self.idle_timeout_s = idle_timeout_s
         self.peer_id = peer_id
         self.max_payload = max_payload
         self.handlers = HandlerTable()
@@ -199,6 +203,9 @@ class MemoryTransport:
             task_status.started()
             await trio.sleep_forever()
 
+    async def _serve(self, route: Route, channel: Channel, peer_id: ID) -> None:
+        await self.handlers.serve(route, channel, peer_id, idle_timeout_s=self.idle_timeout_s)
+
     @asynccontextmanager
     async def open(
         self, peer_id: ID, purpose: str, *, encrypted: bool = True, timeout_s: float = 10.0
@@ -222,7 +229,7 @@ class MemoryTransport:
             opener_max_payload=self.max_payload,
             acceptor_max_payload=target.max_payload,
         )
-        target._tasks.spawn("handler", target.handlers.serve, route, theirs, self.peer_id)
+        target._tasks.spawn("handler", target._serve, route, theirs, self.peer_id)
         self.opened += 1
         try:
             yield ours

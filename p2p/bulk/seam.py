@@ -50,6 +50,17 @@ class FrameChannel(Protocol):
     @property
     def encrypted(self) -> bool: ...
     @property
+    def authenticated(self) -> bool:
+        """Whether every received frame is proved to come from ``peer_id`` (an AEAD tag per frame):
+        only then may a bad payload be held against the peer."""
+        ...
+
+    @property
+    def last_activity(self) -> float:
+        """trio time of the last frame sent or received (idle channels are closed by acceptors)."""
+        ...
+
+    @property
     def max_send_payload(self) -> int:
         """The largest payload the peer accepts in one frame."""
         ...

@@ -2,19 +2,22 @@
 
 py-libp2p streams (Noise + yamux) carry 100-160 MB/s on loopback here, about 1/20 of a raw socket,
 so model blocks and activations travel on a separate TCP connection whose endpoint and secret are
-agreed over ``/accel/bulk/1.0.0``, an ordinary (Noise-authenticated) libp2p stream. The protocol is
+agreed over ``/accel/bulk/2.0.0``, an ordinary (Noise-authenticated) libp2p stream. The protocol is
 in :mod:`p2p.bulk.handshake`; this module runs it:
 
 - server: grants tickets on the libp2p protocol for purposes that have a handler, accepts TCP
   connections on its port, redeems the ticket within ``handshake_timeout_s`` (or closes the socket)
   and runs ``handler(channel, peer_id)`` in its own nursery; a failing handler is logged, never
-  fatal to the service. Pending handshakes and open channels are bounded; connections over the
-  bounds are closed at once.
+  fatal to the service. Everything a peer can hold is bounded (:mod:`p2p.bulk.limits`): pending
+  handshakes per remote IP and in total (a connection over the bound is closed at once), tickets
+  and channels per peer and in total (refused with "busy"), idle channels closed. Refusals are
+  reported to ``events``.
 - client: :meth:`BulkService.open` asks the peer for a ticket, dials the TCP port at the IP the
   libp2p connection already reaches the peer at, proves the ticket, checks the server's proof and
-  yields the :class:`~p2p.bulk.channel.Channel`. A channel to the node itself is an in-memory pair
-  (:func:`~p2p.bulk.memory.memory_channel_pair`: same framing, no socket, no ticket) served by the
-  same handlers, so callers need no special case for their own peer id.
+  yields the :class:`~p2p.bulk.channel.Channel` (:mod:`p2p.bulk.dialer`). A channel to the node
+  itself is an in-memory pair (:func:`~p2p.bulk.memory.memory_channel_pair`: same framing, no
+  socket, no ticket) served by the same handlers, so callers need no special case for their own
+  peer id.
 
 :class:`BulkService` is a :class:`~p2p.bulk.seam.ChannelTransport`; protocol code should depend on
 that interface, so that tests can run it on :class:`~p2p.bulk.memory.MemoryTransport`.
@@ -22,6 +25,7 @@ that interface, so that tests can run it on :class:`~p2p.bulk.memory.MemoryTrans
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import logging
 from collections.abc import AsyncIterator, Sequence
@@ -30,13 +34,13 @@ from typing import Any
 
 import trio
 from libp2p.abc import IHost, INetStream
-from libp2p.custom_types import TProtocol
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 from trio_typing import TaskStatus
 
 from p2p.bulk.channel import Channel
-from p2p.bulk.endpoints import bindable, ips_of, quiet_reset, read_control, read_exactly
+from p2p.bulk.dialer import PROTOCOL_ID, Dialer
+from p2p.bulk.endpoints import bindable, ips_of, read_control, read_exactly
 from p2p.bulk.errors import BulkError, HandshakeError, RefusedError
 from p2p.bulk.framing import (
     AES_256_GCM,
@@ -49,7 +53,6 @@ from p2p.bulk.framing import (
 from p2p.bulk.handlers import HandlerTable, Route, describe
 from p2p.bulk.handshake import (
     HELLO_SIZE,
-    REPLY_SIZE,
     ChannelRequest,
     Mode,
     Refusal,
@@ -58,24 +61,25 @@ from p2p.bulk.handshake import (
     Transcript,
     check_client_mac,
     check_purpose,
-    check_server_reply,
     choose_cipher,
-    client_hello,
-    decode_response,
     derive_keys,
     encode_response,
     new_nonce,
     parse_client_hello,
     server_reply,
 )
+from p2p.bulk.limits import CHANNELS, PENDING_HANDSHAKES, BulkLimits, EventReporter, ip_scope
 from p2p.bulk.memory import memory_channel_pair
 from p2p.bulk.seam import FrameChannel, Handler
+from p2p.events import LIMIT, REFUSED, EventSink, drop
 from p2p.host import listening_addrs
+from p2p.resources import Reservation, ResourceLimitExceeded, ResourceManager
 from p2p.tasks import FailureHook, OwnedTasks
+
+__all__ = ["PROTOCOL_ID", "BulkService"]
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_ID = TProtocol("/accel/bulk/1.0.0")
 ADDR_TTL_S = 600
 """How long addresses learnt from requests (:meth:`BulkService.learn_addrs`) stay in the peerstore."""
 _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
@@ -84,9 +88,13 @@ _ACCEPT_RETRY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
 class BulkService:
     """Grants, accepts and opens bulk channels for ``host``; see the module docstring.
 
-    ``listen_ips`` default to the IPs of the host's listen addresses (``0.0.0.0`` stays a wildcard);
-    all are bound on one port (``port=0``: a random free one). ``max_payload`` is the largest frame
-    payload this side accepts (the peer learns it in the handshake).
+    ``listen_ips`` default to the IPs of the host's listen addresses (``0.0.0.0`` stays a wildcard):
+    the bulk port is exactly as reachable as the libp2p one, and bounded before authentication by
+    ``limits`` (:class:`~p2p.bulk.limits.BulkLimits`). All are bound on one port (``port=0``: a
+    random free one). ``max_payload`` is the largest frame payload this side accepts (the peer
+    learns it in the handshake). The keyword limits (``handshake_timeout_s``, ``ticket_ttl_s``,
+    ``max_*``, ``idle_timeout_s``), when given, override the fields of ``limits``. ``resources``
+    holds the accounts (``bulk.*``; a fresh manager by default); refusals go to ``events``.
 
     Owns, while :meth:`run` runs: the accept loops (a failure there stops the service), one task
     per accepted connection (handshake, then its handler) and one per loopback channel's far end;
@@ -99,41 +107,80 @@ class BulkService:
         *,
         listen_ips: Sequence[str] | None = None,
         port: int = 0,
-        ticket_ttl_s: float = 10.0,
-        handshake_timeout_s: float = 5.0,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
-        max_pending_handshakes: int = 64,
-        max_channels: int = 256,
-        max_tickets_per_peer: int = 32,
         ciphers: Sequence[str] = CIPHERS,
+        limits: BulkLimits | None = None,
+        ticket_ttl_s: float | None = None,
+        handshake_timeout_s: float | None = None,
+        max_pending_handshakes: int | None = None,
+        max_pending_handshakes_per_ip: int | None = None,
+        max_channels: int | None = None,
+        max_channels_per_peer: int | None = None,
+        max_tickets: int | None = None,
+        max_tickets_per_peer: int | None = None,
+        idle_timeout_s: float | None = None,
+        resources: ResourceManager | None = None,
+        events: EventSink = drop,
         on_failure: FailureHook | None = None,
     ) -> None:
         self.host = host
         self.max_payload = check_max_payload(max_payload)
-        self.handshake_timeout_s = handshake_timeout_s
-        self.max_pending_handshakes = max_pending_handshakes
-        self.max_channels = max_channels
+        overrides: dict[str, Any] = {
+            "ticket_ttl_s": ticket_ttl_s,
+            "handshake_timeout_s": handshake_timeout_s,
+            "pending_handshakes": max_pending_handshakes,
+            "pending_handshakes_per_ip": max_pending_handshakes_per_ip,
+            "channels": max_channels,
+            "channels_per_peer": max_channels_per_peer,
+            "tickets": max_tickets,
+            "tickets_per_peer": max_tickets_per_peer,
+            "idle_timeout_s": idle_timeout_s,
+        }
+        base = limits or BulkLimits()
+        given = {k: v for k, v in overrides.items() if v is not None}
+        for per, total in (
+            ("pending_handshakes_per_ip", "pending_handshakes"),
+            ("channels_per_peer", "channels"),
+            ("tickets_per_peer", "tickets"),
+        ):
+            if total in given and per not in given:  # a smaller total given alone caps the share too
+                given[per] = min(getattr(base, per), given[total])
+        self.limits = dataclasses.replace(base, **given)
         unknown = [c for c in ciphers if c not in CIPHERS]
         if unknown or not ciphers:
             raise ValueError(f"ciphers must be a non-empty subset of {CIPHERS}, got {list(ciphers)}")
         self.ciphers = tuple(ciphers)
+        self.resources = resources if resources is not None else ResourceManager()
+        self.limits.declare(self.resources)
+        self.events = events
+        self._report = EventReporter(events, protocol="bulk")
         self._listen_ips = list(listen_ips) if listen_ips is not None else None
         self._requested_port = port
-        self._tickets = TicketBook(ttl_s=ticket_ttl_s, max_per_peer=max_tickets_per_peer)
+        self._tickets = TicketBook(
+            ttl_s=self.limits.ticket_ttl_s,
+            max_per_peer=self.limits.tickets_per_peer,
+            max_total=self.limits.tickets,
+            resources=self.resources,
+        )
         self._handlers = HandlerTable()
+        self._dialer = Dialer(host, ciphers=self.ciphers, max_payload=self.max_payload, events=events)
         self._tasks = OwnedTasks("bulk", on_failure=on_failure)
         self._port = 0
-        self._pending = 0
         self.refused_connections = 0
+        self.idle_closed = 0
         self.loopback_channels = 0
+
+    @property
+    def handshake_timeout_s(self) -> float:
+        return self.limits.handshake_timeout_s
 
     # -- configuration --------------------------------------------------------------------------
 
     def set_handler(self, purpose: str, handler: Handler, *, require_encryption: bool = False) -> None:
         """Serve channels opened for ``purpose`` with ``await handler(channel, peer_id)``.
 
-        The channel is closed when the handler returns. ``require_encryption`` refuses plain
-        channels for this purpose (activations, anything private).
+        The channel is closed when the handler returns. ``require_encryption`` refuses ``plain``
+        channels (authenticated, not encrypted) for this purpose (activations, anything private).
         """
         self._handlers.set(purpose, handler, require_encryption=require_encryption)
 
@@ -223,33 +270,56 @@ class BulkService:
                 log.warning("bulk accept failed; retrying", extra={"error": str(exc)})
                 await trio.sleep(0.1)
                 continue
-            if self._pending >= self.max_pending_handshakes or self.active_channels >= self.max_channels:
-                self.refused_connections += 1
+            try:
+                ip = str(stream.socket.getpeername()[0])
+            except OSError:  # already gone
                 await stream.aclose()
                 continue
-            self._pending += 1
-            self._tasks.spawn("connection", self._serve_connection, stream)
-
-    async def _serve_connection(self, stream: trio.SocketStream) -> None:
-        channel: Channel | None = None
-        route: Route | None = None
-        try:
-            with trio.move_on_after(self.handshake_timeout_s):
-                channel, route = await self._accept_handshake(stream)
-            if channel is None:
+            try:
+                pending = self.resources.reserve(PENDING_HANDSHAKES, ip_scope(ip))
+            except ResourceLimitExceeded as exc:
                 self.refused_connections += 1
-                log.info("bulk handshake timed out", extra={"timeout_s": self.handshake_timeout_s})
+                self._report.report(LIMIT, ip_scope(ip), str(exc), ip=ip, resource=exc.resource)
+                await stream.aclose()
+                continue
+            self._tasks.spawn("connection", self._serve_connection, stream, ip, pending)
+
+    async def _serve_connection(self, stream: trio.SocketStream, ip: str, pending: Reservation) -> None:
+        accepted: tuple[Channel, Route, Reservation] | None = None
+        try:
+            with trio.move_on_after(self.limits.handshake_timeout_s):
+                accepted = await self._accept_handshake(stream)
+            if accepted is None:
+                self._refuse_connection(
+                    ip, f"handshake not completed in {self.limits.handshake_timeout_s:g} s"
+                )
         except Exception as exc:  # refused ticket, broken socket, ...: drop it, keep serving
-            self.refused_connections += 1
-            log.info("bulk handshake refused", extra={"error": describe(exc)})
+            self._refuse_connection(ip, describe(exc))
         finally:
-            self._pending -= 1
-        if channel is None or route is None:
+            pending.release()
+        if accepted is None:
             await stream.aclose()
             return
-        await self._handlers.serve(route, channel, channel.peer_id)
+        channel, route, held = accepted
+        peer = str(channel.peer_id)
 
-    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, Route]:
+        def idle() -> None:
+            self.idle_closed += 1
+            self._report.report(
+                REFUSED, f"idle:{peer}", "idle bulk channel closed", peer=peer, purpose=channel.purpose
+            )
+
+        with held:
+            await self._handlers.serve(
+                route, channel, channel.peer_id, idle_timeout_s=self.limits.idle_timeout_s, on_idle=idle
+            )
+
+    def _refuse_connection(self, ip: str, reason: str) -> None:
+        self.refused_connections += 1
+        log.info("bulk handshake refused", extra={"ip": ip, "error": reason})
+        self._report.report(REFUSED, ip_scope(ip), f"bulk handshake refused: {reason}", ip=ip)
+
+    async def _accept_handshake(self, stream: trio.SocketStream) -> tuple[Channel, Route, Reservation]:
         ticket_id, client_nonce, mac = parse_client_hello(await read_exactly(stream, HELLO_SIZE))
         ticket = self._tickets.redeem(ticket_id, trio.current_time())
         route = self._handlers.get(ticket.purpose)
@@ -265,27 +335,41 @@ class BulkService:
             client_nonce=client_nonce,
         )
         check_client_mac(ticket.secret, transcript, mac)
-        server_nonce = new_nonce()
-        await stream.send_all(server_reply(ticket.secret, transcript, server_nonce))
-        send_key = recv_key = None
-        if ticket.mode == "encrypted":
-            recv_key, send_key = derive_keys(ticket.secret, transcript, server_nonce)
+        peer = ID(ticket.client)
+        try:  # the grant checked this too, but several grants may have raced to here
+            held = self.resources.reserve(CHANNELS, str(peer))
+        except ResourceLimitExceeded as exc:
+            self._report.report(LIMIT, str(peer), str(exc), peer=str(peer), resource=exc.resource)
+            raise HandshakeError(str(exc)) from None
+        try:
+            server_nonce = new_nonce()
+            await stream.send_all(server_reply(ticket.secret, transcript, server_nonce))
+        except BaseException:
+            held.release()
+            raise
+        recv_key, send_key = derive_keys(ticket.secret, transcript, server_nonce)
+        seal = ticket.mode == "encrypted"
         channel = Channel(
             stream,
-            peer_id=ID(ticket.client),
+            peer_id=peer,
             purpose=ticket.purpose,
             mode=ticket.mode,
             cipher=ticket.cipher,
-            encoder=FrameEncoder(max_payload=ticket.client_max_payload, cipher=ticket.cipher, key=send_key),
-            decoder=FrameDecoder(max_payload=self.max_payload, cipher=ticket.cipher, key=recv_key),
+            encoder=FrameEncoder(
+                max_payload=ticket.client_max_payload, cipher=ticket.cipher, key=send_key, encrypt=seal
+            ),
+            decoder=FrameDecoder(
+                max_payload=self.max_payload, cipher=ticket.cipher, key=recv_key, encrypt=seal
+            ),
+            events=self.events,
         )
-        return channel, route
+        return channel, route, held
 
     async def _handle_request(self, stream: INetStream) -> None:
-        """``/accel/bulk/1.0.0``: one request, one response (a ticket or a refusal)."""
+        """``/accel/bulk/2.0.0``: one request, one response (a ticket or a refusal)."""
         peer = stream.muxed_conn.peer_id
         try:
-            with trio.fail_after(self.handshake_timeout_s):
+            with trio.fail_after(self.limits.handshake_timeout_s):
                 request = ChannelRequest.decode(await read_control(stream))
                 await stream.write(encode_response(self._grant(peer, request)))
             await stream.close()
@@ -296,27 +380,35 @@ class BulkService:
             except Exception as reset_exc:  # already broken
                 log.debug("bulk stream reset failed", extra={"error": str(reset_exc)})
 
-    def _refusal_reason(self, request: ChannelRequest) -> str | None:
+    def _refusal_reason(self, peer: ID, request: ChannelRequest) -> str | None:
         if not self._tasks.running or not self._port:
             return "not accepting bulk channels"
-        if self.active_channels >= self.max_channels:
-            return f"busy: {self.active_channels} bulk channels open"
+        if peer != self.local_id:
+            limit, open_here = self.limits, self.resources.used(CHANNELS, str(peer))
+            if open_here >= limit.channels_per_peer:
+                return f"busy: {open_here} bulk channels open for this peer (limit {limit.channels_per_peer})"
+            if self.resources.used(CHANNELS) >= limit.channels:
+                return f"busy: {limit.channels} bulk channels open"
         return self._handlers.refusal(request.purpose, request.mode)
 
     def _grant(self, peer: ID, request: ChannelRequest) -> TicketGrant | Refusal:
-        reason = self._refusal_reason(request)
-        if reason is not None:
-            return Refusal(reason)
-        cipher = None
-        if request.mode == "encrypted":
-            cipher = choose_cipher([c for c in request.ciphers if c in self.ciphers])
-            if cipher is None:
-                offered, ours = list(request.ciphers), list(self.ciphers)
-                return Refusal(f"no common cipher (offered {offered}, we have {ours})")
         try:
-            ticket = self._tickets.issue(peer.to_bytes(), request, cipher, trio.current_time())
+            return self._ticket(peer, request)
         except RefusedError as exc:
-            return Refusal(str(exc))
+            reason = str(exc)
+        kind = LIMIT if reason.startswith("busy") else REFUSED
+        self._report.report(kind, f"grant:{peer}", reason, peer=str(peer), purpose=request.purpose)
+        return Refusal(reason)
+
+    def _ticket(self, peer: ID, request: ChannelRequest) -> TicketGrant:
+        reason = self._refusal_reason(peer, request)
+        if reason is not None:
+            raise RefusedError(reason)
+        cipher = choose_cipher([c for c in request.ciphers if c in self.ciphers])
+        if cipher is None:  # every channel needs one: "plain" frames are authenticated too
+            offered, ours = list(request.ciphers), list(self.ciphers)
+            raise RefusedError(f"no common cipher (offered {offered}, we have {ours})")
+        ticket = self._tickets.issue(peer.to_bytes(), request, cipher, trio.current_time())
         return TicketGrant(
             port=self._port,
             ticket_id=ticket.ticket_id,
@@ -334,10 +426,12 @@ class BulkService:
     ) -> AsyncIterator[FrameChannel]:
         """A channel to ``peer_id`` for ``purpose``, closed when the block exits.
 
-        Needs a libp2p connection to the peer (or its address in the peerstore); a channel to this
-        node itself is served in memory by its own handlers. Raises :class:`RefusedError` when the
-        peer refuses (no handler, mode not allowed, too busy) and :class:`HandshakeError` for
-        anything else that keeps the channel from being established within ``timeout_s``.
+        ``encrypted=False`` asks for a ``plain`` channel: payloads in the clear (public content),
+        every frame still authenticated. Needs a libp2p connection to the peer (or its address in
+        the peerstore); a channel to this node itself is served in memory by its own handlers.
+        Raises :class:`RefusedError` when the peer refuses (no handler, mode not allowed, busy) and
+        :class:`HandshakeError` for anything else that keeps the channel from being established
+        within ``timeout_s``.
         """
         check_purpose(purpose)
         mode: Mode = "encrypted" if encrypted else "plain"
@@ -347,7 +441,7 @@ class BulkService:
             return
         try:
             with trio.fail_after(timeout_s):
-                channel = await self._connect(peer_id, purpose, mode)
+                channel = await self._dialer.connect(peer_id, purpose, mode)
         except trio.TooSlowError:
             raise HandshakeError(
                 f"timed out after {timeout_s:g} s opening a {mode} bulk channel to {peer_id}"
@@ -357,11 +451,14 @@ class BulkService:
         finally:
             await channel.aclose()
 
+    async def _request_ticket(self, peer_id: ID, request: ChannelRequest) -> tuple[TicketGrant, str]:
+        return await self._dialer.request_ticket(peer_id, request)
+
     @asynccontextmanager
     async def _loopback(self, purpose: str, mode: Mode) -> AsyncIterator[Channel]:
         """A channel to ourselves: an in-memory pair, the far end served like an accepted channel."""
         request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
-        reason = self._refusal_reason(request)
+        reason = self._refusal_reason(self.local_id, request)
         route = self._handlers.get(purpose)
         if reason is not None or route is None or not self._tasks.running:
             raise RefusedError(f"this node refused a {mode} bulk channel for {purpose!r} to itself: {reason}")
@@ -380,81 +477,3 @@ class BulkService:
             yield ours
         finally:
             await ours.aclose()
-
-    async def _connect(self, peer_id: ID, purpose: str, mode: Mode) -> Channel:
-        request = ChannelRequest(purpose, mode, self.ciphers, self.max_payload)
-        grant, ip = await self._request_ticket(peer_id, request)
-        try:
-            stream = await trio.open_tcp_stream(ip, grant.port)
-        except OSError as exc:
-            raise HandshakeError(f"cannot connect to {peer_id}'s bulk port {ip}:{grant.port}: {exc}") from exc
-        try:
-            transcript = Transcript(
-                ticket_id=grant.ticket_id,
-                server=peer_id.to_bytes(),
-                client=self.host.get_id().to_bytes(),
-                purpose=purpose,
-                mode=mode,
-                cipher=grant.cipher,
-                client_nonce=new_nonce(),
-            )
-            await stream.send_all(client_hello(grant.secret, transcript))
-            try:
-                reply = await read_exactly(stream, REPLY_SIZE)
-            except HandshakeError as exc:
-                raise HandshakeError(f"{peer_id} refused the bulk channel ticket ({exc})") from None
-            server_nonce = check_server_reply(grant.secret, transcript, reply)
-            send_key = recv_key = None
-            if mode == "encrypted":
-                send_key, recv_key = derive_keys(grant.secret, transcript, server_nonce)
-            return Channel(
-                stream,
-                peer_id=peer_id,
-                purpose=purpose,
-                mode=mode,
-                cipher=grant.cipher,
-                encoder=FrameEncoder(max_payload=grant.max_payload, cipher=grant.cipher, key=send_key),
-                decoder=FrameDecoder(max_payload=self.max_payload, cipher=grant.cipher, key=recv_key),
-            )
-        except BaseException as exc:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
-            if isinstance(exc, OSError | trio.BrokenResourceError):
-                raise HandshakeError(f"bulk channel handshake with {peer_id} broke: {exc}") from exc
-            raise
-
-    async def _request_ticket(self, peer_id: ID, request: ChannelRequest) -> tuple[TicketGrant, str]:
-        try:
-            stream = await self.host.new_stream(peer_id, [PROTOCOL_ID])
-        except Exception as exc:  # py-libp2p raises a wide, unstable set of error types
-            raise HandshakeError(f"cannot open a bulk request stream to {peer_id}: {describe(exc)}") from exc
-        try:
-            await stream.write(request.encode())
-            raw = await read_control(stream)
-            address = stream.get_remote_address()
-            await stream.close()
-        except HandshakeError:
-            await quiet_reset(stream)
-            raise
-        except Exception as exc:
-            await quiet_reset(stream)
-            raise HandshakeError(f"bulk channel request to {peer_id} failed: {describe(exc)}") from exc
-        response = decode_response(raw)
-        if isinstance(response, Refusal):
-            raise RefusedError(
-                f"{peer_id} refused a {request.mode} bulk channel for {request.purpose!r}: {response.reason}"
-            )
-        if response.cipher is None and request.mode == "encrypted":
-            raise HandshakeError(f"{peer_id} granted an encrypted channel without a cipher")
-        ip = address[0] if address else self._peerstore_ip(peer_id)
-        return response, ip
-
-    def _peerstore_ip(self, peer_id: ID) -> str:
-        try:
-            addrs = self.host.get_peerstore().addrs(peer_id)
-        except Exception:  # py-libp2p raises PeerStoreError for unknown peers
-            addrs = []
-        ips = ips_of(addrs)
-        if not ips:
-            raise HandshakeError(f"no IP address known for {peer_id}")
-        return ips[0]

@@ -141,8 +141,7 @@ async def _fetch_runs(
         await nursery.start(run_host, host, loopback)
         bulk = BulkService(host)
         await nursery.start(bulk.run)
-        fetcher = BlockFetcher(bulk)
-        await nursery.start(fetcher.run)
+        fetcher = BlockFetcher(bulk)  # owns no tasks: each fetch is an async with block
         ours = BitswapService(host, lambda raw: None)
         await nursery.start(ours.run)
         await dial(host, server_id, Multiaddr(info["addr"]), timeout_s=10)
@@ -183,15 +182,16 @@ async def _fetch_runs(
                 for cid, block in batch:
                     into.put(cid, block, verified=True)  # the fetcher hashed it on arrival (as the node)
 
-            async for cid, block in fetcher.fetch(cids, [server_id]):
-                got += 1
-                if into is None:
-                    blocks_in_memory[cid] = block
-                    continue
-                pending.append((cid, block))
-                if len(pending) >= 8:
-                    batch, pending = pending, []
-                    await trio.to_thread.run_sync(put_all, batch)
+            async with fetcher.fetch(cids, [server_id]) as blocks:
+                async for cid, block in blocks:
+                    got += 1
+                    if into is None:
+                        blocks_in_memory[cid] = block
+                        continue
+                    pending.append((cid, block))
+                    if len(pending) >= 8:
+                        batch, pending = pending, []
+                        await trio.to_thread.run_sync(put_all, batch)
             if pending:
                 await trio.to_thread.run_sync(put_all, pending)
             if into is not None:

@@ -115,3 +115,11 @@ def test_malformed_and_oversized_files(tmp_path: Path) -> None:
 
 def test_missing_file_means_defaults(tmp_path: Path) -> None:
     assert load_config(tmp_path / "absent.toml", environ={}) == Config()
+
+
+def test_bulk_limits_are_bounded_and_shares_fit_their_totals() -> None:
+    config = parse_config({"bulk": {"channels_per_peer": 4, "channels": 16}}, source="test", environ={})
+    assert (config.bulk.channels_per_peer, config.bulk.channels) == (4, 16)
+    found = problems({"bulk": {"channels_per_peer": 64, "channels": 16, "pending_handshakes": 4}})
+    assert [key for key, _ in found] == ["[bulk] pending_handshakes", "[bulk] channels"]
+    assert problems({"bulk": {"handshake_timeout_s": 0}})[0][0] == "[bulk] handshake_timeout_s"

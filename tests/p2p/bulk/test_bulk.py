@@ -64,12 +64,13 @@ KEY_A, KEY_B = bytes(range(32)), bytes(range(1, 33))
 # -- framing (sans-IO) ----------------------------------------------------------------------------
 
 
-def pair(encrypted: bool, max_payload: int = 1 << 20) -> tuple[FrameEncoder, FrameDecoder]:
-    if not encrypted:
-        return FrameEncoder(max_payload=max_payload), FrameDecoder(max_payload=max_payload)
+def pair(
+    encrypted: bool, max_payload: int = 1 << 20, cipher: str = "aes-256-gcm"
+) -> tuple[FrameEncoder, FrameDecoder]:
+    """Sealed frames, or (``encrypted=False``, the ``plain`` mode) authenticated ones."""
     return (
-        FrameEncoder(max_payload=max_payload, cipher="aes-256-gcm", key=KEY_A),
-        FrameDecoder(max_payload=max_payload, cipher="aes-256-gcm", key=KEY_A),
+        FrameEncoder(max_payload=max_payload, cipher=cipher, key=KEY_A, encrypt=encrypted),
+        FrameDecoder(max_payload=max_payload, cipher=cipher, key=KEY_A, encrypt=encrypted),
     )
 
 
@@ -132,11 +133,13 @@ def test_views_of_large_frames_reuse_one_buffer_and_stay_valid_until_the_next_ca
     assert len(buffers) == 1
 
 
-def test_plain_frames_are_not_copied_on_encode_and_parts_concatenate() -> None:
-    encoder, decoder = pair(False)
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
+def test_plain_frames_are_not_copied_on_encode_and_parts_concatenate(cipher: str) -> None:
+    encoder, decoder = pair(False, cipher=cipher)
     payload = bytearray(b"x" * 100)
     buffers = encoder.encode_parts(9, [b"ab", payload])
-    assert buffers[-1] is payload  # handed to sendmsg as is
+    assert buffers[-2] is payload  # handed to sendmsg as is, followed by its tag
+    assert len(buffers[-1]) == TAG_SIZE
     decoder.feed(b"".join(bytes(b) for b in buffers))
     assert drain(decoder) == [(9, b"ab" + bytes(payload))]
     encrypted, opener = pair(True)
@@ -147,12 +150,12 @@ def test_plain_frames_are_not_copied_on_encode_and_parts_concatenate() -> None:
 @pytest.mark.parametrize("encrypted", [False, True])
 def test_oversize_frames_are_refused_from_the_header(encrypted: bool) -> None:
     _, decoder = pair(encrypted, max_payload=1000)
-    overhead = TAG_SIZE if encrypted else 0
+    overhead = TAG_SIZE  # every frame carries a tag
     with pytest.raises(FrameError, match="exceeds the limit"):
         decoder.feed(HEADER.pack(1, 1001 + overhead))  # refused before any body arrives
     with pytest.raises(FrameError, match="exceeds the limit"):  # and it stays failed
         decoder.feed(b"more")
-    huge = FrameDecoder(max_payload=1000)
+    huge = FrameDecoder(max_payload=1000, cipher="aes-256-gcm", key=KEY_A)
     with pytest.raises(FrameError):
         huge.feed(b"\x01\xff\xff\xff\xff")  # a 4 GiB claim
     encoder, _ = pair(encrypted, max_payload=1000)
@@ -172,32 +175,39 @@ def test_truncated_frames_are_errors_at_eof(encrypted: bool) -> None:
         assert decoder.next_frame() is None
         with pytest.raises(FrameError, match="closed"):
             decoder.eof()
-    if encrypted:
-        _, decoder = pair(encrypted)
-        with pytest.raises(FrameError, match="shorter than"):
-            decoder.feed(HEADER.pack(1, TAG_SIZE - 1))
+    _, decoder = pair(encrypted)
+    with pytest.raises(FrameError, match="shorter than"):
+        decoder.feed(HEADER.pack(1, TAG_SIZE - 1))
 
 
-def test_tampered_replayed_reordered_and_misdirected_frames_fail_authentication() -> None:
-    encoder, _ = pair(True)
+@pytest.mark.parametrize("encrypted", [False, True])
+@pytest.mark.parametrize("cipher", ["aes-256-gcm", "chacha20-poly1305"])
+def test_tampered_replayed_reordered_and_misdirected_frames_fail_authentication(
+    encrypted: bool, cipher: str
+) -> None:
+    encoder, _ = pair(encrypted, cipher=cipher)
     first, second = encoder.encode_bytes(1, b"first frame"), encoder.encode_bytes(1, b"second frame")
 
-    for position in (0, 3, HEADER.size + 2, len(first) - 1):  # type, length, ciphertext, tag
+    for position in (0, 3, HEADER.size + 2, len(first) - 1):  # type, length, payload, tag
         tampered = bytearray(first)
         tampered[position] ^= 0x01
-        _, decoder = pair(True)
+        _, decoder = pair(encrypted, cipher=cipher)
         with pytest.raises(FrameError):  # a changed length is refused as truncated/oversize or forged
             decoder.feed(bytes(tampered))
             decoder.eof()
+    for injected in (HEADER.pack(1, 5) + b"bogus", HEADER.pack(1, 21) + bytes(21)):  # no key, no frame
+        _, decoder = pair(encrypted, cipher=cipher)
+        with pytest.raises(FrameError):
+            decoder.feed(injected)
 
-    _, decoder = pair(True)
+    _, decoder = pair(encrypted, cipher=cipher)
     decoder.feed(first)
     with pytest.raises(FrameAuthenticationError, match="replayed"):
         decoder.feed(first)  # replay: frame 0's nonce is used up
-    _, decoder = pair(True)
+    _, decoder = pair(encrypted, cipher=cipher)
     with pytest.raises(FrameAuthenticationError):
         decoder.feed(second)  # reordered: the decoder expects frame 0 first
-    other = FrameDecoder(cipher="aes-256-gcm", key=KEY_B)  # the other direction's key
+    other = FrameDecoder(cipher=cipher, key=KEY_B, encrypt=encrypted)  # the other direction's key
     with pytest.raises(FrameAuthenticationError):
         other.feed(first)
     with pytest.raises(FrameAuthenticationError):
@@ -251,19 +261,32 @@ def test_control_messages_are_bounded_and_validated() -> None:
 def test_tickets_are_single_use_expire_and_are_bounded_per_peer() -> None:
     book = TicketBook(ttl_s=10, max_per_peer=2)
     request = ChannelRequest("p", "plain", (), 1024)
-    ticket = book.issue(b"peer-a", request, None, now=0)
+    aes = "aes-256-gcm"
+    ticket = book.issue(b"peer-a", request, aes, now=0)
     assert book.redeem(ticket.ticket_id, now=1) == ticket
-    with pytest.raises(HandshakeError, match="unknown or already used"):
+    with pytest.raises(HandshakeError, match="already used"):
         book.redeem(ticket.ticket_id, now=1)
-    late = book.issue(b"peer-a", request, None, now=0)
+    late = book.issue(b"peer-a", request, aes, now=0)
     with pytest.raises(HandshakeError, match="expired"):
         book.redeem(late.ticket_id, now=10)
-    book.issue(b"peer-a", request, None, now=20)
-    book.issue(b"peer-a", request, None, now=20)
-    with pytest.raises(RefusedError, match="this peer"):
-        book.issue(b"peer-a", request, None, now=20)
-    book.issue(b"peer-b", request, None, now=20)  # other peers are not affected
-    book.issue(b"peer-a", request, None, now=31)  # expired ones no longer count
+    book.issue(b"peer-a", request, aes, now=20)
+    book.issue(b"peer-a", request, aes, now=20)
+    with pytest.raises(RefusedError, match=r"busy: .*this peer"):
+        book.issue(b"peer-a", request, aes, now=20)
+    book.issue(b"peer-b", request, aes, now=20)  # other peers are not affected
+    book.issue(b"peer-a", request, aes, now=31)  # expired ones no longer count
+    assert book.resources.used("bulk.tickets") == 1  # and gave their share back
+
+
+def test_tickets_are_bounded_in_total_and_peer_ids_cannot_take_them_all() -> None:
+    book = TicketBook(ttl_s=5, max_per_peer=2, max_total=4)
+    request = ChannelRequest("p", "plain", (), 1024)
+    for sybil in (b"s1", b"s2"):
+        for _ in range(2):
+            book.issue(sybil, request, "aes-256-gcm", now=0)
+    with pytest.raises(RefusedError, match=r"busy: .*in total"):
+        book.issue(b"honest", request, "aes-256-gcm", now=1)
+    book.issue(b"honest", request, "aes-256-gcm", now=5)  # tickets expire fast: the total frees up
 
 
 def test_mutual_proofs_bind_the_transcript() -> None:
@@ -350,7 +373,8 @@ async def test_channel_carries_frames_both_ways(encrypted: bool) -> None:
         payloads = [b"", b"small", os.urandom(4 * 1024 * 1024)]
         with trio.fail_after(20):
             async with client.bulk.open(server.id, "echo", encrypted=encrypted) as channel:
-                assert channel.cipher == ("aes-256-gcm" if encrypted else None)
+                assert channel.cipher == "aes-256-gcm"  # plain channels are authenticated too
+                assert channel.authenticated
                 for i, payload in enumerate(payloads):
                     await channel.send(payload, frame_type=i)
                 for i, payload in enumerate(payloads):
@@ -398,7 +422,7 @@ async def test_bad_tickets_and_strangers_are_dropped_and_the_server_keeps_servin
     async with nodes(2, handshake_timeout_s=0.5, ticket_ttl_s=1.0) as (server, client):
         server.bulk.set_handler("echo", echo_sizes)
         port = server.bulk.port
-        request = ChannelRequest("echo", "plain", (), 1 << 20)
+        request = ChannelRequest("echo", "plain", ("aes-256-gcm",), 1 << 20)
         with trio.fail_after(20):
             # A stranger with no ticket, one speaking garbage, one that never speaks (slowloris).
             for opening in (b"", b"GET / HTTP/1.1\r\n\r\n" * 10, None):
@@ -417,7 +441,7 @@ async def test_bad_tickets_and_strangers_are_dropped_and_the_server_keeps_servin
                     client.id.to_bytes(),
                     "echo",
                     "plain",
-                    None,
+                    grant.cipher,
                     new_nonce(),
                 )
                 return client_hello(secret, transcript)
