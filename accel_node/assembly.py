@@ -47,6 +47,7 @@ from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
 from accel_node.shard.gossip import EvidenceGossip
+from accel_node.shard.observed import PeerObservations
 from accel_node.shard.retention import Retention
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.served import ServedStages
@@ -143,14 +144,23 @@ def build_content(basis: Basis, *, substrate: Substrate) -> Content:
     # Not flushed block by block (that caps fetches at tens of MB/s): the model service syncs once
     # before a model becomes loadable, and every read is verified.
     blocks = BlockStore(home / "ipfs", max_bytes=cfg.ipfs.store_max_bytes, fsync=False)
-    bitswap = BitswapService(substrate.host, partial(local_block, blocks), substrate.network.penalties)
+    bitswap = BitswapService(
+        substrate.host, partial(local_block, blocks), substrate.network.penalties, events=basis.events
+    )
     serve_blocks(substrate.bulk, partial(local_block, blocks))  # the fast path next to Bitswap
     trust = TrustStore(store, KeyFiles(home / "keys"))
     models = ModelService(
         home=home,
         store=store,
         blocks=blocks,
-        backend=_content_backend(cfg, substrate, blocks, bitswap, basis.metrics.background_failure),
+        backend=_content_backend(
+            cfg,
+            substrate,
+            blocks=blocks,
+            bitswap=bitswap,
+            on_failure=basis.metrics.background_failure,
+            events=basis.events,
+        ),
         trust=trust,
         limits=Limits(cfg.models.max_manifest_bytes, cfg.models.max_file_bytes),
     )
@@ -158,14 +168,22 @@ def build_content(basis: Basis, *, substrate: Substrate) -> Content:
 
 
 def _content_backend(
-    cfg: Config, substrate: Substrate, blocks: BlockStore, bitswap: BitswapService, on_failure: FailureHook
+    cfg: Config,
+    substrate: Substrate,
+    *,
+    blocks: BlockStore,
+    bitswap: BitswapService,
+    on_failure: FailureHook,
+    events: EventSink,
 ) -> ContentBackend:
     """Where model blocks come from and go to: a Kubo node over RPC, or our own bulk channels and
     Bitswap with providers from the DHT."""
     if cfg.ipfs.backend == "kubo":
         return KuboBackend(kubo=KuboRpcClient(cfg.ipfs.kubo_api), blocks=blocks, on_failure=on_failure)
     penalties = bitswap.penalties
-    fetcher = BlockFetcher(substrate.bulk, on_bad_block=lambda peer: penalties.penalise(peer, "bad-block"))
+    fetcher = BlockFetcher(
+        substrate.bulk, on_bad_block=lambda peer: penalties.penalise(peer, "bad-block"), events=events
+    )
     return EmbeddedBackend(host=substrate.host, bitswap=bitswap, dht=substrate.dht, fetcher=fetcher)
 
 
@@ -288,10 +306,14 @@ def build_sharding(
     cfg = basis.config
     penalties = substrate.network.penalties
     server = served.server
+    observations = PeerObservations()
     router = ShardRouter(
         substrate.bulk,
         penalties=penalties,
         spot_check_p=cfg.shard.spot_check_p,
+        observations=observations,
+        audit_probability=observations.audit_hook(cfg.shard.spot_check_p),  # unproven: always
+        events=basis.events,
         hop_timeout_s=cfg.shard.hop_timeout_s,
         intra_op_threads=cfg.runtime.intra_op_threads,
         audit_concurrency=cfg.shard.audit_concurrency,
@@ -319,6 +341,7 @@ def build_sharding(
         referees=router.referees,
         penalties=penalties,
         tolerance=Tolerance(router.atol, router.rtol),
+        events=basis.events,
     )
     router.auditor.publish = evidence.publish  # a liar caught here is shown to every node
     return Sharding(server=server, router=router, shards=shards, evidence=evidence)

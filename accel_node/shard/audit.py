@@ -34,6 +34,7 @@ from trio_typing import TaskStatus
 from accel_node.shard.errors import ShardError
 from accel_node.shard.evidence import EvidenceError, by_name, make_evidence
 from accel_node.shard.links import MessageChannel
+from accel_node.shard.observed import PeerObservations
 from accel_node.shard.receipts import Receipt, as_received, tensor_digest
 from accel_node.shard.results import RouterStats
 from accel_node.shard.retention import unpacked
@@ -86,6 +87,7 @@ class Auditor:
         publish: Publish | None = None,
         events: EventSink = drop,
         on_failure: FailureHook | None = None,
+        observations: PeerObservations | None = None,
     ) -> None:
         if max_concurrent < 1 or max_pending < 1:
             raise ValueError("max_concurrent and max_pending must be >= 1")
@@ -99,6 +101,7 @@ class Auditor:
         self.max_pending = max_pending
         self.publish = publish
         self.events = events
+        self.observations = observations  # audits prove replicas (ranking, probes) or catch them
         self._slots = trio.CapacityLimiter(max_concurrent)
         self._tasks = OwnedTasks("shard-audit", on_failure=on_failure)
         self.pending = 0
@@ -159,6 +162,8 @@ class Auditor:
             agree, diff = batch.tolerance.agree(by_name(outputs), referee)
             if not agree:
                 self._caught(receipt, inputs, outputs, f"{what}: committed output differs (max {diff:.3g})")
+            else:
+                self._verified(receipt)
             return
         await self._refereed_by_replicas(batch, receipt, inputs, outputs)
 
@@ -178,6 +183,7 @@ class Auditor:
             return
         verdict = judge({peer: mine, others[0]: first}, batch.tolerance, local_referee=False)
         if verdict.judgement == Judgement.AGREED:
+            self._verified(receipt)
             return
         self.stats.mismatches += 1
         if len(others) < 2:
@@ -194,8 +200,14 @@ class Auditor:
             else:
                 self._penalise(liar, reason)
 
+    def _verified(self, receipt: Receipt) -> None:
+        if self.observations is not None:
+            self.observations.record_verified(receipt.signer, receipt.model, receipt.stage)
+
     def _caught(self, receipt: Receipt, inputs: Arrays, outputs: Arrays, reason: str) -> None:
         self.stats.lies_caught += 1
+        if self.observations is not None:
+            self.observations.record_lie(receipt.signer, receipt.model, receipt.stage)
         self._penalise(receipt.signer, reason)
         self.events(SecurityEvent(CHEATING, SHARD_PURPOSE, str(receipt.signer), reason,
                                   {"stage": receipt.stage, "model": receipt.model}))  # fmt: skip

@@ -182,7 +182,9 @@ class PeerObservations:
 
     def audit_probability(self, peer: ID, model: str, stage: int, base_p: float) -> float:
         """How likely a request ``peer`` served for this stage should be audited: always while it is not
-        proven (a probe), ``base_p`` once it is."""
+        proven (a probe), ``base_p`` once it is; never when auditing is off (``base_p`` 0)."""
+        if base_p <= 0.0:
+            return 0.0
         return base_p if self.proven(peer, model, stage) else 1.0
 
     def audit_hook(self, base_p: float) -> Callable[[ID, str, int], float]:

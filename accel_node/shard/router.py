@@ -52,8 +52,8 @@ from accel_node.shard.failover import FailOver
 from accel_node.shard.frames import merge_batches, split_batch
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool
-from accel_node.shard.receipts import ChainBreak, as_received, check_chain, tensor_digest
 from accel_node.shard.observed import PeerObservations
+from accel_node.shard.receipts import ChainBreak, as_received, check_chain, tensor_digest
 from accel_node.shard.results import Expected, ResultBox, RouterStats
 from accel_node.shard.runner import Offload, in_worker_thread
 from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE
@@ -152,6 +152,7 @@ class ShardRouter:
             publish=publish_evidence,
             events=events,
             on_failure=on_failure,
+            observations=self.observations,
         )
         self.pool = LinkPool(
             transport,
@@ -273,6 +274,8 @@ class ShardRouter:
     # -- penalties ------------------------------------------------------------------------------------
 
     def _probability(self, peer: ID, model: str, stage: int) -> float:
+        if peer == self.local_id:
+            return 0.0  # this node's own stage server: nothing to prove to itself
         if self.audit_probability is not None:
             return self.audit_probability(peer, model, stage)
         return self.spot_check_p
