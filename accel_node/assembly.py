@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,7 @@ from p2p.dht import RecordDHT
 from p2p.events import EventSink
 from p2p.host import HostSettings, build_host, run_host
 from p2p.pubsub import PubSub
+from p2p.resources import ResourceManager
 from p2p.tasks import FailureHook
 
 Starter = Callable[..., Awaitable[Any]]
@@ -82,6 +83,8 @@ class Basis:
     metrics: NodeMetrics
     audit: AuditLog
     tokens: ApiTokens
+    resources: ResourceManager = field(default_factory=ResourceManager)
+    """What peers may make the node spend, per peer and in total (one manager for every protocol)."""
 
     @property
     def events(self) -> EventSink:
@@ -123,6 +126,7 @@ def build_substrate(basis: Basis) -> Substrate:
             limits=BulkLimits(**cfg.bulk.model_dump()),  # [bulk] keys are BulkLimits' fields
             on_failure=basis.metrics.background_failure,
             events=basis.events,
+            resources=basis.resources,
         ),
         auto_connect=cfg.p2p.auto_connect,
     )
@@ -145,7 +149,11 @@ def build_content(basis: Basis, *, substrate: Substrate) -> Content:
     # before a model becomes loadable, and every read is verified.
     blocks = BlockStore(home / "ipfs", max_bytes=cfg.ipfs.store_max_bytes, fsync=False)
     bitswap = BitswapService(
-        substrate.host, partial(local_block, blocks), substrate.network.penalties, events=basis.events
+        substrate.host,
+        partial(local_block, blocks),
+        substrate.network.penalties,
+        events=basis.events,
+        resources=basis.resources,
     )
     serve_blocks(substrate.bulk, partial(local_block, blocks))  # the fast path next to Bitswap
     trust = TrustStore(store, KeyFiles(home / "keys"))

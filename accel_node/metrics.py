@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from accel_node import __version__
+from p2p.resources import ResourceManager
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -92,5 +95,34 @@ class NodeMetrics:
     def track_peers(self, count: Callable[[], int]) -> None:
         self.connected_peers.set_function(count)
 
+    def track_resources(self, resources: ResourceManager) -> None:
+        """Export what the resource manager holds and refused, per resource (read at scrape time)."""
+        self.registry.register(_ResourceCollector(resources))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _ResourceCollector(Collector):
+    """``accel_node_resource_{used,limit}`` and ``accel_node_resource_refused_total`` by resource."""
+
+    def __init__(self, resources: ResourceManager) -> None:
+        self._resources = resources
+
+    def collect(self) -> Iterator[Metric]:
+        used = GaugeMetricFamily(
+            "accel_node_resource_used", "Units reserved now, by resource", labels=["resource"]
+        )
+        limit = GaugeMetricFamily(
+            "accel_node_resource_limit", "Limit in total, by resource", labels=["resource"]
+        )
+        refused = CounterMetricFamily(
+            "accel_node_resource_refused",
+            "Reservations refused at a per-peer or total limit, by resource",
+            labels=["resource"],
+        )
+        for usage in self._resources.usage():
+            used.add_metric([usage.resource], usage.used)
+            limit.add_metric([usage.resource], usage.total_limit)
+            refused.add_metric([usage.resource], usage.refused)
+        yield from (used, limit, refused)

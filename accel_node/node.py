@@ -114,6 +114,7 @@ class Node:
             checkpoint_every=cfg.audit.checkpoint_every,
         )
         basis = Basis(cfg, self.home.root, key_pair, store, self.metrics, audit, tokens)
+        self.metrics.track_resources(basis.resources)
         substrate = build_substrate(basis)
         content = build_content(basis, substrate=substrate)
         runtime = build_runtime(basis, content=content)
