@@ -5,7 +5,7 @@
   capability records, heartbeats, penalties, link performance), :mod:`.meta` (node meta, hardware
   profiles), :mod:`.trust` (publisher keys, accepted versions), :mod:`.models` (installed models),
   :mod:`.variants` (analyses, precision variants), :mod:`.measurements`, :mod:`.shards` (plans,
-  served stages).
+  served stages), :mod:`.policy` (rules, token revocations, membership, assignment quotas).
 - :mod:`.facade`: :class:`AsyncStore`, what the rest of the node uses; it runs every call on one
   worker thread, one at a time.
 """
@@ -15,6 +15,7 @@ from accel_node.store.facade import AsyncStore
 from accel_node.store.measurements import MeasurementRow
 from accel_node.store.models import ModelRow
 from accel_node.store.peers import PeerRecord, Replay
+from accel_node.store.policy import RevocationRow, RuleRow
 from accel_node.store.shards import PlanRow, ServedRow
 from accel_node.store.trust import PublisherRow
 from accel_node.store.variants import VariantRow
@@ -29,6 +30,8 @@ __all__ = [
     "PlanRow",
     "PublisherRow",
     "Replay",
+    "RevocationRow",
+    "RuleRow",
     "ServedRow",
     "VariantRow",
 ]
