@@ -5,7 +5,8 @@ services, wired by constructor arguments; each record says which of its services
 (``starters``, started in order with ``nursery.start``, so each is ready before the next). The
 node (:mod:`accel_node.node`) runs the records in layers, so that shutdown can go in the reverse:
 
-- :class:`Substrate`: the libp2p host, the DHT, GossipSub, the network service, bulk channels;
+- :class:`Substrate`: the libp2p host, the owner's policy (tokens, membership, rules), the DHT,
+  GossipSub, the network service, bulk channels;
 - :class:`Content`: the block store, Bitswap, the trust store, the model service and its backend;
 - :class:`Runtime`: hardware profile, the model library, the inference service;
 - :class:`~accel_node.shard.served.ServedStages`: the stage server and the registry of what it serves;
@@ -40,6 +41,8 @@ from accel_node.models.keys import KeyFiles
 from accel_node.models.service import Limits, ModelService, local_block
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
+from accel_node.policy import ASSIGN, COMPUTE, PolicyService
+from accel_node.policy.quota import AssignQuota
 from accel_node.presence import PresenceService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
@@ -82,10 +85,12 @@ class Substrate:
     network: PeerNetwork
     bulk: BulkService
     auto_connect: bool
+    policy: PolicyService
 
     def starters(self) -> list[Starter]:
         run = partial(run_host, self.host, self.listen, auto_connect=self.auto_connect)
-        return [run, self.dht.run, self.pubsub.run, self.network.run, self.bulk.run]
+        policy = partial(self.policy.run, self.host)
+        return [run, policy, self.dht.run, self.pubsub.run, self.network.run, self.bulk.run]
 
 
 def build_substrate(basis: Basis) -> Substrate:
@@ -103,6 +108,7 @@ def build_substrate(basis: Basis) -> Substrate:
         network=PeerNetwork(host, basis.store, cfg.p2p, basis.metrics),
         bulk=BulkService(host, port=cfg.shard.bulk_port, on_failure=basis.metrics.background_failure),
         auto_connect=cfg.p2p.auto_connect,
+        policy=PolicyService(key_pair=key_pair, store=basis.store, settings=cfg.policy, home=basis.home),
     )
 
 
@@ -240,6 +246,7 @@ def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
         intra_op_threads=cfg.runtime.intra_op_threads,
         hop_timeout_s=cfg.shard.hop_timeout_s,
     )
+    server.allow = substrate.policy.allows(COMPUTE, protocol="shard")
     return ServedStages(server)
 
 
@@ -276,6 +283,8 @@ def build_sharding(
         settings=cfg.shard,
         served=served,
         on_failure=basis.metrics.background_failure,
+        allow_assign=substrate.policy.allows(ASSIGN, protocol="shard-assign"),
+        quota=AssignQuota(basis.store, cfg.policy.assign_quota_bytes),
     )
     return Sharding(server=server, router=router, shards=shards)
 
@@ -305,6 +314,7 @@ def build_core(
             inference=runtime.inference,
             library=runtime.library,
             shards=sharding.shards,
+            policy=substrate.policy,
             config=cfg,
             metrics=metrics,
             name=node_name(cfg),

@@ -196,6 +196,9 @@ class AsyncStore:
     async def save_plan(self, plan_cid: str, *, model_cid: str, raw: bytes, planner: str) -> None:
         await self._run(self._shards.save_plan, plan_cid, model_cid=model_cid, raw=raw, planner=planner)
 
+    async def forget_plan(self, plan_cid: str) -> None:
+        await self._run(self._shards.forget_plan, plan_cid)
+
     async def get_plan(self, plan_cid: str) -> PlanRow | None:
         return await self._run(self._shards.get_plan, plan_cid)
 
