@@ -46,10 +46,11 @@ async def policy_service(
     tmp_path: Path, events: list[SecurityEvent], key_pair: KeyPair | None = None, **settings: Any
 ) -> PolicyService:
     store = await AsyncStore.open(tmp_path / "policy.db")
+    keys = key_pair or generate_identity()
+    settings_ = PolicySection(**settings)
     service = PolicyService(
-        key_pair=key_pair or generate_identity(), store=store, settings=PolicySection(**settings), home=tmp_path,
-        events=events.append,
-    )  # fmt: skip
+        key_pair=keys, store=store, settings=settings_, home=tmp_path, events=events.append
+    )
     await service.load()
     return service
 
