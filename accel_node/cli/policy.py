@@ -140,16 +140,14 @@ def token() -> None:
 @click.pass_context
 def token_issue(ctx: click.Context, subject: str, actions: tuple[str, ...], ttl: str, as_json: bool) -> None:
     """Issue a token for the peer SUBJECT, signed with this node's identity key, and print it."""
-    from libp2p.peer.id import ID
+    import time
 
+    from accel_node.policy.rules import is_peer_id
     from accel_node.policy.signed import identity_signer
     from accel_node.policy.tokens import issue
 
-    try:
-        ID.from_base58(subject)
-    except ValueError as exc:
-        raise UsageError(f"{subject[:80]!r} is not a peer id") from exc
-    import time
+    if not is_peer_id(subject):
+        raise UsageError(f"{subject[:80]!r} is not a peer id")
 
     issuer, signer = identity_signer(_settings(ctx).home.identity())
     issued = issue(signer, issuer, subject=subject, actions=actions, ttl_s=_seconds(ttl), now=time.time())

@@ -18,6 +18,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
+from libp2p.peer.id import ID
+
 from accel_node.policy.actions import ACTIONS, ANY, MEMBER, ROLE_PREFIX, ROLES
 from accel_node.policy.errors import PolicyError
 
@@ -25,6 +27,20 @@ ALLOW = "allow"
 DENY = "deny"
 MAX_RULES = 10_000
 MAX_SUBJECT_LEN = 128
+
+
+IDENTITY, SHA2_256 = 0x00, 0x12  # the multihash codes libp2p peer ids use
+
+
+def is_peer_id(text: str) -> bool:
+    """Whether ``text`` is a base58 libp2p peer id (an identity or sha2-256 multihash of a key)."""
+    if not 0 < len(text) <= MAX_SUBJECT_LEN:
+        return False
+    try:
+        raw = ID.from_base58(text).to_bytes()
+    except Exception:  # py-libp2p raises bare ValueError/KeyError for bad text
+        return False
+    return len(raw) >= 2 and raw[0] in (IDENTITY, SHA2_256) and raw[1] == len(raw) - 2 and raw[1] > 0
 
 
 @dataclass(frozen=True)
@@ -43,7 +59,7 @@ class Rule:
                 raise PolicyError(
                     f"unknown role in {self.subject[:40]!r}: use role:{' or role:'.join(ROLES)}"
                 )
-        elif not 0 < len(self.subject) <= MAX_SUBJECT_LEN or not self.subject.isalnum():
+        elif not is_peer_id(self.subject):
             raise PolicyError(f"a rule's subject is a peer id or a role, not {self.subject[:40]!r}")
 
 

@@ -35,7 +35,7 @@ from accel_node.policy.actions import ACTIONS
 from accel_node.policy.book import TokenBook
 from accel_node.policy.errors import MembershipError, PolicyError, TokenError
 from accel_node.policy.membership import MembershipList, check_membership, decode_membership, parse_membership
-from accel_node.policy.rules import MAX_RULES, Policy, Rule
+from accel_node.policy.rules import MAX_RULES, Policy, Rule, is_peer_id
 from accel_node.policy.signed import Signer, format_key, identity_signer, parse_key
 from accel_node.policy.tokens import MAX_TTL_S, CapabilityToken, check, decode, issue, parse
 from accel_node.store import AsyncStore
@@ -223,7 +223,8 @@ class PolicyService:
         self, subject: str, actions: Iterable[str], ttl_s: int, *, signer: Signer | None = None
     ) -> CapabilityToken:
         """A token for ``subject`` signed with this node's identity key."""
-        ID.from_base58(subject)  # raises ValueError for a malformed peer id
+        if not is_peer_id(subject):
+            raise PolicyError(f"{subject[:80]!r} is not a peer id")
         return issue(
             signer or self._sign,
             self.own_key,
