@@ -364,19 +364,19 @@ class PolicySection(_Section):
         description="Public key (ed25519:<base64url>) of the network owner, who signs the membership list; "
         "empty: no membership list is accepted.",
     )
-    token_issuers: list[str] = Field(
+    issuer_keys: list[str] = Field(
         default_factory=list,
         max_length=64,
         description="Public keys (ed25519:<base64url>) trusted to issue capability tokens, besides this "
         "node's own identity key.",
     )
-    tokens_file: str = Field(
-        default="tokens.txt",
+    grants_file: str = Field(
+        default="grants.txt",
         max_length=4096,
         description="File (relative to the home) of the capability tokens this node holds and presents to "
         "peers, one per line ('accel-node policy token add').",
     )
-    max_tokens_per_peer: int = Field(
+    max_grants_per_peer: int = Field(
         default=8, ge=1, le=64, description="Tokens remembered per presenting peer (4096 in total)."
     )
     assign_quota_bytes: int = Field(
@@ -386,7 +386,7 @@ class PolicySection(_Section):
         description="Content (shard plans) one assigning peer may make this node fetch and pin, in bytes.",
     )
 
-    @field_validator("token_issuers")
+    @field_validator("issuer_keys")
     @classmethod
     def _issuer_keys(cls, value: list[str]) -> list[str]:
         for key in value:

@@ -189,7 +189,7 @@ def token_add(ctx: click.Context, text: str) -> None:
 
     home = _settings(ctx).home
     held = parse(text)
-    path = home.resolve(load_config(home.config_path).policy.tokens_file)
+    path = home.resolve(load_config(home.config_path).policy.grants_file)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", encoding="utf-8") as f:
         f.write(held.text() + "\n")

@@ -157,7 +157,7 @@ class PolicyView(BaseModel):
     open_actions: list[str] = Field(description="What every peer may do in open mode")
     member_actions: list[str] = Field(description="What members of the signed membership list may do")
     owner_key: str | None = Field(description="Network owner key that signs the membership list")
-    token_issuers: list[str] = Field(description="Other keys trusted to issue tokens")
+    issuer_keys: list[str] = Field(description="Other keys trusted to issue tokens")
     rules: list[PolicyRule]
     revoked: list[str] = Field(description="Ids (nonces, hex) of revoked capability tokens")
     membership: MembershipView | None

@@ -52,7 +52,7 @@ class TokenBook:
     def token_for(self, peer: str, action: str, *, now: float) -> CapabilityToken | None:
         """A held, unexpired token of ``peer`` that names ``action``."""
         held = self._by_peer.get(peer)
-        if not held:
+        if held is None:
             return None
         for entry in held.values():
             if action in entry.token.actions and entry.token.expires_at > now:

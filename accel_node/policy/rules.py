@@ -97,23 +97,36 @@ class Policy:
 
     def decide(self, peer: str, action: str, *, token: bool = False) -> Decision:  # noqa: PLR0911 (the order above)
         if peer == self.local_peer:
-            return Decision(True, "self", "this node")
+            return SELF
         effect = self._effects.get((peer, action))
         if effect is not None:
-            return Decision(effect == ALLOW, "rule", f"{effect} rule for this peer")
+            return PEER_ALLOWED if effect == ALLOW else PEER_DENIED
         member = peer in self.members
-        roles = (ROLE_PREFIX + ANY, ROLE_PREFIX + MEMBER) if member else (ROLE_PREFIX + ANY,)
-        effects = {self._effects.get((role, action)) for role in roles}
-        if DENY in effects:
-            return Decision(False, "role", "deny rule for a role of this peer")
-        if ALLOW in effects:
-            return Decision(True, "role", "allow rule for a role of this peer")
+        effects = self._effects
+        any_effect = effects.get((ROLE_ANY, action))
+        member_effect = effects.get((ROLE_MEMBER, action)) if member else None
+        if DENY in (any_effect, member_effect):
+            return ROLE_DENIED
+        if ALLOW in (any_effect, member_effect):
+            return ROLE_ALLOWED
         if token:
-            return Decision(True, "token", "capability token")
+            return TOKEN
         if member and action in self.member_actions:
-            return Decision(True, "member", "member of the network")
+            return MEMBER_ALLOWED
         if self.mode == "open" and action in self.open_actions:
-            return Decision(True, "open", "open to every peer")
-        if self.mode == "private" and not member:
-            return Decision(False, "default", "not a member of this private network")
-        return Decision(False, "default", f"{action} needs membership, an allow rule or a token")
+            return OPEN
+        return NOT_MEMBER if self.mode == "private" and not member else NEEDS_LEAVE
+
+
+# The decisions, made once (deciding allocates nothing: it runs on every request).
+ROLE_ANY, ROLE_MEMBER = ROLE_PREFIX + ANY, ROLE_PREFIX + MEMBER
+SELF = Decision(True, "self", "this node")
+PEER_ALLOWED = Decision(True, "rule", "allow rule for this peer")
+PEER_DENIED = Decision(False, "rule", "deny rule for this peer")
+ROLE_ALLOWED = Decision(True, "role", "allow rule for a role of this peer")
+ROLE_DENIED = Decision(False, "role", "deny rule for a role of this peer")
+TOKEN = Decision(True, "token", "capability token")
+MEMBER_ALLOWED = Decision(True, "member", "member of the network")
+OPEN = Decision(True, "open", "open to every peer")
+NOT_MEMBER = Decision(False, "default", "not a member of this private network")
+NEEDS_LEAVE = Decision(False, "default", "needs membership, an allow rule or a capability token")

@@ -7,7 +7,7 @@
   which never import ``accel_node``, take).
 - Server side of ``/accel/token/1.0.0`` (:mod:`.exchange`): :meth:`accept` checks the tokens a peer
   presents and remembers the accepted ones (:class:`~.book.TokenBook`).
-- Client side: the tokens this node holds live in ``HOME/<[policy] tokens_file>`` (one text token per
+- Client side: the tokens this node holds live in ``HOME/<[policy] grants_file>`` (one text token per
   line, written by ``accel-node policy token add``); :meth:`run` presents them to every peer this
   node connects to, and :meth:`present` to one peer on demand.
 - Rules, revocations and the membership list persist in the store; :meth:`update` changes them and
@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "policy"
 MAX_HELD_TOKENS = 64
 MAX_TOKENS_FILE_BYTES = 256 * 1024
+MAX_USED_REPORTED = 65536  # (token, action) pairs whose first use was reported
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,10 @@ class PolicyService:
         self.clock = clock
         self.local_id = str(ID.from_pubkey(key_pair.public_key))
         self.own_key, self._sign = identity_signer(key_pair)
-        self.trusted_issuers = frozenset([self.own_key, *(parse_key(k) for k in settings.token_issuers)])
+        self.trusted_issuers = frozenset([self.own_key, *(parse_key(k) for k in settings.issuer_keys)])
         self.owner_key = parse_key(settings.owner_key) if settings.owner_key else None
-        self.tokens_path = home / settings.tokens_file
-        self.book = TokenBook(resources, limit=Limit(settings.max_tokens_per_peer, 4096))
+        self.tokens_path = home / settings.grants_file
+        self.book = TokenBook(resources, limit=Limit(settings.max_grants_per_peer, 4096))
         self._revoked: set[str] = set()
         self._used: set[tuple[str, str]] = set()
         self.membership: MembershipList | None = None
@@ -150,24 +151,20 @@ class PolicyService:
 
     def allowed(self, peer: ID | str, action: str, *, protocol: str = PROTOCOL) -> bool:
         """Whether ``peer`` may perform ``action`` now; a denial is reported to ``events``."""
-        peer_text = str(peer)
-        token = (
-            self.book.token_for(peer_text, action, now=self.clock()) if peer_text != self.local_id else None
-        )
+        peer_text = peer if isinstance(peer, str) else str(peer)
+        if peer_text == self.local_id:
+            return True
+        token = self.book.token_for(peer_text, action, now=self.clock())
         decision = self.policy.decide(peer_text, action, token=token is not None)
         if not decision.allowed:
-            self.events(
-                SecurityEvent(POLICY_DENIED, protocol, peer_text, decision.reason, {"action": action})
-            )
+            details = {"action": action}
+            self.events(SecurityEvent(POLICY_DENIED, protocol, peer_text, decision.reason, details))
         elif decision.via == "token" and token is not None and (token.id, action) not in self._used:
-            if len(self._used) > 65536:
+            if len(self._used) > MAX_USED_REPORTED:
                 self._used.clear()
             self._used.add((token.id, action))
-            self.events(
-                SecurityEvent(
-                    TOKEN_USED, protocol, peer_text, "capability token", {"action": action, "token": token.id}
-                )
-            )
+            details = {"action": action, "token": token.id}
+            self.events(SecurityEvent(TOKEN_USED, protocol, peer_text, "capability token", details))
         return decision.allowed
 
     def allows(self, action: str, *, protocol: str = PROTOCOL) -> Callable[[ID], bool]:
@@ -295,7 +292,7 @@ class PolicyService:
             "open_actions": list(self.settings.open_actions),
             "member_actions": list(self.settings.member_actions),
             "owner_key": self.settings.owner_key or None,
-            "token_issuers": list(self.settings.token_issuers),
+            "issuer_keys": list(self.settings.issuer_keys),
             "rules": [
                 {"subject": r.subject, "action": r.action, "effect": r.effect} for r in self.policy.rules
             ],

@@ -7,7 +7,7 @@ Text form: ``acceltoken1:<base64url of the envelope>``. The token id is the nonc
 ``accel-node policy token revoke`` names and the revocation list stores.
 
 A token is accepted (:func:`check`) only when, in this order: it decodes within bounds; its issuer
-is trusted (this node's own identity key, or a key listed in ``[policy] token_issuers``); its
+is trusted (this node's own identity key, or a key listed in ``[policy] issuer_keys``); its
 signature verifies; it is not expired (and was not issued in the future, beyond a small clock
 skew); its subject is the authenticated peer presenting it (a token shown by anyone else is
 refused: replaying a stolen token gains nothing); and it is not revoked.

@@ -52,4 +52,4 @@ def test_policy_round_trip(start_daemon: Callable[..., Daemon]) -> None:
         assert result.returncode != 0 and message in result.stderr, (args, result.stderr)
 
     kept = node.cli("policy", "token", "add", issued.stdout.strip())
-    assert kept.returncode == 0 and (node.home / "tokens.txt").stat().st_mode & 0o777 == 0o600
+    assert kept.returncode == 0 and (node.home / "grants.txt").stat().st_mode & 0o777 == 0o600
