@@ -5,7 +5,8 @@ services, wired by constructor arguments; each record says which of its services
 (``starters``, started in order with ``nursery.start``, so each is ready before the next). The
 node (:mod:`accel_node.node`) runs the records in layers, so that shutdown can go in the reverse:
 
-- :class:`Substrate`: the libp2p host, the DHT, GossipSub, the network service, bulk channels;
+- :class:`Substrate`: the libp2p host, the owner's policy (tokens, membership, rules), the DHT,
+  GossipSub, the network service, bulk channels;
 - :class:`Content`: the block store, Bitswap, the trust store, the model service and its backend;
 - :class:`Runtime`: hardware profile, the model library, the inference service;
 - :class:`~accel_node.shard.served.ServedStages`: the stage server and the registry of what it serves;
@@ -42,6 +43,8 @@ from accel_node.models.keys import KeyFiles
 from accel_node.models.service import Limits, ModelService, local_block
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
+from accel_node.policy import ASSIGN, COMPUTE, CONTENT, PolicyService
+from accel_node.policy.quota import AssignQuota
 from accel_node.presence import PresenceService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
@@ -101,10 +104,12 @@ class Substrate:
     network: PeerNetwork
     bulk: BulkService
     auto_connect: bool
+    policy: PolicyService
 
     def starters(self) -> list[Starter]:
         run = partial(run_host, self.host, self.listen, auto_connect=self.auto_connect)
-        return [run, self.dht.run, self.pubsub.run, self.network.run, self.bulk.run]
+        policy = partial(self.policy.run, self.host)
+        return [run, policy, self.dht.run, self.pubsub.run, self.network.run, self.bulk.run]
 
 
 def build_substrate(basis: Basis) -> Substrate:
@@ -129,6 +134,14 @@ def build_substrate(basis: Basis) -> Substrate:
             resources=basis.resources,
         ),
         auto_connect=cfg.p2p.auto_connect,
+        policy=PolicyService(
+            key_pair=key_pair,
+            store=basis.store,
+            settings=cfg.policy,
+            home=basis.home,
+            resources=basis.resources,
+            events=basis.events,
+        ),
     )
 
 
@@ -154,8 +167,13 @@ def build_content(basis: Basis, *, substrate: Substrate) -> Content:
         substrate.network.penalties,
         events=basis.events,
         resources=basis.resources,
+        allow=substrate.policy.allows(CONTENT, protocol="bitswap"),
     )
-    serve_blocks(substrate.bulk, partial(local_block, blocks))  # the fast path next to Bitswap
+    serve_blocks(  # the fast path next to Bitswap
+        substrate.bulk,
+        partial(local_block, blocks),
+        allow=substrate.policy.allows(CONTENT, protocol="bulk-blocks"),
+    )
     trust = TrustStore(store, KeyFiles(home / "keys"))
     models = ModelService(
         home=home,
@@ -299,6 +317,7 @@ def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
             basis.key_pair, max_bytes=cfg.shard.retention_bytes, keep_s=cfg.shard.retention_s
         ),
     )
+    server.allow = substrate.policy.allows(COMPUTE, protocol="shard")
     return ServedStages(server)
 
 
@@ -341,6 +360,8 @@ def build_sharding(
         settings=cfg.shard,
         served=served,
         on_failure=basis.metrics.background_failure,
+        allow_assign=substrate.policy.allows(ASSIGN, protocol="shard-assign"),
+        quota=AssignQuota(basis.store, cfg.policy.assign_quota_bytes),
     )
     evidence = EvidenceGossip(
         substrate.pubsub,
@@ -380,6 +401,7 @@ def build_core(
             inference=runtime.inference,
             library=runtime.library,
             shards=sharding.shards,
+            policy=substrate.policy,
             config=cfg,
             metrics=metrics,
             name=node_name(cfg),

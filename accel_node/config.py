@@ -9,6 +9,7 @@ source of truth: ``config.example.toml`` is rendered from their field descriptio
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -403,6 +404,74 @@ class BulkSection(_Section):
         return value
 
 
+PolicyAction = Literal["compute", "assign", "content", "learn", "capabilities"]
+ED25519_KEY_PATTERN = r"^ed25519:[A-Za-z0-9_-]{43}$"
+
+
+def _safe_open_actions() -> list[PolicyAction]:
+    return ["content", "capabilities"]
+
+
+def _all_actions() -> list[PolicyAction]:
+    return ["compute", "assign", "content", "learn", "capabilities"]
+
+
+class PolicySection(_Section):
+    """[policy]: who may use this node for what (see accel_node.policy)."""
+
+    mode: Literal["open", "private"] = Field(
+        default="open",
+        description="open: any peer gets open_actions; private: only members, allow rules and token holders "
+        "get anything.",
+    )
+    open_actions: list[PolicyAction] = Field(
+        default_factory=_safe_open_actions,
+        max_length=5,
+        description="Actions every peer may perform in open mode (compute, assign, content, learn, "
+        "capabilities). The safe default serves content and capabilities only.",
+    )
+    member_actions: list[PolicyAction] = Field(
+        default_factory=_all_actions,
+        max_length=5,
+        description="Actions the members of the signed membership list may perform.",
+    )
+    owner_key: str = Field(
+        default="",
+        pattern=r"^(ed25519:[A-Za-z0-9_-]{43})?$",
+        description="Public key (ed25519:<base64url>) of the network owner, who signs the membership list; "
+        "empty: no membership list is accepted.",
+    )
+    issuer_keys: list[str] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Public keys (ed25519:<base64url>) trusted to issue capability tokens, besides this "
+        "node's own identity key.",
+    )
+    grants_file: str = Field(
+        default="grants.txt",
+        max_length=4096,
+        description="File (relative to the home) of the capability tokens this node holds and presents to "
+        "peers, one per line ('accel-node policy token add').",
+    )
+    max_grants_per_peer: int = Field(
+        default=8, ge=1, le=64, description="Tokens remembered per presenting peer (4096 in total)."
+    )
+    assign_quota_bytes: int = Field(
+        default=64 << 20,
+        ge=0,
+        le=1 << 40,
+        description="Content (shard plans) one assigning peer may make this node fetch and pin, in bytes.",
+    )
+
+    @field_validator("issuer_keys")
+    @classmethod
+    def _issuer_keys(cls, value: list[str]) -> list[str]:
+        for key in value:
+            if not re.fullmatch(ED25519_KEY_PATTERN, key):
+                raise ValueError(f"{key[:60]!r} is not an ed25519:<base64url> public key")
+        return value
+
+
 class LogSection(_Section):
     """[log]: logging."""
 
@@ -429,6 +498,7 @@ class Config(_Section):
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     shard: ShardSection = Field(default_factory=ShardSection)
     bulk: BulkSection = Field(default_factory=BulkSection)
+    policy: PolicySection = Field(default_factory=PolicySection)
     log: LogSection = Field(default_factory=LogSection)
 
 

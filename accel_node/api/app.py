@@ -3,8 +3,9 @@
 Handlers are thin adapters of the core API (:mod:`accel_node.core`, implemented in process by
 :mod:`accel_node.local`): they validate input (pydantic), call the core and render its result; they
 live in one router per domain (``routes_node``, ``routes_peers``, ``routes_hardware``, ``routes_keys``,
-``routes_models``, ``routes_infer``, ``routes_shard``, ``routes_audit``), each registered from
-:mod:`accel_node.core.endpoints`. Every error goes through one boundary, :mod:`accel_node.api.errors`.
+``routes_models``, ``routes_infer``, ``routes_shard``, ``routes_audit``, ``routes_policy``), each
+registered from :mod:`accel_node.core.endpoints`. Every error goes through one boundary,
+:mod:`accel_node.api.errors`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from accel_node.api.routes_keys import key_routes
 from accel_node.api.routes_models import model_routes
 from accel_node.api.routes_node import node_routes
 from accel_node.api.routes_peers import peer_routes
+from accel_node.api.routes_policy import policy_routes
 from accel_node.api.routes_shard import shard_routes
 
 OPEN_PATHS = ("/healthz",)
@@ -47,6 +49,7 @@ def create_app(ctx: ApiContext) -> FastAPI:
     app.include_router(model_routes(ctx))
     app.include_router(infer_routes(ctx))
     app.include_router(shard_routes(ctx))
+    app.include_router(policy_routes(ctx))
 
     install_error_handlers(app)
 

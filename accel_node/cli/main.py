@@ -14,7 +14,7 @@ import click
 from pydantic import ValidationError
 
 from accel_node import __version__
-from accel_node.cli import audit, keys, models, render, serving
+from accel_node.cli import audit, keys, models, policy, render, serving
 from accel_node.cli.common import Settings, json_option
 from accel_node.cli.common import client as _client
 from accel_node.cli.common import dump as _dump
@@ -260,6 +260,7 @@ cli.add_command(keys.trust)
 cli.add_command(audit.audit)
 cli.add_command(audit.api_token)
 cli.add_command(models.models)
+cli.add_command(policy.policy)
 cli.add_command(serving.infer)
 cli.add_command(serving.bench)
 cli.add_command(serving.shard)

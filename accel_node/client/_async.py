@@ -42,6 +42,8 @@ from accel_node.core.schemas import (
     Peers,
     Perf,
     PlanRequest,
+    PolicyPut,
+    PolicyView,
     ProfileJob,
     PublishRequest,
     ServeRequest,
@@ -309,9 +311,21 @@ class AsyncShardsClient:
         return dict(await self._t.json(E.SHARDS, query=query, timeout_s=120.0))
 
 
+class AsyncPolicyClient:
+    def __init__(self, transport: AsyncTransport) -> None:
+        self._t = transport
+
+    async def get(self) -> PolicyView:
+        return PolicyView.model_validate(await self._t.json(E.POLICY))
+
+    async def put(self, update: PolicyPut) -> PolicyView:
+        body = update.model_dump(mode="json", exclude_none=True)
+        return PolicyView.model_validate(await self._t.json(E.POLICY_PUT, body=body))
+
+
 class AsyncClient:
     """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``audit``, ``models``,
-    ``inference``, ``shards``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
+    ``inference``, ``shards``, ``policy``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
     status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`.
     A ``token`` of None sends no ``Authorization`` header (what a test of the 401 answers needs)."""
 
@@ -336,6 +350,7 @@ class AsyncClient:
         self.models = AsyncModelsClient(self.transport)
         self.inference = AsyncInferenceClient(self.transport)
         self.shards = AsyncShardsClient(self.transport)
+        self.policy = AsyncPolicyClient(self.transport)
 
     @classmethod
     def for_home(cls, home: NodeHome, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> AsyncClient:

@@ -41,6 +41,8 @@ from accel_node.core.schemas import (
     Peers,
     Perf,
     PlanRequest,
+    PolicyPut,
+    PolicyView,
     ProfileJob,
     PublishRequest,
     ServeRequest,
@@ -302,9 +304,21 @@ class ShardsClient:
         return dict(self._t.json(E.SHARDS, query=query, timeout_s=120.0))
 
 
+class PolicyClient:
+    def __init__(self, transport: Transport) -> None:
+        self._t = transport
+
+    def get(self) -> PolicyView:
+        return PolicyView.model_validate(self._t.json(E.POLICY))
+
+    def put(self, update: PolicyPut) -> PolicyView:
+        body = update.model_dump(mode="json", exclude_none=True)
+        return PolicyView.model_validate(self._t.json(E.POLICY_PUT, body=body))
+
+
 class Client:
     """A daemon's core API over HTTP: ``node``, ``peers``, ``hardware``, ``keys``, ``audit``, ``models``,
-    ``inference``, ``shards``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
+    ``inference``, ``shards``, ``policy``. Errors are :class:`accel_node.errors.ApiError` with the daemon's
     status and code; an unreachable daemon is :class:`accel_node.errors.DaemonNotRunningError`.
     A ``token`` of None sends no ``Authorization`` header (what a test of the 401 answers needs)."""
 
@@ -329,6 +343,7 @@ class Client:
         self.models = ModelsClient(self.transport)
         self.inference = InferenceClient(self.transport)
         self.shards = ShardsClient(self.transport)
+        self.policy = PolicyClient(self.transport)
 
     @classmethod
     def for_home(cls, home: NodeHome, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> Client:

@@ -28,6 +28,8 @@ from accel_node.core.schemas import (
     Peers,
     Perf,
     PlanRequest,
+    PolicyPut,
+    PolicyView,
     ProfileJob,
     PublishRequest,
     ServeRequest,
@@ -116,6 +118,13 @@ class ShardsApi(Protocol):
     async def list(self, *, cid: str | None = None, lookup: bool = True) -> JsonObject: ...
 
 
+class PolicyApi(Protocol):
+    """Who may use this node for what: rules, token revocations, the membership list."""
+
+    async def get(self) -> PolicyView: ...
+    async def put(self, update: PolicyPut) -> PolicyView: ...
+
+
 class CoreApi(Protocol):
     """A whole node, domain by domain."""
 
@@ -135,3 +144,5 @@ class CoreApi(Protocol):
     def inference(self) -> InferenceApi: ...
     @property
     def shards(self) -> ShardsApi: ...
+    @property
+    def policy(self) -> PolicyApi: ...

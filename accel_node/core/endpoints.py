@@ -78,4 +78,7 @@ SHARDS_SERVE = Endpoint("POST", "/v1/shards/serve")
 SHARDS_UNSERVE = Endpoint("POST", "/v1/shards/unserve")
 SHARDS = Endpoint("GET", "/v1/shards", READ)
 
+POLICY = Endpoint("GET", "/v1/policy", READ)
+POLICY_PUT = Endpoint("PUT", "/v1/policy")
+
 ALL: tuple[Endpoint, ...] = tuple(v for v in list(globals().values()) if isinstance(v, Endpoint))

@@ -186,6 +186,55 @@ class TokenRotated(BaseModel):
     rotated_at: float
 
 
+# -- policy --------------------------------------------------------------------------------------
+
+PolicyAction = Literal["compute", "assign", "content", "learn", "capabilities"]
+
+
+class PolicyRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    subject: str = Field(max_length=128, description="A peer id, or role:member / role:any")
+    action: PolicyAction
+    effect: Literal["allow", "deny"]
+
+
+class MembershipView(BaseModel):
+    network: str
+    version: int
+    expires_at: int
+    members: list[str]
+
+
+class PolicyView(BaseModel):
+    mode: Literal["open", "private"]
+    peer_id: str = Field(description="This node's peer id (the subject its own tokens name)")
+    issuer_key: str = Field(description="This node's identity key (ed25519:...): it issues tokens")
+    open_actions: list[str] = Field(description="What every peer may do in open mode")
+    member_actions: list[str] = Field(description="What members of the signed membership list may do")
+    owner_key: str | None = Field(description="Network owner key that signs the membership list")
+    issuer_keys: list[str] = Field(description="Other keys trusted to issue tokens")
+    rules: list[PolicyRule]
+    revoked: list[str] = Field(description="Ids (nonces, hex) of revoked capability tokens")
+    membership: MembershipView | None
+    tokens_presented: int = Field(description="Valid tokens peers presented to this node, held now")
+    tokens_held: int = Field(description="Tokens this node holds and presents to peers")
+
+
+class PolicyPut(BaseModel):
+    """A change to the persistent policy: fields left out (null) stay as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+    rules: list[PolicyRule] | None = Field(default=None, max_length=10_000, description="Replace all rules")
+    revoke: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=1000, description="Token ids to revoke"
+    )
+    membership: str | None = Field(
+        default=None,
+        max_length=1_500_000,
+        description="A signed membership list (accelmembers1:...); empty string removes the list",
+    )
+
+
 # -- models --------------------------------------------------------------------------------------
 
 

@@ -17,11 +17,13 @@ from accel_node.local.keys import LocalKeys
 from accel_node.local.models import LocalModels
 from accel_node.local.node import LocalNode
 from accel_node.local.peers import LocalPeers
+from accel_node.local.policy import LocalPolicy
 from accel_node.local.shards import LocalShards
 from accel_node.metrics import NodeMetrics
 from accel_node.models.service import ModelService
 from accel_node.models.trust import TrustStore
 from accel_node.network import PeerNetwork
+from accel_node.policy import PolicyService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.service import InferenceService
 from accel_node.shard.service import ShardService
@@ -41,6 +43,7 @@ class LocalServices:
     inference: InferenceService
     library: ModelLibrary
     shards: ShardService
+    policy: PolicyService
     config: Config
     metrics: NodeMetrics
     name: str
@@ -62,6 +65,7 @@ class LocalApi:
         self._models = LocalModels(s.models, s.library, s.inference, s.config)
         self._inference = LocalInference(s.inference, s.shards, s.store)
         self._shards = LocalShards(s.shards)
+        self._policy = LocalPolicy(s.policy)
 
     @property
     def node(self) -> LocalNode:
@@ -94,6 +98,10 @@ class LocalApi:
     @property
     def shards(self) -> LocalShards:
         return self._shards
+
+    @property
+    def policy(self) -> LocalPolicy:
+        return self._policy
 
 
 def as_core(api: LocalApi) -> CoreApi:

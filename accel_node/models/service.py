@@ -42,6 +42,9 @@ ONNX_DTYPES = {  # onnx.TensorProto element types
 }  # fmt: skip
 
 
+BLOCK_OVERHEAD_BYTES = 64 * 1024  # allowance for dag-pb framing when a fetch is bounded
+
+
 @dataclass(frozen=True)
 class Limits:
     max_manifest_bytes: int
@@ -133,6 +136,7 @@ class ModelService:
         self._trust = trust
         self._limits = limits
         self._fetch_locks: dict[str, trio.Lock] = {}
+        self._content_pins: set[CID] = set()  # roots pinned by get_content (drop_content may unpin them)
         self.fetches = FetchTracker()
 
     # -- publishing --------------------------------------------------------------------------
@@ -234,11 +238,20 @@ class ModelService:
 
         return await trio.to_thread.run_sync(verify)
 
-    async def _fetch_dag(self, root: CID, source: BlockSource, progress: FetchProgress) -> None:
+    async def _fetch_dag(
+        self, root: CID, source: BlockSource, progress: FetchProgress, *, max_bytes: int | None = None
+    ) -> None:
         """Fetch every missing block under ``root``, level by level. Each block is checked against
-        its CID by the source and again by the block store, and stored at once (so a fetch resumes)."""
+        its CID by the source and again by the block store, and stored at once (so a fetch resumes).
+        With ``max_bytes``, a fetch that would store more block bytes than that fails."""
+        stored_bytes = 0
 
         async def put(cid: CID, data: bytes) -> None:
+            nonlocal stored_bytes
+            stored_bytes += len(data)
+            if max_bytes is not None and stored_bytes > max_bytes:
+                raise ModelError(f"content {root} is larger than the {max_bytes} bytes allowed here")
+
             def store() -> tuple[bool, int]:
                 # Every source verified the block against its CID on arrival: not hashed twice.
                 return self.blocks.put(cid, data, verified=True), file_bytes(cid, data)
@@ -270,14 +283,31 @@ class ModelService:
         return str(result.root)
 
     async def get_content(self, cid_text: str, *, max_size: int) -> bytes:
-        """The bytes named by ``cid_text``: from the block store, else fetched (verified) and pinned."""
+        """The bytes named by ``cid_text``: from the block store, else fetched (verified) and pinned.
+
+        The fetch stores at most about ``max_size`` bytes of blocks (a DAG larger than that is
+        abandoned as soon as it shows), and the root is pinned only once the DAG is complete and
+        read back within ``max_size``: a failed or oversize fetch leaves nothing pinned (finding 9)."""
         root = _parse_model_cid(cid_text)
-        await trio.to_thread.run_sync(self.blocks.pin, root)
+        budget = max_size + (max_size >> 4) + BLOCK_OVERHEAD_BYTES  # dag-pb framing on top of the data
         try:
-            await self._fetch_dag(root, await self.backend.source(root), FetchProgress(str(root)))
-            return await trio.to_thread.run_sync(lambda: read_bytes(root, self.blocks.get, max_size=max_size))
+            await self._fetch_dag(
+                root, await self.backend.source(root), FetchProgress(str(root)), max_bytes=budget
+            )
+            data = await trio.to_thread.run_sync(lambda: read_bytes(root, self.blocks.get, max_size=max_size))
         except ContentError as exc:
             raise ModelError(f"content {root}: {exc}") from exc
+        if await trio.to_thread.run_sync(self.blocks.pin, root):
+            self._content_pins.add(root.to_v1())
+        return data
+
+    async def drop_content(self, cid_text: str) -> None:
+        """Unpin content that :meth:`get_content` pinned and that turned out unusable (its blocks
+        become collectable); content pinned for another reason (a model) keeps its pin."""
+        root = _parse_model_cid(cid_text).to_v1()
+        if root in self._content_pins:
+            self._content_pins.discard(root)
+            await trio.to_thread.run_sync(self.blocks.unpin, root)
 
     # -- installing and listing --------------------------------------------------------------
 

@@ -3,10 +3,12 @@
 Protocol ``/accel/shard/assign/1.0.0`` (one request per stream, over the Noise-authenticated
 libp2p connection): the planner writes a length-prefixed canonical-CBOR map ``{"model", "plan",
 "stage"}`` (at most :data:`MAX_MESSAGE_BYTES`); the peer answers ``{"ok": true, "stage_cid"}`` or
-``{"ok": false, "error"}``. A peer accepts only when ``[shard] accept_assignments`` is on, and
+``{"ok": false, "error"}``. A peer accepts only when ``[shard] accept_assignments`` is on and its
+policy allows the assigner the action ``assign`` (members, allow rules, tokens), and
 then does exactly what ``accel-node shard serve`` does: it fetches the plan by CID and verifies it
 against its own copy of the model (re-extracting the stages) before loading anything, so a
-planner can make it spend memory on a model it already holds, nothing else.
+planner can make it spend memory on a model it already holds, and fetch and pin at most its quota
+of plan bytes (``[policy] assign_quota_bytes``, :mod:`accel_node.policy.quota`), nothing else.
 """
 
 from __future__ import annotations
@@ -33,7 +35,12 @@ MAX_MESSAGE_BYTES = 4096
 LENGTH = struct.Struct(">I")
 ANSWER_TIMEOUT_S = 120.0  # the peer may have to fetch the plan and re-partition a large model
 
-Serve = Callable[[str, int, str], Awaitable[dict[str, Any]]]
+Serve = Callable[[str, int, str, ID], Awaitable[dict[str, Any]]]
+DENIED = "denied by this node's policy"
+
+
+def _allow_all(peer: ID) -> bool:
+    return True
 
 
 async def _read_exactly(stream: INetStream, size: int) -> bytes:
@@ -67,20 +74,27 @@ def _request(message: CborMap) -> tuple[str, str, int]:
     )
 
 
-def assignment_handler(serve: Serve) -> Callable[[INetStream], Awaitable[None]]:
-    """The stream handler of a node that accepts assignments: ``serve(model, stage, plan)``."""
+def assignment_handler(
+    serve: Serve, *, allow: Callable[[ID], bool] = _allow_all
+) -> Callable[[INetStream], Awaitable[None]]:
+    """The stream handler of a node that accepts assignments: ``serve(model, stage, plan, assigner)``
+    for the assigners ``allow`` lets (the node's policy, action ``assign``); others are refused."""
 
     async def handle(stream: INetStream) -> None:
         peer = stream.muxed_conn.peer_id
         try:
             with trio.fail_after(10):
                 model, plan, stage = _request(await _read_message(stream))
-            log.info("stage assigned", extra={"peer_id": str(peer), "plan": plan, "stage": stage})
-            try:
-                served = await serve(model, stage, plan)
-                answer: dict[str, Any] = {"ok": True, "stage_cid": served["stage_cid"]}
-            except AccelNodeError as exc:  # refusals (plan does not verify, model not held, ...)
-                answer = {"ok": False, "error": str(exc)[:1000]}
+            answer: dict[str, Any]
+            if not allow(peer):
+                answer = {"ok": False, "error": DENIED}
+            else:
+                log.info("stage assigned", extra={"peer_id": str(peer), "plan": plan, "stage": stage})
+                try:
+                    served = await serve(model, stage, plan, peer)
+                    answer = {"ok": True, "stage_cid": served["stage_cid"]}
+                except AccelNodeError as exc:  # refusals (plan does not verify, model not held, ...)
+                    answer = {"ok": False, "error": str(exc)[:1000]}
             await _write_message(stream, answer)
             await stream.close()
         except Exception as exc:  # a broken or malformed request: reset and move on

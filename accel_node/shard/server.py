@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,23 @@ class _Served:
     active: dict[int, float] = field(default_factory=dict)
 
 
+def _allow_all(peer: ID) -> bool:
+    return True
+
+
 class StageServer:
     """Serves pipeline stages over ``transport``; see the module docstring.
+
+    ``allow`` (the node sets it to its policy's ``compute`` check) says which upstreams may send RUNs;
+    others are answered ``FAIL busy`` (and the policy reports the denial).
 
     ``penalties`` (the node's box) receives malformed messages and malformed answers; ``health`` backs off
     next-hop replicas that fail (both default to private instances). ``hop_timeout_s`` bounds one attempt
     per remaining stage (an attempt waits for the whole rest of the chain). ``offload`` loads and runs
     ONNX Runtime sessions (a worker thread by default).
     """
+
+    allow: Callable[[ID], bool] = staticmethod(_allow_all)
 
     def __init__(
         self,
@@ -245,6 +254,8 @@ class StageServer:
 
     async def process(self, message: Message, upstream: ID) -> Message:  # noqa: PLR0911 - one per refusal
         """Handle one RUN from ``upstream``; the ACK or FAIL to answer it with."""
+        if not self.allow(upstream):
+            return reject(message, BUSY, "denied by this node's policy")
         served = self._stages.get((message.model, message.stage))
         if message.kind == Kind.AUDIT and self.retention is not None:
             return self.retention.answer(message, upstream)

@@ -20,7 +20,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import onnx
@@ -36,11 +36,12 @@ from accel_node.hardware import HardwareService
 from accel_node.models.manifest import TensorSpec
 from accel_node.models.service import ModelService, normal_cid
 from accel_node.network import PeerNetwork
+from accel_node.policy.quota import AssignQuota
 from accel_node.runtime.errors import RuntimeFailure
 from accel_node.runtime.library import ModelLibrary
 from accel_node.shard import directory
 from accel_node.shard.assign import ASSIGN_PROTOCOL, assign, assignment_handler
-from accel_node.shard.errors import PlanError, ShardError, ShardRouteError
+from accel_node.shard.errors import AssignmentError, PlanError, ShardError, ShardRouteError
 from accel_node.shard.observed import Candidate, rank
 from accel_node.shard.partition import Stage, partition
 from accel_node.shard.plan import (
@@ -90,7 +91,12 @@ class ShardService:
         settings: ShardSection,
         served: ServedStages | None = None,
         on_failure: FailureHook | None = None,
+        allow_assign: Callable[[ID], bool] | None = None,
+        quota: AssignQuota | None = None,
     ) -> None:
+        self._allow_assign = allow_assign
+        self._quota = quota
+        self._assign_lock = trio.Lock()  # one assignment at a time: a quota cannot be overspent in parallel
         self._key_pair = key_pair
         self._dht = dht
         self._network = network
@@ -114,7 +120,8 @@ class ShardService:
         """Accept assignments, serve the remembered stages again (in the background: nothing that
         waits on the network runs before ``started()``) and re-announce served stages until cancelled."""
         if self._settings.accept_assignments:
-            self._network.host.set_stream_handler(ASSIGN_PROTOCOL, assignment_handler(self.serve))
+            handler = assignment_handler(self.serve_assigned, allow=self._allow_assign or (lambda _: True))
+            self._network.host.set_stream_handler(ASSIGN_PROTOCOL, handler)
         async with self._tasks.open():
             self._tasks.spawn("serve-remembered", self._serve_remembered)
             task_status.started()
@@ -242,6 +249,22 @@ class ShardService:
         self._capabilities.republish_soon()
         return {"model": model_cid, "plan": plan_cid, "stage": stage, "stage_cid": plan.stages[stage].cid}
 
+    async def serve_assigned(self, cid: str, stage: int, plan_cid: str, assigner: ID) -> dict[str, Any]:
+        """:meth:`serve` for an assigning peer: the plan is fetched within the assigner's quota, pinned
+        only once complete, and unpinned again if serving fails (finding 9)."""
+        async with self._assign_lock:
+            known = await self._store.get_plan(plan_cid) is not None
+            if not known:
+                await self._plan_bytes(plan_cid, assigner=assigner)
+            try:
+                return await self.serve(cid, stage, plan_cid)
+            except BaseException:
+                if not known:
+                    with trio.CancelScope(shield=True):
+                        await self._store.forget_plan(plan_cid)
+                        await self._models.drop_content(plan_cid)
+                raise
+
     async def unserve(self, plan_cid: str, stage: int) -> bool:
         model_cid = self.served.remove(plan_cid, stage)
         self.server.unserve(plan_cid, stage)
@@ -250,12 +273,23 @@ class ShardService:
             self._capabilities.republish_soon()
         return model_cid is not None
 
-    async def _plan_bytes(self, plan_cid: str) -> bytes:
+    async def _plan_bytes(self, plan_cid: str, *, assigner: ID | None = None) -> bytes:
         row = await self._store.get_plan(plan_cid)
         if row is not None:
             return row.raw
-        raw = await self._models.get_content(plan_cid, max_size=MAX_PLAN_BYTES)
-        plan = decode_plan(raw)
+        max_size = MAX_PLAN_BYTES
+        if assigner is not None and self._quota is not None:
+            max_size = min(max_size, await self._quota.left(str(assigner)))
+            if max_size <= 0:
+                raise AssignmentError(f"{assigner} has used up its assignment quota on this node")
+        raw = await self._models.get_content(plan_cid, max_size=max_size)
+        try:
+            plan = decode_plan(raw)
+        except PlanError:
+            await self._models.drop_content(plan_cid)
+            raise
+        if assigner is not None and self._quota is not None:
+            await self._quota.record(plan_cid, str(assigner), len(raw))
         await self._store.save_plan(plan_cid, model_cid=plan.model_cid, raw=raw, planner=plan.planner)
         return raw
 

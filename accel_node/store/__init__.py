@@ -5,7 +5,8 @@
   capability records, heartbeats, penalties, link performance), :mod:`.meta` (node meta, hardware
   profiles), :mod:`.trust` (publisher keys, accepted versions), :mod:`.models` (installed models),
   :mod:`.variants` (analyses, precision variants), :mod:`.measurements`, :mod:`.shards` (plans,
-  served stages), :mod:`.audit` (the hash-chained audit log, its anchor and signed checkpoints).
+  served stages), :mod:`.audit` (the hash-chained audit log, its anchor and signed checkpoints),
+  :mod:`.policy` (rules, token revocations, membership, assignment quotas).
 - :mod:`.facade`: :class:`AsyncStore`, what the rest of the node uses; it runs every call on one
   worker thread, one at a time.
 """
@@ -16,6 +17,7 @@ from accel_node.store.facade import AsyncStore
 from accel_node.store.measurements import MeasurementRow
 from accel_node.store.models import ModelRow
 from accel_node.store.peers import PeerRecord, Replay
+from accel_node.store.policy import RevocationRow, RuleRow
 from accel_node.store.shards import PlanRow, ServedRow
 from accel_node.store.trust import PublisherRow
 from accel_node.store.variants import VariantRow
@@ -32,6 +34,8 @@ __all__ = [
     "PlanRow",
     "PublisherRow",
     "Replay",
+    "RevocationRow",
+    "RuleRow",
     "ServedRow",
     "VariantRow",
 ]

@@ -170,6 +170,24 @@ def _migration_8(db: sqlite_utils.Database) -> None:
     )
 
 
+def _migration_9(db: sqlite_utils.Database) -> None:
+    db.table("policy_rules").create(
+        {"subject": str, "action": str, "effect": str, "added_at": float},
+        pk=("subject", "action"),
+        not_null={"effect", "added_at"},
+    )
+    db.table("token_revocations").create({"token_id": str, "revoked_at": float}, pk="token_id")
+    db.table("policy_membership").create(
+        {"id": int, "raw": bytes, "version": int, "set_at": float}, pk="id", not_null={"raw", "version"}
+    )
+    db.table("assign_pins").create(
+        {"cid": str, "assigner": str, "bytes": int, "pinned_at": float},
+        pk="cid",
+        not_null={"assigner", "bytes", "pinned_at"},
+    )
+    db.table("assign_pins").create_index(["assigner"])
+
+
 MIGRATIONS: list[Migration] = [
     _migration_1,
     _migration_2,
@@ -179,6 +197,7 @@ MIGRATIONS: list[Migration] = [
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -20,6 +20,7 @@ from accel_node.store.measurements import MeasurementRow, Measurements
 from accel_node.store.meta import Meta, Profiles
 from accel_node.store.models import ModelRow, Models
 from accel_node.store.peers import PeerRecord, Peers, Replay
+from accel_node.store.policy import PolicyRepo, RevocationRow, RuleRow
 from accel_node.store.shards import PlanRow, ServedRow, Shards
 from accel_node.store.trust import PublisherRow, Trust
 from accel_node.store.variants import Derived, VariantRow
@@ -41,6 +42,7 @@ class AsyncStore:
         self._measurements = Measurements(database)
         self._shards = Shards(database)
         self._audit = AuditRecords(database)
+        self._policy = PolicyRepo(database)
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "NORMAL") -> AsyncStore:
@@ -196,6 +198,9 @@ class AsyncStore:
     async def save_plan(self, plan_cid: str, *, model_cid: str, raw: bytes, planner: str) -> None:
         await self._run(self._shards.save_plan, plan_cid, model_cid=model_cid, raw=raw, planner=planner)
 
+    async def forget_plan(self, plan_cid: str) -> None:
+        await self._run(self._shards.forget_plan, plan_cid)
+
     async def get_plan(self, plan_cid: str) -> PlanRow | None:
         return await self._run(self._shards.get_plan, plan_cid)
 
@@ -236,3 +241,29 @@ class AsyncStore:
 
     async def audit_checkpoints(self) -> list[CheckpointRow]:
         return await self._run(self._audit.checkpoints)
+
+    # -- policy: rules, revocations, membership, assignment quotas ------------------------------
+
+    async def policy_rules(self) -> list[RuleRow]:
+        return await self._run(self._policy.rules)
+
+    async def replace_policy_rules(self, rules: list[tuple[str, str, str]]) -> None:
+        await self._run(self._policy.replace_rules, rules)
+
+    async def token_revocations(self) -> list[RevocationRow]:
+        return await self._run(self._policy.revocations)
+
+    async def revoke_tokens(self, token_ids: list[str], *, forget_before: float) -> None:
+        await self._run(self._policy.revoke, token_ids, forget_before=forget_before)
+
+    async def membership(self) -> bytes | None:
+        return await self._run(self._policy.membership)
+
+    async def set_membership(self, raw: bytes | None, version: int = 0) -> None:
+        await self._run(self._policy.set_membership, raw, version)
+
+    async def assigned_bytes(self, assigner: str) -> int:
+        return await self._run(self._policy.assigned_bytes, assigner)
+
+    async def record_assigned(self, cid: str, assigner: str, nbytes: int) -> None:
+        await self._run(self._policy.record_assigned, cid, assigner, nbytes)

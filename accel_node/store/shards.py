@@ -47,6 +47,14 @@ class Shards:
                "created_at": time.time()}  # fmt: skip
         self._db.table("shard_plans").upsert(row, pk="plan_cid")
 
+    def forget_plan(self, plan_cid: str) -> None:
+        """Drop a plan that is not served (an assignment that failed)."""
+        self._db.execute(
+            "DELETE FROM shard_plans WHERE plan_cid = ? "
+            "AND plan_cid NOT IN (SELECT plan_cid FROM shard_served)",
+            [plan_cid],
+        )
+
     def get_plan(self, plan_cid: str) -> PlanRow | None:
         rows = list(self._db.query("SELECT * FROM shard_plans WHERE plan_cid = ?", [plan_cid]))
         return _plan(rows[0]) if rows else None

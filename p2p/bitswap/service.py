@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -69,6 +69,8 @@ class BitswapService:
 
     ``resources`` holds the serving limits (``bitswap.bytes_in_flight``, ``bitswap.answer_tasks``,
     declared from ``limits``); ``events`` hears of limits hit, malformed messages and bad blocks.
+    ``allow(peer)`` says whose wants are answered (the owner's policy for content); a peer it refuses
+    still delivers the blocks this node asked it for.
     """
 
     def __init__(
@@ -80,8 +82,10 @@ class BitswapService:
         resources: ResourceManager | None = None,
         limits: ServeLimits | None = None,
         events: EventSink = drop,
+        allow: Callable[[ID], bool] | None = None,
     ) -> None:
         self.host = host
+        self.allow = allow
         self._out: dict[ID, INetStream] = {}
         self._out_locks: dict[ID, trio.Lock] = {}
         self._waiting: dict[bytes, trio.MemorySendChannel[tuple[ID, CID, bytes | None]]] = {}
@@ -129,7 +133,8 @@ class BitswapService:
             self._deliver(peer, cid, data)
         for cid in message.dont_haves:
             self._deliver(peer, cid, None)
-        self.server.on_message(peer, message)
+        if self.allow is None or self.allow(peer):
+            self.server.on_message(peer, message)
 
     def _deliver(self, peer: ID, cid: CID, data: bytes | None) -> None:
         key = cid.encode()

@@ -109,14 +109,25 @@ def decode_blocks(payload: bytes | memoryview) -> list[bytes | None]:
 class BlockServer:
     """Answers ``blocks/1`` channels from ``get_block``; register it with :func:`serve_blocks`."""
 
-    def __init__(self, get_block: BlockGetter, *, read_ahead: int = 8, queued_want_frames: int = 8) -> None:
+    def __init__(
+        self,
+        get_block: BlockGetter,
+        *,
+        read_ahead: int = 8,
+        queued_want_frames: int = 8,
+        allow: Callable[[ID], bool] | None = None,
+    ) -> None:
         self._get_block = get_block
+        self.allow = allow  # whom to serve (the owner's policy for content); None: everyone
         self.read_ahead = max(1, read_ahead)
         self.queued_want_frames = max(1, queued_want_frames)
         self.blocks_sent = 0
         self.bytes_sent = 0
 
     async def handle(self, channel: FrameChannel, peer_id: ID) -> None:
+        if self.allow is not None and not self.allow(peer_id):
+            await channel.aclose()
+            return
         wants_in, wants_out = trio.open_memory_channel[list[CID]](self.queued_want_frames)
         loaded_in, loaded_out = trio.open_memory_channel[list[bytes | None]](1)
         try:
@@ -193,9 +204,15 @@ class BlockServer:
 
 
 def serve_blocks(
-    bulk: ChannelAcceptor, get_block: BlockGetter, *, purpose: str = BLOCKS_PURPOSE, read_ahead: int = 8
+    bulk: ChannelAcceptor,
+    get_block: BlockGetter,
+    *,
+    purpose: str = BLOCKS_PURPOSE,
+    read_ahead: int = 8,
+    allow: Callable[[ID], bool] | None = None,
 ) -> BlockServer:
-    """Serve ``get_block`` to peers that open ``purpose`` channels (plain or encrypted)."""
-    server = BlockServer(get_block, read_ahead=read_ahead)
+    """Serve ``get_block`` to peers that open ``purpose`` channels (plain or encrypted) and that
+    ``allow`` admits (everyone when None)."""
+    server = BlockServer(get_block, read_ahead=read_ahead, allow=allow)
     bulk.set_handler(purpose, server.handle)
     return server

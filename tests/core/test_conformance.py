@@ -23,7 +23,7 @@ from accel_node.client import AsyncClient
 from accel_node.config import load_config
 from accel_node.core import endpoints as E
 from accel_node.core.contract import CoreApi
-from accel_node.core.schemas import InferOptions, PlanRequest, PublishRequest
+from accel_node.core.schemas import InferOptions, PlanRequest, PolicyPut, PolicyRule, PublishRequest
 from accel_node.errors import AccelNodeError, ApiError
 from accel_node.home import NodeHome
 from accel_node.node import Node
@@ -204,6 +204,33 @@ async def test_audit_log_and_token_rotation(core: CoreApi) -> None:
         await core.audit.tail(limit=0)
     with refused("invalid_request", 422):
         await core.node.rotate_token("root")
+
+
+async def test_policy_round_trip(core: CoreApi) -> None:
+    view = await core.policy.get()
+    status = await core.node.status()
+    assert view.mode == "open" and view.peer_id == status.peer_id and view.issuer_key.startswith("ed25519:")
+    assert view.membership is None and view.tokens_presented == 0
+    rules = [
+        PolicyRule(subject=UNKNOWN_PEER, action="compute", effect="allow"),
+        PolicyRule(subject="role:any", action="assign", effect="deny"),
+    ]
+    changed = await core.policy.put(PolicyPut(rules=rules, revoke=["ab" * 16]))
+    assert {(r.subject, r.action, r.effect) for r in changed.rules} == {
+        (UNKNOWN_PEER, "compute", "allow"),
+        ("role:any", "assign", "deny"),
+    }
+    assert changed.revoked == ["ab" * 16]
+    assert (await core.policy.put(PolicyPut())).rules == changed.rules  # nothing given: nothing changes
+    assert (await core.policy.put(PolicyPut(rules=[]))).rules == []
+    with refused("invalid_policy", 400):
+        await core.policy.put(
+            PolicyPut(rules=[PolicyRule(subject="role:admin", action="compute", effect="allow")])
+        )
+    with refused("invalid_policy", 400):
+        await core.policy.put(PolicyPut(revoke=["not-a-token-id"]))
+    with refused("invalid_membership", 400):
+        await core.policy.put(PolicyPut(membership="accelmembers1:AAAA"))
 
 
 async def test_the_app_serves_exactly_the_endpoints_of_the_core(daemon: Daemon) -> None:

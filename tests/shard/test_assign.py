@@ -29,7 +29,7 @@ async def closed_without_answer(stream: Any) -> bool:
 async def test_assignments_are_served_refused_and_malformed_ones_reset() -> None:
     calls: list[tuple[str, int, str]] = []
 
-    async def serve(model: str, stage: int, plan: str) -> dict[str, Any]:
+    async def serve(model: str, stage: int, plan: str, assigner: Any) -> dict[str, Any]:
         calls.append((model, stage, plan))
         if plan == "bad-plan":
             raise PlanError("plan does not fit the model")

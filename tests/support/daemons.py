@@ -43,17 +43,29 @@ def process_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+OPEN_LAB_POLICY = {
+    "ACCEL_NODE_POLICY_OPEN_ACTIONS": '["compute", "assign", "content", "learn", "capabilities"]',
+}
+"""Harnessed daemons lend every action to every peer: the multi-node tests and benchmarks build clusters
+that serve each other compute and assignments, on loopback, and test those, not the policy. The safe
+default ([policy] open_actions = content, capabilities) is tested by tests/policy and by tests that pass
+``ACCEL_NODE_POLICY_OPEN_ACTIONS`` themselves."""
+
+
 LOOPBACK_ENV = {
+    **OPEN_LAB_POLICY,
     "ACCEL_NODE_P2P_LISTEN_ADDRS": '["/ip4/127.0.0.1/tcp/0"]',
     "ACCEL_NODE_P2P_MDNS": "false",
     "ACCEL_NODE_API_PORT": "0",
     "ACCEL_NODE_NODE_SHUTDOWN_GRACE_S": "5",
 }
-"""What every harnessed daemon gets: loopback only, free ports, no mDNS, a short shutdown grace."""
+"""What every harnessed daemon gets: loopback only, free ports, no mDNS, a short shutdown grace, and
+every action open to every peer (:data:`OPEN_LAB_POLICY`)."""
 
 
 def node_env(**overrides: str) -> dict[str, str]:
-    """Environment for a test daemon: loopback only, free ports, no mDNS, no profiling, no auto-dial."""
+    """Environment for a test daemon: loopback only, free ports, no mDNS, no profiling, no auto-dial,
+    every action open to every peer (:data:`OPEN_LAB_POLICY`)."""
     return process_env(
         {
             **LOOPBACK_ENV,
