@@ -64,8 +64,8 @@ async def test_read_token_reads_but_changes_nothing(tmp_path: Path, monkeypatch:
                 await send(E.KEYS_NEW, body={"name": "k"}, checked=False),
                 await send(E.TRUST_REMOVE, path={"name": "x"}, checked=False),
                 await send(E.API_TOKEN_ROTATE, body={"scope": "read"}, checked=False),
-                await send(Endpoint("PUT", "/v1/status"), body={}, checked=False),
-                await send(Endpoint("DELETE", "/v1/models/x"), checked=False),
+                await send(Endpoint("PUT", E.STATUS.path), body={}, checked=False),
+                await send(E.MODEL_REMOVE, path={"cid": "x"}, checked=False),
             ]
             for response in refused:
                 assert response.status_code == 403, response.text

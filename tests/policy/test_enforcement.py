@@ -27,6 +27,7 @@ from accel_node.policy.quota import AssignQuota
 from accel_node.shard.assign import ASSIGN_PROTOCOL, DENIED, assign, assignment_handler
 from accel_node.shard.errors import AssignmentError, ShardError
 from accel_node.shard.partition import partition
+from accel_node.shard.retention import Retention
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.runner import inline
 from accel_node.shard.server import StageServer
@@ -68,7 +69,9 @@ async def test_stage_runs_are_refused_without_leave_and_served_with_a_token(
     network = MemoryNetwork()
     server_id = peer_id_of(server_keys)
     client_id = peer_id_of(generate_identity())
-    server = StageServer(network.transport(server_id), offload=inline, hop_timeout_s=5.0)
+    server = StageServer(  # stage servers sign receipts with their identity
+        network.transport(server_id), offload=inline, hop_timeout_s=5.0, retention=Retention(server_keys)
+    )
     server.allow = policy.allows(COMPUTE, protocol="shard")
     router = ShardRouter(network.transport(client_id), offload=inline, hop_timeout_s=5.0)
     feeds = {"x": np.random.default_rng(0).standard_normal((2, 64), dtype=np.float32)}
