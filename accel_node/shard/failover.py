@@ -9,6 +9,8 @@ state and rules; the caller does the I/O and tells it what happened:
   tried.
 - :meth:`broke` (the channel broke or could not be opened) and :meth:`timed_out` back the replica off.
 - :meth:`refused` reads a FAIL: ``invalid`` is the request's fault, not the replica's (no back-off);
+  ``busy`` is load, not a fault (no back-off either: the next replica is tried, and when every
+  attempt was busy, :attr:`all_busy` tells the caller to answer busy in turn);
   ``exhausted`` naming a *later* stage means a stage after this replica had no replica left (no back-off,
   and that later stage is what to re-place); any other code backs the replica off.
 - :meth:`delivered` forgives the replica.
@@ -25,7 +27,7 @@ from collections.abc import Sequence
 from libp2p.peer.id import ID
 
 from accel_node.shard.health import ReplicaHealth
-from accel_node.shard.wire import EXHAUSTED, INVALID
+from accel_node.shard.wire import BUSY, EXHAUSTED, INVALID
 from p2p.penalties import PenaltyBox
 
 
@@ -53,6 +55,7 @@ class FailOver:
         self.winner: ID | None = None
         self._position = 0
         self._exhausted: list[int] = []
+        self._busy = 0
 
     # -- what to do next ------------------------------------------------------------------------------
 
@@ -103,6 +106,8 @@ class FailOver:
         self.reasons.append(f"{peer}: {code}: {reason}")
         if code == EXHAUSTED and at_stage > self.stage:
             self._exhausted.append(at_stage)  # a later stage has no replica: not this replica's fault
+        elif code == BUSY:
+            self._busy += 1  # this stage or a later one is loaded: not a fault
         elif code != INVALID:
             self.health.failed(peer, f"{code}: {reason}")
 
@@ -114,6 +119,11 @@ class FailOver:
         if self._exhausted and len(self._exhausted) == self.attempts:
             return self._exhausted[0]
         return self.stage
+
+    @property
+    def all_busy(self) -> bool:
+        """Whether every attempt (at least one) was answered ``busy``."""
+        return self.attempts > 0 and self._busy == self.attempts
 
     def summary(self) -> str:
         return "; ".join(self.reasons)

@@ -24,6 +24,18 @@ A malformed or oversize message is answered with ``FAIL malformed`` (the sender 
 :class:`~p2p.penalties.PenaltyBox`) and the server keeps serving. :meth:`StageServer.loads` gives the
 figures to announce (queue depth, in flight, busy fraction).
 
+Admission (:mod:`accel_node.shard.admission`): each upstream peer holds at most its share of RUNs in
+flight, of their bytes, of bytes in reassembly and of channels; over a share a RUN is answered
+``FAIL busy`` at once by the channel's read loop, which never waits for a slot, so one peer's backlog
+slows no other peer's channel. A RUN lives at most (stages left + 1) x ``hop_timeout_s``; the wait for
+an ACK from the next hop or the requester is bounded by the hop timeout, not by the sender's ttl.
+
+No dial oracle: the addresses a RUN carries (``addrs``) are an upstream's claim about third parties
+and are ignored (the field stays decodable); next hops and the reply-to peer are reached only through
+what the node already knows of them (connections, and the peerstore filled by discovery and
+identify). FAIL reasons sent back say nothing about third parties (why a next hop or the requester
+could not be reached is logged here, not sent).
+
 The server talks through a :class:`~p2p.bulk.ChannelTransport`: next hops and the reply-to peer that are
 this node itself are reached over the transport's in-memory channel to itself, like any other peer.
 """
@@ -43,7 +55,21 @@ import trio
 from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
-from accel_node.shard.errors import ShardLinkError, ShardWireError, StageInputError, StageRunFailed
+from accel_node.shard.admission import (
+    DEFAULT_ADMISSION,
+    MAX_TTL_S,
+    Admission,
+    AdmissionLimits,
+    Admitted,
+    run_deadline,
+)
+from accel_node.shard.errors import (
+    ReassemblyRefused,
+    ShardLinkError,
+    ShardWireError,
+    StageInputError,
+    StageRunFailed,
+)
 from accel_node.shard.failover import FailOver
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
@@ -66,13 +92,15 @@ from accel_node.shard.wire import (
     reject,
 )
 from p2p.bulk import BulkError, ChannelClosed, ChannelTransport, FrameChannel, FrameError
+from p2p.events import REFUSED, EventSink, drop
 from p2p.penalties import PenaltyBox
+from p2p.resources import ResourceManager
 
 log = logging.getLogger(__name__)
 
 SHARD_PURPOSE = "shard/1"
 RESULT_PURPOSE = "shard-result/1"
-MAX_TTL_S = 3600.0
+__all__ = ["MAX_TTL_S", "RESULT_PURPOSE", "SHARD_PURPOSE", "StageLoad", "StageServer"]
 Arrays = dict[str, np.ndarray[Any, Any]]
 
 
@@ -96,7 +124,7 @@ class _Served:
     model: str
     stage: int
     runner: StageRunner
-    slots: trio.Semaphore
+    admitted: int = 0  # RUNs holding a share of this stage (accepted, answer not yet sent)
     queued: int = 0
     running: int = 0
     in_flight: int = 0
@@ -113,7 +141,9 @@ class StageServer:
     ``penalties`` (the node's box) receives malformed messages and malformed answers; ``health`` backs off
     next-hop replicas that fail (both default to private instances). ``hop_timeout_s`` bounds one attempt
     per remaining stage (an attempt waits for the whole rest of the chain). ``offload`` loads and runs
-    ONNX Runtime sessions (a worker thread by default).
+    ONNX Runtime sessions (a worker thread by default). ``max_in_flight`` caps the RUNs of one stage;
+    ``resources`` (the node's :class:`~p2p.resources.ResourceManager`, default a private one) holds the
+    shares of ``admission`` (per upstream peer and in total); refusals are reported to ``events``.
     """
 
     def __init__(
@@ -133,6 +163,9 @@ class StageServer:
         busy_window_s: float = 10.0,
         link_idle_s: float = 300.0,
         offload: Offload = in_worker_thread,
+        resources: ResourceManager | None = None,
+        admission: AdmissionLimits = DEFAULT_ADMISSION,
+        events: EventSink = drop,
     ) -> None:
         if concurrency < 1 or max_in_flight < 1:
             raise ValueError("concurrency and max_in_flight must be >= 1")
@@ -149,6 +182,9 @@ class StageServer:
         self.max_in_flight = max_in_flight
         self.hop_timeout_s = hop_timeout_s
         self.busy_window_s = busy_window_s
+        self.events = events
+        self.resources = resources or ResourceManager()
+        self.admission = Admission(self.resources, admission, events=events)
         self.pool = LinkPool(
             transport,
             limits=limits,
@@ -197,8 +233,7 @@ class StageServer:
                 providers=self.providers,
             )
         )
-        slots = trio.Semaphore(self.max_in_flight)
-        self._stages[(model_cid, stage_index)] = _Served(model_cid, stage_index, runner, slots)
+        self._stages[(model_cid, stage_index)] = _Served(model_cid, stage_index, runner)
         log.info("serving shard stage", extra={"model": model_cid, "stage": stage_index})
 
     def unserve(self, model_cid: str, stage_index: int) -> bool:
@@ -256,7 +291,13 @@ class StageServer:
             return reject(message, MALFORMED, "RUN without a reply-to peer")
         if self._draining:
             return reject(message, BUSY, f"{self.local_id} is shutting down")
-        deadline = trio.current_time() + min(MAX_TTL_S, message.ttl_ms / 1000)
+        deadline = run_deadline(
+            trio.current_time(),
+            message.ttl_ms,
+            len(message.route),
+            self.hop_timeout_s,
+            self.admission.limits.max_ttl_s,
+        )
         served.in_flight += 1
         self._in_flight += 1
         self._idle = trio.Event() if self._in_flight == 1 else self._idle
@@ -320,9 +361,7 @@ class StageServer:
     async def _forward(self, served: _Served, message: Message, frame: Arrays, deadline: float) -> Message:
         nxt = message.stage + 1
         replicas = message.route[0]
-        for replica in replicas:
-            self.transport.learn_addrs(replica, message.addrs.get(replica, ()))
-        outgoing = replace(message, stage=nxt, route=message.route[1:], tensors=frame, tag=0)
+        outgoing = replace(message, stage=nxt, route=message.route[1:], tensors=frame, tag=0, addrs={})
         failover = FailOver(nxt, replicas, self.health, self.penalties)
         while (peer := failover.next()) is not None:
             remaining = deadline - trio.current_time()
@@ -346,14 +385,16 @@ class StageServer:
                 failover.delivered(peer)
                 return ack(message)
             failover.refused(peer, reply.code, reply.reason, at_stage=reply.stage)
-        stage = failover.stage_to_blame
-        reason = f"no replica of stage {stage} delivered: {failover.summary()}"
-        return reject(message, EXHAUSTED, reason, stage=stage)
+        summary = failover.summary()
+        log.info("no replica of the next stage delivered", extra={"stage": nxt, "error": summary})
+        if failover.all_busy:  # load, not failure: the upstream may try another replica, or later
+            return reject(message, BUSY, f"every replica of stage {nxt} is busy", stage=nxt)
+        stage = failover.stage_to_blame  # what the replicas said stays here: it is about third parties
+        return reject(message, EXHAUSTED, f"no replica of stage {stage} delivered", stage=stage)
 
     async def _deliver(self, message: Message, frame: Arrays, deadline: float) -> Message:
         reply_to = message.reply_to
         assert reply_to is not None
-        self.transport.learn_addrs(reply_to, message.addrs.get(reply_to, ()))
         result = Message(
             Kind.RESULT,
             message.request_id,
@@ -369,7 +410,9 @@ class StageServer:
             if remaining <= 0:
                 break
             try:
-                reply = await self._request(reply_to, RESULT_PURPOSE, result, remaining)
+                reply = await self._request(
+                    reply_to, RESULT_PURPOSE, result, min(remaining, self.hop_timeout_s)
+                )
             except ShardLinkError as exc:
                 reason = str(exc)
                 continue
@@ -380,33 +423,48 @@ class StageServer:
                 return ack(message)
             reason = f"{reply.code}: {reply.reason}"
             break
-        return reject(message, UNDELIVERABLE, f"cannot deliver the result to {reply_to}: {reason}")
+        log.info("cannot deliver a result", extra={"peer_id": str(reply_to), "error": reason})
+        return reject(message, UNDELIVERABLE, "the result could not be delivered to the reply-to peer")
 
     # -- channels from upstreams --------------------------------------------------------------------
 
     async def _serve_channel(self, channel: FrameChannel, peer: ID) -> None:
         """``shard/1``: read RUNs, answer each from its own task; cancel them when the channel ends."""
-        messages = MessageChannel(channel, self.limits)
-        async with trio.open_nursery() as nursery:
-            try:
-                await self._read_requests(messages, peer, nursery)
-            finally:
-                nursery.cancel_scope.cancel()
+        share = self.admission.channel(peer)
+        if share is None:  # over the peer's share of channels: closed at once (the handler returns)
+            return
+        messages = MessageChannel(
+            channel, self.limits, budget=lambda size: self.admission.reassembly(peer, size)
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._read_requests(messages, peer, nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            messages.discard()
+            share.release()
 
     async def _read_requests(self, messages: MessageChannel, peer: ID, nursery: trio.Nursery) -> None:
+        """Never waits for anything but the next message and the answers it sends itself (refusals):
+        a RUN is admitted or refused at once, and run in its own task."""
         while True:
             try:
                 message = await messages.receive()
+            except ReassemblyRefused as exc:  # a share, not a fault: busy, and no penalty
+                await self._reply(
+                    messages, fail(exc.request_id, exc.tag, stage=0, code=BUSY, reason=str(exc))
+                )
+                continue
             except ShardWireError as exc:
-                self.malformed += 1
-                self._penalise(peer, f"malformed shard message: {exc}")
+                self._malformed(peer, f"malformed shard message: {exc}")
                 await self._reply(
                     messages, fail(exc.request_id, exc.tag, stage=0, code=MALFORMED, reason=str(exc))
                 )
                 continue
             except FrameError as exc:  # over the channel's own limit or forged: the channel is lost
-                self.malformed += 1
-                self._penalise(peer, f"bad shard frame: {exc}")
+                self._malformed(peer, f"bad shard frame: {exc}")
                 await self._reply(messages, fail(None, None, stage=0, code=MALFORMED, reason=str(exc)))
                 return
             except (ChannelClosed, BulkError):
@@ -415,22 +473,45 @@ class StageServer:
             if served is None or message.kind != Kind.RUN:
                 await self._reply(messages, await self.process(message, peer))
                 continue
-            await served.slots.acquire()
-            nursery.start_soon(self._answer, messages, peer, message, served.slots)
+            admitted = self._admit(served, message, peer)
+            if admitted is None:
+                await self._reply(
+                    messages, reject(message, BUSY, f"busy: no share of stage {message.stage} left")
+                )
+                continue
+            nursery.start_soon(self._answer, messages, peer, message, served, admitted)
+
+    def _admit(self, served: _Served, message: Message, peer: ID) -> Admitted | None:
+        """The shares for one RUN, or None when one is full (the refusal is reported)."""
+        if served.admitted >= self.max_in_flight:
+            self.admission.stage_full(peer, served.stage, self.max_in_flight)
+            return None
+        queued = sum(int(t.nbytes) for t in message.tensors.values())
+        admitted = self.admission.run(peer, queued, stage=served.stage)
+        if admitted is not None:
+            served.admitted += 1
+        return admitted
+
+    def _malformed(self, peer: ID, reason: str) -> None:
+        self.malformed += 1
+        self._penalise(peer, reason)
+        self.admission.report(peer, "shard.malformed", reason, kind=REFUSED)
 
     async def _answer(
-        self, messages: MessageChannel, peer: ID, message: Message, slots: trio.Semaphore
+        self, messages: MessageChannel, peer: ID, message: Message, served: _Served, admitted: Admitted
     ) -> None:
         try:
-            reply = await self.process(message, peer)
-        finally:
-            slots.release()
-        await self._reply(messages, reply)
+            await self._reply(messages, await self.process(message, peer))
+        finally:  # the shares are held until the answer is sent (or could not be, within the hop timeout)
+            served.admitted -= 1
+            admitted.release()
 
     async def _reply(self, messages: MessageChannel, reply: Message) -> None:
+        """Send an answer; a peer that does not read it within the hop timeout loses the channel."""
         try:
-            await messages.send(reply)
-        except (BulkError, ShardWireError) as exc:
+            with trio.fail_after(self.hop_timeout_s):
+                await messages.send(reply)
+        except (BulkError, ShardWireError, trio.TooSlowError) as exc:
             log.info(
                 "cannot answer a shard request", extra={"peer_id": str(messages.peer_id), "error": str(exc)}
             )

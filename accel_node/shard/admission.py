@@ -1,0 +1,172 @@
+"""Admission at a stage server: what one upstream peer may make this node hold, and for how long.
+
+Why (issue 11, findings 3 and 8): one semaphore per stage, awaited inside a channel's read loop and
+shared by every upstream, let one peer pin all 64 slots of a stage with tiny RUNs whose ttl was an
+hour and whose reply-to never acknowledged; a legitimate request then timed out. Messages of up to
+256 MiB could wait 64 at a time per stage. Now, through the node's
+:class:`~p2p.resources.ResourceManager`:
+
+- ``shard.in_flight``: RUNs accepted and not yet answered, per upstream peer and in total, beside
+  each stage's own cap (``stage_in_flight``); ``shard.queued_bytes``: the bytes of their tensors;
+  ``shard.reassembly_bytes``: bytes of multi-part messages being reassembled
+  (:mod:`accel_node.shard.parts`); ``shard.channels``: ``shard/1`` channels a peer holds open.
+- Over a share the RUN is answered ``FAIL busy`` at once, from the read loop (which never waits
+  for a slot): the peer's own channel is the only one that slows down, and it never blocks another
+  peer's. Upstreams fail over to another replica; the router raises
+  :class:`~accel_node.shard.errors.ShardBusyError` (the API's 429) when every replica was busy.
+- :func:`run_deadline`: a RUN lives at most (stages left + 1) x the hop timeout, and never more
+  than ``max_ttl_s``, whatever ttl its sender wrote.
+
+Who is to blame for a slot held by an undeliverable result: nobody that can be proven. The upstream
+that sent the RUN is authenticated, but it usually only passed on the requester's reply-to (stage
+k's upstream is stage k-1), and the reply-to peer that did not acknowledge may be a third party
+that never asked for anything. So an undeliverable result penalises nobody; what bounds the damage
+is the share (an upstream holds at most ``peer_in_flight`` RUNs) and the time (the wait for an ACK
+is bounded by the hop timeout, not by the sender's ttl). Refusals are reported as
+:class:`~p2p.events.SecurityEvent` (``limit``), at most one per peer and resource every
+``report_every_s`` (with the number suppressed), so a flood does not flood the audit log as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import trio
+from libp2p.peer.id import ID
+
+from p2p.events import LIMIT, EventSink, SecurityEvent, drop
+from p2p.resources import Limit, Reservation, ResourceLimitExceeded, ResourceManager
+
+PROTOCOL = "shard/1"
+CHANNELS = "shard.channels"
+IN_FLIGHT = "shard.in_flight"
+QUEUED_BYTES = "shard.queued_bytes"
+REASSEMBLY_BYTES = "shard.reassembly_bytes"
+MAX_TTL_S = 3600.0
+"""The absolute cap of a RUN's time to live, whatever the plan."""
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    """Shares of a stage server (see the module docstring); ``[shard]`` config keys set them."""
+
+    peer_in_flight: int = 16
+    total_in_flight: int = 256
+    peer_queued_bytes: int = 256 << 20
+    total_queued_bytes: int = 1 << 30
+    peer_reassembly_bytes: int = 256 << 20
+    total_reassembly_bytes: int = 1 << 30
+    peer_channels: int = 16
+    total_channels: int = 256
+    max_ttl_s: float = MAX_TTL_S
+
+    def __post_init__(self) -> None:
+        if min(self.peer_in_flight, self.total_in_flight, self.peer_channels) < 1:
+            raise ValueError("in-flight and channel limits must be >= 1")
+        if self.max_ttl_s <= 0:
+            raise ValueError("max_ttl_s must be > 0")
+
+    def resource_limits(self) -> Mapping[str, Limit]:
+        return {
+            CHANNELS: Limit(self.peer_channels, self.total_channels),
+            IN_FLIGHT: Limit(self.peer_in_flight, self.total_in_flight),
+            QUEUED_BYTES: Limit(self.peer_queued_bytes, self.total_queued_bytes),
+            REASSEMBLY_BYTES: Limit(self.peer_reassembly_bytes, self.total_reassembly_bytes),
+        }
+
+
+DEFAULT_ADMISSION = AdmissionLimits()
+
+
+def run_deadline(now: float, ttl_ms: int, stages_left: int, hop_timeout_s: float, max_ttl_s: float) -> float:
+    """When a RUN with ``stages_left`` stages after this one must be answered: its sender's ttl,
+    bounded by the plan ((stages left + 1) x the hop timeout) and by ``max_ttl_s``."""
+    return now + min(ttl_ms / 1000, (stages_left + 1) * hop_timeout_s, max_ttl_s)
+
+
+class Admitted:
+    """The shares one accepted RUN holds; :meth:`release` gives them back (idempotent)."""
+
+    __slots__ = ("_reservations",)
+
+    def __init__(self, reservations: list[Reservation]) -> None:
+        self._reservations = reservations
+
+    def release(self) -> None:
+        for reservation in self._reservations:
+            reservation.release()
+
+
+class Admission:
+    """Takes and reports the shares of ``resources`` that channels and RUNs hold (module docstring)."""
+
+    def __init__(
+        self,
+        resources: ResourceManager,
+        limits: AdmissionLimits = DEFAULT_ADMISSION,
+        *,
+        events: EventSink = drop,
+        report_every_s: float = 10.0,
+    ) -> None:
+        self.resources = resources
+        self.limits = limits
+        self.events = events
+        self.report_every_s = report_every_s
+        for resource, limit in limits.resource_limits().items():
+            resources.set_limit(resource, limit)
+        self.refused = 0
+        self._reported: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def channel(self, peer: ID) -> Reservation | None:
+        """A share of ``shard.channels`` for a channel ``peer`` opened, or None (then close it)."""
+        taken = self._take(peer, [(CHANNELS, 1)], stage=None)
+        return None if taken is None else taken[0]
+
+    def run(self, peer: ID, queued_bytes: int, *, stage: int) -> Admitted | None:
+        """Shares for one RUN from ``peer`` whose tensors hold ``queued_bytes``, or None (busy)."""
+        taken = self._take(peer, [(IN_FLIGHT, 1), (QUEUED_BYTES, queued_bytes)], stage=stage)
+        return None if taken is None else Admitted(taken)
+
+    def reassembly(self, peer: ID, size: int) -> Reservation | None:
+        """A share of ``shard.reassembly_bytes`` for a ``size``-byte message in parts, or None."""
+        taken = self._take(peer, [(REASSEMBLY_BYTES, size)], stage=None)
+        return None if taken is None else taken[0]
+
+    def stage_full(self, peer: ID, stage: int, cap: int) -> None:
+        """Report a RUN refused because the stage's own cap (``cap`` RUNs in flight) is reached."""
+        self.refused += 1
+        self.report(peer, "shard.stage_in_flight", f"stage {stage} has {cap} RUNs in flight", stage=stage)
+
+    def _take(self, peer: ID, wants: list[tuple[str, int]], *, stage: int | None) -> list[Reservation] | None:
+        scope = str(peer)
+        taken: list[Reservation] = []
+        try:
+            for resource, amount in wants:
+                taken.append(self.resources.reserve(resource, scope, amount))
+        except ResourceLimitExceeded as exc:
+            for reservation in taken:
+                reservation.release()
+            self.refused += 1
+            self.report(peer, exc.resource, str(exc), stage=stage)
+            return None
+        return taken
+
+    def report(
+        self, peer: ID, resource: str, reason: str, *, stage: int | None = None, kind: str = LIMIT
+    ) -> None:
+        """A ``kind`` event (``limit`` by default) about ``resource`` (or what was refused), at most one
+        per (peer, resource) every ``report_every_s``."""
+        now = trio.current_time()
+        key = (str(peer), resource)
+        last, suppressed = self._reported.get(key, (-self.report_every_s, 0))
+        if now - last < self.report_every_s:
+            self._reported[key] = (last, suppressed + 1)
+            return
+        if len(self._reported) >= 4096:  # forget old keys rather than grow with the number of peers
+            self._reported = {k: v for k, v in self._reported.items() if now - v[0] < self.report_every_s}
+        self._reported[key] = (now, 0)
+        details: dict[str, str | int | float | bool] = {"resource": resource, "suppressed": suppressed}
+        if stage is not None:
+            details["stage"] = stage
+        self.events(SecurityEvent(kind, PROTOCOL, str(peer), reason, details))
