@@ -15,7 +15,8 @@ hour and whose reply-to never acknowledged; a legitimate request then timed out.
   peer's. Upstreams fail over to another replica; the router raises
   :class:`~accel_node.shard.errors.ShardBusyError` (the API's 429) when every replica was busy.
 - :func:`run_deadline`: a RUN lives at most (stages left + 1) x the hop timeout, and never more
-  than ``max_ttl_s``, whatever ttl its sender wrote.
+  than ``max_ttl_s``, whatever ttl its sender wrote; :func:`next_hop_ttl_ms` gives the next hop a
+  little less than the time this server waits for it.
 
 Who is to blame for a slot held by an undeliverable result: nobody that can be proven. The upstream
 that sent the RUN is authenticated, but it usually only passed on the requester's reply-to (stage
@@ -29,6 +30,7 @@ is bounded by the hop timeout, not by the sender's ttl). Refusals are reported a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -83,6 +85,14 @@ def run_deadline(now: float, ttl_ms: int, stages_left: int, hop_timeout_s: float
     """When a RUN with ``stages_left`` stages after this one must be answered: its sender's ttl,
     bounded by the plan ((stages left + 1) x the hop timeout) and by ``max_ttl_s``."""
     return now + min(ttl_ms / 1000, (stages_left + 1) * hop_timeout_s, max_ttl_s)
+
+
+def next_hop_ttl_ms(attempt_timeout_s: float) -> int:
+    """The ttl to give a next hop that this server waits ``attempt_timeout_s`` for: a little less
+    (10 %, at most 1 s), so that its answer, whatever it is, arrives before this server gives up on
+    it. Otherwise a stuck chain (a reply-to that never acknowledges) times out here at the very moment
+    the next hop answers, and the next hop, which did nothing wrong, is backed off."""
+    return math.floor((attempt_timeout_s - min(1.0, 0.1 * attempt_timeout_s)) * 1000)
 
 
 class Admitted:

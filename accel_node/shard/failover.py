@@ -9,8 +9,10 @@ state and rules; the caller does the I/O and tells it what happened:
   tried.
 - :meth:`broke` (the channel broke or could not be opened) and :meth:`timed_out` back the replica off.
 - :meth:`refused` reads a FAIL: ``invalid`` is the request's fault, not the replica's (no back-off);
-  ``busy`` is load, not a fault (no back-off either: the next replica is tried, and when every
-  attempt was busy, :attr:`all_busy` tells the caller to answer busy in turn);
+  ``busy`` is load, not a fault, and ``undeliverable`` is about the requester (a third party the
+  replica cannot answer for; backing replicas off for it would let anyone who names an unreachable
+  reply-to push them out of routes): neither backs the replica off, the next one is tried, and when
+  every attempt ended so, :attr:`common_code` tells the caller to answer with that code in turn;
   ``exhausted`` naming a *later* stage means a stage after this replica had no replica left (no back-off,
   and that later stage is what to re-place); any other code backs the replica off.
 - :meth:`delivered` forgives the replica.
@@ -27,8 +29,10 @@ from collections.abc import Sequence
 from libp2p.peer.id import ID
 
 from accel_node.shard.health import ReplicaHealth
-from accel_node.shard.wire import BUSY, EXHAUSTED, INVALID
+from accel_node.shard.wire import BUSY, EXHAUSTED, INVALID, UNDELIVERABLE
 from p2p.penalties import PenaltyBox
+
+_NOT_A_FAULT = (INVALID, BUSY, UNDELIVERABLE)
 
 
 class FailOver:
@@ -55,7 +59,7 @@ class FailOver:
         self.winner: ID | None = None
         self._position = 0
         self._exhausted: list[int] = []
-        self._busy = 0
+        self._codes: list[str] = []
 
     # -- what to do next ------------------------------------------------------------------------------
 
@@ -104,11 +108,10 @@ class FailOver:
     def refused(self, peer: ID, code: str, reason: str, *, at_stage: int) -> None:
         """``peer`` answered FAIL ``code`` about stage ``at_stage``."""
         self.reasons.append(f"{peer}: {code}: {reason}")
+        self._codes.append(code)
         if code == EXHAUSTED and at_stage > self.stage:
             self._exhausted.append(at_stage)  # a later stage has no replica: not this replica's fault
-        elif code == BUSY:
-            self._busy += 1  # this stage or a later one is loaded: not a fault
-        elif code != INVALID:
+        elif code not in _NOT_A_FAULT:
             self.health.failed(peer, f"{code}: {reason}")
 
     # -- the outcome ----------------------------------------------------------------------------------
@@ -121,9 +124,17 @@ class FailOver:
         return self.stage
 
     @property
+    def common_code(self) -> str | None:
+        """``busy`` or ``undeliverable`` when every attempt (at least one) was answered so, else None."""
+        codes = set(self._codes)
+        if self.attempts > 0 and len(self._codes) == self.attempts and codes in ({BUSY}, {UNDELIVERABLE}):
+            return codes.pop()
+        return None
+
+    @property
     def all_busy(self) -> bool:
         """Whether every attempt (at least one) was answered ``busy``."""
-        return self.attempts > 0 and self._busy == self.attempts
+        return self.common_code == BUSY
 
     def summary(self) -> str:
         return "; ".join(self.reasons)

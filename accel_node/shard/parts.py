@@ -165,7 +165,7 @@ class Reassembler:
                 self._skipping = True
                 request_id, tag = peek_ids(payload)
                 raise ReassemblyRefused(
-                    f"busy: no room to reassemble a message of {total} bytes now",
+                    f"no room to reassemble a message of {total} bytes now",
                     request_id=request_id,
                     tag=tag,
                 )

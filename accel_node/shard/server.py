@@ -43,7 +43,6 @@ this node itself are reached over the transport's in-memory channel to itself, l
 from __future__ import annotations
 
 import logging
-import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -61,6 +60,7 @@ from accel_node.shard.admission import (
     Admission,
     AdmissionLimits,
     Admitted,
+    next_hop_ttl_ms,
     run_deadline,
 )
 from accel_node.shard.errors import (
@@ -102,6 +102,7 @@ SHARD_PURPOSE = "shard/1"
 RESULT_PURPOSE = "shard-result/1"
 __all__ = ["MAX_TTL_S", "RESULT_PURPOSE", "SHARD_PURPOSE", "StageLoad", "StageServer"]
 Arrays = dict[str, np.ndarray[Any, Any]]
+DEADLINE_GRACE_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -301,8 +302,8 @@ class StageServer:
         served.in_flight += 1
         self._in_flight += 1
         self._idle = trio.Event() if self._in_flight == 1 else self._idle
-        try:
-            with trio.move_on_at(deadline):
+        try:  # what waits inside (next hops, the requester) ends by `deadline`, and says why; this is
+            with trio.move_on_at(deadline + DEADLINE_GRACE_S):  # the net for a run that overran it
                 reply = await self._process(served, message, deadline)
                 if reply.kind == Kind.ACK:
                     served.served += 1
@@ -372,9 +373,8 @@ class StageServer:
                 served.replays += 1
             timeout = min(remaining, self.hop_timeout_s * len(message.route))
             try:
-                reply = await self._request(
-                    peer, SHARD_PURPOSE, replace(outgoing, ttl_ms=math.floor(remaining * 1000)), timeout
-                )
+                ttl_ms = next_hop_ttl_ms(timeout)
+                reply = await self._request(peer, SHARD_PURPOSE, replace(outgoing, ttl_ms=ttl_ms), timeout)
             except ShardLinkError as exc:
                 failover.broke(peer, str(exc))
                 continue
@@ -387,8 +387,10 @@ class StageServer:
             failover.refused(peer, reply.code, reply.reason, at_stage=reply.stage)
         summary = failover.summary()
         log.info("no replica of the next stage delivered", extra={"stage": nxt, "error": summary})
-        if failover.all_busy:  # load, not failure: the upstream may try another replica, or later
+        if failover.common_code == BUSY:  # load, not failure: the upstream may try elsewhere, or later
             return reject(message, BUSY, f"every replica of stage {nxt} is busy", stage=nxt)
+        if failover.common_code == UNDELIVERABLE:
+            return reject(message, UNDELIVERABLE, "the result could not be delivered to the reply-to peer")
         stage = failover.stage_to_blame  # what the replicas said stays here: it is about third parties
         return reject(message, EXHAUSTED, f"no replica of stage {stage} delivered", stage=stage)
 
@@ -476,7 +478,7 @@ class StageServer:
             admitted = self._admit(served, message, peer)
             if admitted is None:
                 await self._reply(
-                    messages, reject(message, BUSY, f"busy: no share of stage {message.stage} left")
+                    messages, reject(message, BUSY, f"no share of stage {message.stage} left for this peer")
                 )
                 continue
             nursery.start_soon(self._answer, messages, peer, message, served, admitted)
@@ -486,6 +488,9 @@ class StageServer:
         if served.admitted >= self.max_in_flight:
             self.admission.stage_full(peer, served.stage, self.max_in_flight)
             return None
+        if peer == self.local_id:  # our router, or our own earlier stage: admitted there already
+            served.admitted += 1
+            return Admitted([])
         queued = sum(int(t.nbytes) for t in message.tensors.values())
         admitted = self.admission.run(peer, queued, stage=served.stage)
         if admitted is not None:
