@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from accel_node.presence import PresenceService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
+from accel_node.shard.admission import AdmissionLimits
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.served import ServedStages
 from accel_node.shard.server import StageServer
@@ -239,6 +240,8 @@ def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
         penalties=substrate.network.penalties,
         intra_op_threads=cfg.runtime.intra_op_threads,
         hop_timeout_s=cfg.shard.hop_timeout_s,
+        max_in_flight=cfg.shard.stage_in_flight,
+        admission=AdmissionLimits(**{f.name: getattr(cfg.shard, f.name) for f in fields(AdmissionLimits)}),
     )
     return ServedStages(server)
 

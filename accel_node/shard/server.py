@@ -43,9 +43,8 @@ this node itself are reached over the transport's in-memory channel to itself, l
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +72,8 @@ from accel_node.shard.errors import (
 from accel_node.shard.failover import FailOver
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
+from accel_node.shard.load import ServedStage as _Served
+from accel_node.shard.load import StageLoad
 from accel_node.shard.runner import Offload, StageRunner, StageSpec, in_worker_thread
 from accel_node.shard.wire import (
     BUSY,
@@ -103,37 +104,6 @@ RESULT_PURPOSE = "shard-result/1"
 __all__ = ["MAX_TTL_S", "RESULT_PURPOSE", "SHARD_PURPOSE", "StageLoad", "StageServer"]
 Arrays = dict[str, np.ndarray[Any, Any]]
 DEADLINE_GRACE_S = 0.05
-
-
-@dataclass(frozen=True)
-class StageLoad:
-    """Load of one served stage (what a node announces with it)."""
-
-    model: str
-    stage: int
-    queued: int  # checked requests waiting for an ONNX Runtime slot
-    running: int  # ONNX Runtime runs in progress
-    in_flight: int  # RUNs accepted and not yet answered (includes those waiting on later stages)
-    busy_fraction: float  # share of the last `busy_window_s` this stage kept the ORT slots busy
-    served: int  # RUNs answered with ACK
-    failed: int  # RUNs answered with FAIL
-    replays: int  # outputs sent again to another replica of the next stage
-
-
-@dataclass
-class _Served:
-    model: str
-    stage: int
-    runner: StageRunner
-    admitted: int = 0  # RUNs holding a share of this stage (accepted, answer not yet sent)
-    queued: int = 0
-    running: int = 0
-    in_flight: int = 0
-    served: int = 0
-    failed: int = 0
-    replays: int = 0
-    busy: deque[tuple[float, float]] = field(default_factory=deque)
-    active: dict[int, float] = field(default_factory=dict)
 
 
 class StageServer:
@@ -248,28 +218,7 @@ class StageServer:
     def loads(self) -> list[StageLoad]:
         """The load of every served stage."""
         now = trio.current_time()
-        return [
-            StageLoad(
-                model=s.model,
-                stage=s.stage,
-                queued=s.queued,
-                running=s.running,
-                in_flight=s.in_flight,
-                busy_fraction=self._busy_fraction(s, now),
-                served=s.served,
-                failed=s.failed,
-                replays=s.replays,
-            )
-            for s in self._stages.values()
-        ]
-
-    def _busy_fraction(self, served: _Served, now: float) -> float:
-        start = now - self.busy_window_s
-        while served.busy and served.busy[0][1] < start:
-            served.busy.popleft()
-        spans = [*served.busy, *((t, now) for t in served.active.values())]
-        busy = sum(max(0.0, b - max(a, start)) for a, b in spans)
-        return min(1.0, busy / (self.busy_window_s * self.concurrency))
+        return [s.load(now, self.busy_window_s, self.concurrency) for s in self._stages.values()]
 
     def _penalise(self, peer: ID, reason: str) -> None:
         if self.penalties is not None and peer != self.local_id:
