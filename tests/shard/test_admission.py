@@ -14,6 +14,7 @@ import os
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 import numpy as np
 import pytest
@@ -22,15 +23,18 @@ import trio.testing
 from libp2p.peer.id import ID
 from multiaddr import Multiaddr
 
-from accel_node.shard.admission import IN_FLIGHT, REASSEMBLY_BYTES, Admission, AdmissionLimits
+from accel_node.shard.admission import CHANNELS, IN_FLIGHT, REASSEMBLY_BYTES, Admission, AdmissionLimits
 from accel_node.shard.errors import ReassemblyRefused, ShardBusyError
 from accel_node.shard.links import Link, MessageChannel
 from accel_node.shard.parts import Reassembler, split_frames
-from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE
+from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
 from accel_node.shard.wire import BUSY, UNDELIVERABLE, Kind, Message, decode_message, encode_message
-from p2p.bulk import FrameChannel, MemoryTransport
+from p2p.bulk import ChannelClosed, ChannelOpener, FrameChannel, MemoryTransport
 from p2p.events import LIMIT, SecurityEvent
+from p2p.host import dial
+from p2p.identity import generate_identity
 from p2p.resources import ResourceManager
+from tests.shard.test_pipeline import run_node
 from tests.shard.test_seam import Model, Net, assert_close, cid, mlp, net, peer, serve, stalling  # noqa: F401
 from tests.support.modelzoo import zoo  # noqa: F401
 
@@ -48,9 +52,10 @@ async def started(n: Net, transport: MemoryTransport) -> MemoryTransport:
 
 
 @asynccontextmanager
-async def link_to(transport: MemoryTransport, target: ID) -> AsyncIterator[Link]:
+async def link_to(transport: ChannelOpener, target: ID) -> AsyncIterator[Link]:
     """A raw ``shard/1`` link from ``transport`` to ``target`` (an attacker's, or a test's)."""
-    async with transport.open(target, SHARD_PURPOSE) as channel, trio.open_nursery() as nursery:
+    opening = transport.open(target, SHARD_PURPOSE, encrypted=True, timeout_s=5)
+    async with opening as channel, trio.open_nursery() as nursery:
         link = Link(MessageChannel(channel), SHARD_PURPOSE)
         nursery.start_soon(link.read_answers, lambda _p, _r: None)
         yield link
@@ -89,9 +94,10 @@ async def test_a_peer_pinning_slots_cannot_starve_a_legitimate_request(
 
             for _ in range(64):
                 nursery.start_soon(pin)
-            await trio.testing.wait_all_tasks_blocked()
-            busy = [a for a in answers if a.code == BUSY]
-            assert len(busy) == 64 - 16  # over its share: busy at once, not queued
+            begun = trio.current_time()
+            while sum(a.code == BUSY for a in answers) < 64 - 16:  # over its share: busy, not queued
+                await trio.sleep(0)  # (polling keeps the mock clock still)
+            assert trio.current_time() == begun and len(answers) == 64 - 16  # at once
             assert server.resources.used(IN_FLIGHT, str(attacker.local_id)) == 16
             start = trio.current_time()
             feeds = mlp.feeds(2, np.random.default_rng(1))
@@ -165,6 +171,62 @@ async def test_addresses_in_a_run_are_never_learnt_and_fail_reasons_name_no_thir
         for answer in (forwarded, delivered):
             for secret in ("10.1.2.", "/tcp/", str(ghost), str(victim), "memory network", "reach"):
                 assert secret not in answer.reason, (secret, answer.reason)
+
+
+async def test_a_stage_server_on_a_real_host_never_dials_the_addresses_of_a_run(
+    mlp: Model,  # noqa: F811
+) -> None:
+    """Finding 6 between py-libp2p hosts: the address a RUN gives for its reply-to is a port of ours
+    that counts connections; the server used to dial it and send back the dial error."""
+    connects: list[int] = []
+
+    async def count(stream: trio.SocketStream) -> None:
+        connects.append(1)
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        nursery.start_soon(trio.serve_listeners, count, listeners)
+        node = await nursery.start(partial(run_node, server_cls=StageServer))
+        client = await nursery.start(run_node)
+        await dial(client.host, node.id, node.addr, timeout_s=5)
+        stage = mlp.parts[2].stages[0]
+        await node.server.serve(cid(2), 0, stage.model_bytes, stage)
+        victim = ID.from_pubkey(generate_identity().public_key)
+        probe = {victim: (Multiaddr(f"/ip4/127.0.0.1/tcp/{port}"),)}
+        with trio.fail_after(20):
+            async with link_to(client.bulk, node.id) as link:
+                answer = await link.request(run_for(mlp, 0, victim, addrs=probe), timeout_s=15)
+        assert answer.code == UNDELIVERABLE and connects == []  # never dialled
+        assert (
+            not node.host.get_peerstore().addrs(victim)
+            if victim in node.host.get_peerstore().peer_ids()
+            else True
+        )
+        for secret in ("127.0.0.1", str(port), str(victim)):
+            assert secret not in answer.reason
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_holds_at_most_its_share_of_channels(
+    mlp: Model,  # noqa: F811
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with net() as n:
+        node = await n.node(admission=AdmissionLimits(peer_channels=2))
+        await serve(mlp, 2, [[node], [node]])
+        attacker = await started(n, n.network.transport(peer(95)))
+        assert node.server is not None
+        async with link_to(attacker, node.id), link_to(attacker, node.id):
+            await trio.testing.wait_all_tasks_blocked()
+            assert node.server.resources.used(CHANNELS, str(attacker.local_id)) == 2
+            async with attacker.open(node.id, SHARD_PURPOSE, encrypted=True, timeout_s=5) as third:
+                with trio.fail_after(1), pytest.raises(ChannelClosed):
+                    await third.receive()  # closed by the server at once
+            assert node.server.resources.used(CHANNELS, str(attacker.local_id)) == 2
+        await trio.testing.wait_all_tasks_blocked()
+        assert node.server.resources.used(CHANNELS) == 0
 
 
 def lazily(message: Message, max_payload: int) -> Iterator[tuple[int, bytes]]:
