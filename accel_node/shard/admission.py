@@ -6,8 +6,10 @@ hour and whose reply-to never acknowledged; a legitimate request then timed out.
 256 MiB could wait 64 at a time per stage. Now, through the node's
 :class:`~p2p.resources.ResourceManager`:
 
-- ``shard.in_flight``: RUNs accepted and not yet answered, per upstream peer and in total, beside
-  each stage's own cap (``stage_in_flight``); ``shard.queued_bytes``: the bytes of their tensors;
+- ``shard.in_flight``: RUNs accepted and not yet computed, per upstream peer and in total, beside
+  each stage's own cap (the server's ``max_in_flight``); ``shard.queued_bytes``: the bytes of their
+  tensors; ``shard.awaiting``: RUNs computed and waiting for the rest of their chain, per reply-to
+  peer (see below);
   ``shard.reassembly_bytes``: bytes of multi-part messages being reassembled
   (:mod:`accel_node.shard.parts`); ``shard.channels``: ``shard/1`` channels a peer holds open.
 - Over a share the RUN is answered ``FAIL busy`` at once, from the read loop (which never waits
@@ -21,17 +23,24 @@ hour and whose reply-to never acknowledged; a legitimate request then timed out.
 Who is to blame for a slot held by an undeliverable result: nobody that can be proven. The upstream
 that sent the RUN is authenticated, but it usually only passed on the requester's reply-to (stage
 k's upstream is stage k-1), and the reply-to peer that did not acknowledge may be a third party
-that never asked for anything. So an undeliverable result penalises nobody; what bounds the damage
-is the share (an upstream holds at most ``peer_in_flight`` RUNs) and the time (the wait for an ACK
-is bounded by the hop timeout, not by the sender's ttl). Refusals are reported as
-:class:`~p2p.events.SecurityEvent` (``limit``), at most one per peer and resource every
+that never asked for anything. So an undeliverable result penalises nobody. The wait is charged to the
+party it is for: once a RUN is computed, its upstream's shares are given back and the RUN holds a
+share of ``shard.awaiting`` (and of ``shard.queued_bytes``, for the output kept for replays) in the
+name of its reply-to peer, until the chain answers. Charging the upstream would let a flooder pin,
+through an honest stage k-1 that forwards its RUNs, that stage's share at stage k, and so starve
+every honest request that also passes through stage k-1. A reply-to that never acknowledges fills
+only its own share (and a reply-to must be a peer this node can reach through what it already knows:
+see the server's "no dial oracle"); the wait is bounded by the hop timeout, not the sender's ttl.
+
+Refusals are reported as :class:`~p2p.events.SecurityEvent` (``limit``), at most one per peer and
+resource every
 ``report_every_s`` (with the number suppressed), so a flood does not flood the audit log as well.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import trio
@@ -43,6 +52,7 @@ from p2p.resources import Limit, Reservation, ResourceLimitExceeded, ResourceMan
 PROTOCOL = "shard/1"
 CHANNELS = "shard.channels"
 IN_FLIGHT = "shard.in_flight"
+AWAITING = "shard.awaiting"
 QUEUED_BYTES = "shard.queued_bytes"
 REASSEMBLY_BYTES = "shard.reassembly_bytes"
 MAX_TTL_S = 3600.0
@@ -73,6 +83,7 @@ class AdmissionLimits:
         return {
             CHANNELS: Limit(self.peer_channels, self.total_channels),
             IN_FLIGHT: Limit(self.peer_in_flight, self.total_in_flight),
+            AWAITING: Limit(2 * self.peer_in_flight, self.total_in_flight),
             QUEUED_BYTES: Limit(self.peer_queued_bytes, self.total_queued_bytes),
             REASSEMBLY_BYTES: Limit(self.peer_reassembly_bytes, self.total_reassembly_bytes),
         }
@@ -96,15 +107,47 @@ def next_hop_ttl_ms(attempt_timeout_s: float) -> int:
 
 
 class Admitted:
-    """The shares one accepted RUN holds; :meth:`release` gives them back (idempotent)."""
+    """The shares one accepted RUN holds. Until it is computed, its upstream's (``shard.in_flight``,
+    ``shard.queued_bytes``); then, while it waits for the rest of the chain, its reply-to peer's
+    (``shard.awaiting``, and the bytes of the output kept for replays): see :meth:`computed`."""
 
-    __slots__ = ("_reservations",)
+    __slots__ = ("_admission", "_on_computed", "_reply_to", "_upstream", "_waiting")
 
-    def __init__(self, reservations: list[Reservation]) -> None:
-        self._reservations = reservations
+    def __init__(
+        self,
+        admission: Admission,
+        upstream: list[Reservation],
+        waiting: list[Reservation],
+        reply_to: ID,
+        on_computed: Callable[[], None],
+    ) -> None:
+        self._admission = admission
+        self._upstream = upstream
+        self._waiting = waiting
+        self._reply_to = reply_to
+        self._on_computed: Callable[[], None] | None = on_computed
+
+    def computed(self, output_bytes: int) -> bool:
+        """The RUN is computed: give the upstream's shares back, and hold ``output_bytes`` for the
+        reply-to peer instead. False (refused: answer busy) when that is over the reply-to's share."""
+        self._release_upstream()
+        held = self._admission._take(self._reply_to, [(QUEUED_BYTES, output_bytes)], stage=None)
+        if held is None:
+            return False
+        self._waiting += held
+        return True
+
+    def _release_upstream(self) -> None:
+        for reservation in self._upstream:
+            reservation.release()
+        on_computed, self._on_computed = self._on_computed, None
+        if on_computed is not None:
+            on_computed()
 
     def release(self) -> None:
-        for reservation in self._reservations:
+        """Give every share back (idempotent)."""
+        self._release_upstream()
+        for reservation in self._waiting:
             reservation.release()
 
 
@@ -133,10 +176,29 @@ class Admission:
         taken = self._take(peer, [(CHANNELS, 1)], stage=None)
         return None if taken is None else taken[0]
 
-    def run(self, peer: ID, queued_bytes: int, *, stage: int) -> Admitted | None:
-        """Shares for one RUN from ``peer`` whose tensors hold ``queued_bytes``, or None (busy)."""
-        taken = self._take(peer, [(IN_FLIGHT, 1), (QUEUED_BYTES, queued_bytes)], stage=stage)
-        return None if taken is None else Admitted(taken)
+    def run(
+        self,
+        peer: ID,
+        reply_to: ID,
+        queued_bytes: int,
+        *,
+        stage: int,
+        trusted: bool = False,
+        on_computed: Callable[[], None] = lambda: None,
+    ) -> Admitted | None:
+        """Shares for one RUN from ``peer`` whose tensors hold ``queued_bytes`` and whose result goes
+        to ``reply_to``, or None (busy). A ``trusted`` upstream (this node: its router, or its own
+        earlier stage, where the RUN was admitted already) takes no upstream share."""
+        wants = [] if trusted else [(IN_FLIGHT, 1), (QUEUED_BYTES, queued_bytes)]
+        upstream = self._take(peer, wants, stage=stage)
+        if upstream is None:
+            return None
+        waiting = self._take(reply_to, [(AWAITING, 1)], stage=stage)
+        if waiting is None:
+            for reservation in upstream:
+                reservation.release()
+            return None
+        return Admitted(self, upstream, waiting, reply_to, on_computed)
 
     def reassembly(self, peer: ID, size: int) -> Reservation | None:
         """A share of ``shard.reassembly_bytes`` for a ``size``-byte message in parts, or None."""

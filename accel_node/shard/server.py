@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,8 @@ RESULT_PURPOSE = "shard-result/1"
 __all__ = ["MAX_TTL_S", "RESULT_PURPOSE", "SHARD_PURPOSE", "StageLoad", "StageServer"]
 Arrays = dict[str, np.ndarray[Any, Any]]
 DEADLINE_GRACE_S = 0.05
+_ADMITTED: ContextVar[Admitted | None] = ContextVar("shard_admitted", default=None)
+"""The shares of the RUN a task answers (set by the task, read by ``_process``: no seam changes)."""
 
 
 class StageServer:
@@ -276,6 +279,8 @@ class StageServer:
             output = await self._compute(served, frame)
         except StageRunFailed as exc:
             return reject(message, FAILED, str(exc))
+        if not self._computed(output):
+            return reject(message, BUSY, "too many results wait here for the same reply-to peer")
         if not message.route:
             return await self._deliver(message, output, deadline)
         return await self._forward(served, message, output, deadline)
@@ -437,14 +442,26 @@ class StageServer:
         if served.admitted >= self.max_in_flight:
             self.admission.stage_full(peer, served.stage, self.max_in_flight)
             return None
-        if peer == self.local_id:  # our router, or our own earlier stage: admitted there already
-            served.admitted += 1
-            return Admitted([])
         queued = sum(int(t.nbytes) for t in message.tensors.values())
-        admitted = self.admission.run(peer, queued, stage=served.stage)
+
+        def computed() -> None:
+            served.admitted -= 1
+
+        reply_to = message.reply_to or peer
+        trusted = peer == self.local_id  # our router, or our own earlier stage: admitted there already
+        admitted = self.admission.run(
+            peer, reply_to, queued, stage=served.stage, trusted=trusted, on_computed=computed
+        )
         if admitted is not None:
             served.admitted += 1
         return admitted
+
+    @staticmethod
+    def _computed(output: Arrays) -> bool:
+        """Hand the RUN's shares from its upstream to its reply-to peer (see
+        :mod:`accel_node.shard.admission`); False when the reply-to's share is full."""
+        admitted = _ADMITTED.get()
+        return admitted is None or admitted.computed(sum(int(a.nbytes) for a in output.values()))
 
     def _malformed(self, peer: ID, reason: str) -> None:
         self.malformed += 1
@@ -454,10 +471,10 @@ class StageServer:
     async def _answer(
         self, messages: MessageChannel, peer: ID, message: Message, served: _Served, admitted: Admitted
     ) -> None:
+        _ADMITTED.set(admitted)  # (this task's own context) for _process, once the RUN is computed
         try:
             await self._reply(messages, await self.process(message, peer))
         finally:  # the shares are held until the answer is sent (or could not be, within the hop timeout)
-            served.admitted -= 1
             admitted.release()
 
     async def _reply(self, messages: MessageChannel, reply: Message) -> None:
