@@ -105,6 +105,8 @@ RESULT_PURPOSE = "shard-result/1"
 __all__ = ["MAX_TTL_S", "RESULT_PURPOSE", "SHARD_PURPOSE", "StageLoad", "StageServer"]
 Arrays = dict[str, np.ndarray[Any, Any]]
 DEADLINE_GRACE_S = 0.05
+BUSY_PAUSE_S = 0.001
+BUSY_PAUSE_MAX_S = 0.25
 _ADMITTED: ContextVar[Admitted | None] = ContextVar("shard_admitted", default=None)
 """The shares of the RUN a task answers (set by the task, read by ``_process``: no seam changes)."""
 
@@ -404,14 +406,21 @@ class StageServer:
 
     async def _read_requests(self, messages: MessageChannel, peer: ID, nursery: trio.Nursery) -> None:
         """Never waits for anything but the next message and the answers it sends itself (refusals):
-        a RUN is admitted or refused at once, and run in its own task."""
+        a RUN is admitted or refused at once, and run in its own task. After a refusal this channel
+        (only) is read again after a pause that doubles with each refusal in a row (up to
+        ``BUSY_PAUSE_MAX_S``): a peer that keeps sending over its share slows itself down, not the
+        node, and refusing costs the node little."""
+        refusals = 0
         while True:
+            if refusals:
+                await trio.sleep(min(BUSY_PAUSE_MAX_S, BUSY_PAUSE_S * 2 ** (refusals - 1)))
             try:
                 message = await messages.receive()
             except ReassemblyRefused as exc:  # a share, not a fault: busy, and no penalty
                 await self._reply(
                     messages, fail(exc.request_id, exc.tag, stage=0, code=BUSY, reason=str(exc))
                 )
+                refusals += 1
                 continue
             except ShardWireError as exc:
                 self._malformed(peer, f"malformed shard message: {exc}")
@@ -434,7 +443,9 @@ class StageServer:
                 await self._reply(
                     messages, reject(message, BUSY, f"no share of stage {message.stage} left for this peer")
                 )
+                refusals += 1
                 continue
+            refusals = 0
             nursery.start_soon(self._answer, messages, peer, message, served, admitted)
 
     def _admit(self, served: _Served, message: Message, peer: ID) -> Admitted | None:

@@ -34,7 +34,7 @@ from accel_node.shard.admission import (
 from accel_node.shard.errors import ReassemblyRefused, ShardBusyError
 from accel_node.shard.links import Link, MessageChannel
 from accel_node.shard.parts import Reassembler, split_frames
-from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
+from accel_node.shard.server import BUSY_PAUSE_MAX_S, RESULT_PURPOSE, SHARD_PURPOSE, StageServer
 from accel_node.shard.wire import BUSY, UNDELIVERABLE, Kind, Message, decode_message, encode_message
 from p2p.bulk import ChannelClosed, ChannelOpener, FrameChannel, MemoryTransport
 from p2p.events import LIMIT, SecurityEvent
@@ -102,8 +102,8 @@ async def test_a_peer_pinning_slots_cannot_starve_a_legitimate_request(
 
             for _ in range(64):
                 nursery.start_soon(pin)
-            await trio.sleep(1)  # what does not wait for the black hole has been answered: busy
-            assert len(answers) >= 64 - 32 and {a.code for a in answers} == {BUSY}
+            await trio.sleep(1)  # answered so far: busy (the channel is read slower after each one)
+            assert len(answers) >= 5 and {a.code for a in answers} == {BUSY}
             for server in servers:
                 assert server is not None and server.resources.used(IN_FLIGHT) == 0  # all computed
                 assert 0 < server.resources.used(AWAITING, str(hole.local_id)) <= 32  # the hole's share
@@ -114,7 +114,7 @@ async def test_a_peer_pinning_slots_cannot_starve_a_legitimate_request(
             assert trio.current_time() - start < 1  # not waiting behind the pinned RUNs
         # the pinned RUNs were answered within the plan's bound, not the hour their sender asked for
         assert len(answers) == 64 and {a.code for a in answers} == {BUSY, UNDELIVERABLE}
-        assert trio.current_time() - start <= 2 * 5.0
+        assert trio.current_time() - start < 64 * BUSY_PAUSE_MAX_S + 2 * 5.0
         for server in servers:
             assert server is not None and all(
                 u.used == 0 for u in server.resources.usage() if u.resource != CHANNELS
