@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,7 @@ from accel_node.presence import PresenceService
 from accel_node.runtime.library import ModelLibrary
 from accel_node.runtime.metrics import RuntimeMetrics
 from accel_node.runtime.service import InferenceService, RuntimeSettings
+from accel_node.shard.admission import AdmissionLimits
 from accel_node.shard.gossip import EvidenceGossip
 from accel_node.shard.observed import PeerObservations
 from accel_node.shard.retention import Retention
@@ -316,6 +317,10 @@ def build_stage_server(basis: Basis, *, substrate: Substrate) -> ServedStages:
         retention=Retention(
             basis.key_pair, max_bytes=cfg.shard.retention_bytes, keep_s=cfg.shard.retention_s
         ),
+        max_in_flight=cfg.shard.stage_in_flight,
+        admission=AdmissionLimits(**{f.name: getattr(cfg.shard, f.name) for f in fields(AdmissionLimits)}),
+        resources=basis.resources,
+        events=basis.events,
     )
     server.allow = substrate.policy.allows(COMPUTE, protocol="shard")
     return ServedStages(server)

@@ -359,6 +359,49 @@ class ShardSection(_Section):
         default=False,
         description="Serve the stages a planning peer assigns (plan verified against the local model).",
     )
+    stage_in_flight: int = Field(
+        default=64,
+        ge=1,
+        le=4096,
+        description="RUNs one served stage holds at once (all peers); beyond: busy.",
+    )
+    peer_in_flight: int = Field(
+        default=16,
+        ge=1,
+        le=4096,
+        description="RUNs one upstream peer may have in flight here (all stages); beyond: busy.",
+    )
+    total_in_flight: int = Field(
+        default=256, ge=1, le=65536, description="RUNs in flight here from all peers; beyond: busy."
+    )
+    peer_queued_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        le=64 * 1024**3,
+        description="Tensor bytes of one peer's RUNs in flight here; beyond: busy.",
+    )
+    total_queued_bytes: int = Field(
+        default=1024**3, ge=1024**2, le=256 * 1024**3, description="Tensor bytes of all RUNs in flight here."
+    )
+    peer_reassembly_bytes: int = Field(
+        default=256 * 1024**2,
+        ge=1024**2,
+        le=64 * 1024**3,
+        description="Bytes of one peer's multi-part messages being reassembled; beyond: busy.",
+    )
+    total_reassembly_bytes: int = Field(
+        default=1024**3, ge=1024**2, le=256 * 1024**3, description="Bytes being reassembled for all peers."
+    )
+    peer_channels: int = Field(
+        default=16, ge=1, le=4096, description="shard/1 channels one peer may hold open to this node."
+    )
+    total_channels: int = Field(default=256, ge=1, le=65536, description="shard/1 channels from all peers.")
+    max_ttl_s: float = Field(
+        default=3600.0,
+        gt=0,
+        le=3600,
+        description="Cap of a RUN's time to live (s); also bounded by (stages left + 1) x hop_timeout_s.",
+    )
 
 
 class BulkSection(_Section):

@@ -6,6 +6,7 @@ can show it as is; every class carries its HTTP status and code (see :mod:`accel
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 from accel_node.errors import AccelNodeError
@@ -109,3 +110,20 @@ class StageRunFailed(ShardError):
 
     status = 500
     code = "stage_run_failed"
+
+
+class ShardBusyError(ShardError):
+    """Every replica asked answered ``busy`` (its share of a stage's queue, or the node's, is full):
+    retry a little later. The API answers 429 with a Retry-After."""
+
+    status = 429
+    code = "shard_busy"
+    retry_after_s = 1.0
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after_s)))}
+
+
+class ReassemblyRefused(ShardWireError):
+    """A multi-part message was refused before it was buffered: the peer's (or the node's) bytes in
+    reassembly would exceed their limit. Not malformed: the sender is answered ``busy``, not penalised."""

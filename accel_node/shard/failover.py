@@ -10,7 +10,11 @@ state and rules; the caller does the I/O and tells it what happened:
 - :meth:`broke` (the channel broke or could not be opened) and :meth:`timed_out` back the replica off.
 - :meth:`refused` reads a FAIL: ``exhausted`` naming a *later* stage means a stage after this replica had
   no replica left (no back-off, and that later stage is what to re-place); ``invalid`` (the tensors did not
-  fit the stage) depends on whose tensors they were, below; any other code backs the replica off.
+  fit the stage) depends on whose tensors they were, below; ``busy`` is load, not a fault, and
+  ``undeliverable`` is about the requester (a third party the replica cannot answer for; backing replicas
+  off for it would let anyone who names an unreachable reply-to push them out of routes): neither backs
+  the replica off, the next one is tried, and when every attempt ended so, :attr:`common_code` tells the
+  caller to answer with that code in turn; any other code backs the replica off.
 - :meth:`delivered` forgives the replica.
 - :attr:`stage_to_blame` and :attr:`reasons` describe the failure once :meth:`next` returns None: the later
   stage when every attempt ended ``exhausted`` there, else this stage; :attr:`relay_code` is the FAIL code a
@@ -41,8 +45,10 @@ from libp2p.peer.id import ID
 
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.observed import PeerObservations
-from accel_node.shard.wire import EXHAUSTED, INVALID
+from accel_node.shard.wire import BUSY, EXHAUSTED, INVALID, UNDELIVERABLE
 from p2p.penalties import PenaltyBox
+
+_NOT_A_FAULT = (BUSY, UNDELIVERABLE)  # load, or about the requester: no replica's fault
 
 
 class FailOver:
@@ -75,6 +81,7 @@ class FailOver:
         self.observations = observations
         self.model = model
         self._handed_out = 0.0  # when next() last returned a replica (the observations' clock)
+        self._codes: list[str] = []
 
     # -- what to do next ------------------------------------------------------------------------------
 
@@ -136,11 +143,12 @@ class FailOver:
     def refused(self, peer: ID, code: str, reason: str, *, at_stage: int) -> None:
         """``peer`` answered FAIL ``code`` about stage ``at_stage``."""
         self.reasons.append(f"{peer}: {code}: {reason}")
+        self._codes.append(code)
         if code == EXHAUSTED and at_stage > self.stage:
             self._exhausted.append(at_stage)  # a later stage has no replica: not this replica's fault
         elif code == INVALID and at_stage == self.stage:
             self._invalid_here.append(peer)  # the sender's frame (see the module docstring)
-        else:  # also INVALID about another stage: this replica's output did not fit a later one
+        elif code not in _NOT_A_FAULT:  # also INVALID about another stage: its output did not fit
             self._failed(peer, f"{code}: {reason}")
 
     # -- the outcome ----------------------------------------------------------------------------------
@@ -162,6 +170,19 @@ class FailOver:
         """The FAIL code to pass upstream when no replica delivered: ``invalid`` (about this stage) when
         the frame was at fault, else ``exhausted`` (about :attr:`stage_to_blame`)."""
         return INVALID if self.invalid_input else EXHAUSTED
+
+    @property
+    def common_code(self) -> str | None:
+        """``busy`` or ``undeliverable`` when every attempt (at least one) was answered so, else None."""
+        codes = set(self._codes)
+        if self.attempts > 0 and len(self._codes) == self.attempts and codes in ({BUSY}, {UNDELIVERABLE}):
+            return codes.pop()
+        return None
+
+    @property
+    def all_busy(self) -> bool:
+        """Whether every attempt (at least one) was answered ``busy``."""
+        return self.common_code == BUSY
 
     def summary(self) -> str:
         return "; ".join(self.reasons)

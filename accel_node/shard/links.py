@@ -2,7 +2,8 @@
 
 - :class:`MessageChannel` sends and receives whole :mod:`~accel_node.shard.wire` messages on one
   :class:`p2p.bulk.Channel`: a message larger than the peer's frame limit is split into parts, and a lock
-  keeps the parts of one message together, so many tasks can share the channel.
+  keeps the parts of one message together, so many tasks can share the channel. A ``budget`` bounds
+  the bytes it may hold for a message in parts (:class:`~accel_node.shard.parts.Reassembler`).
 - :class:`Link` is the opening side of a channel: requests (RUN, RESULT) go out with a fresh tag and the
   answer (ACK, FAIL) comes back matched by tag, so many requests are multiplexed on one channel and
   answered in any order. A reader task feeds the answers to their waiters; when the channel breaks every
@@ -23,7 +24,7 @@ from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
 from accel_node.shard.errors import ShardLinkError, ShardWireError
-from accel_node.shard.parts import Reassembler, split_frames
+from accel_node.shard.parts import Budget, Reassembler, split_frames
 from accel_node.shard.wire import DEFAULT_LIMITS, Kind, Message, WireLimits, decode_message, encode_message
 from p2p.bulk import BulkError, ChannelClosed, ChannelOpener, FrameChannel, FrameError
 from p2p.tasks import FailureHook, OwnedTasks
@@ -34,11 +35,13 @@ log = logging.getLogger(__name__)
 class MessageChannel:
     """Whole shard messages over one bulk channel (see the module docstring)."""
 
-    def __init__(self, channel: FrameChannel, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    def __init__(
+        self, channel: FrameChannel, limits: WireLimits = DEFAULT_LIMITS, *, budget: Budget | None = None
+    ) -> None:
         self.channel = channel
         self.peer_id = channel.peer_id
         self.limits = limits
-        self._reassembler = Reassembler(limits.max_message_bytes)
+        self._reassembler = Reassembler(limits.max_message_bytes, budget=budget)
         self._send_lock = trio.Lock()
         self.broken: str | None = None
         self.messages_sent = 0
@@ -66,14 +69,23 @@ class MessageChannel:
         :class:`p2p.bulk.ChannelClosed` at a clean end; other :class:`p2p.bulk.BulkError` (including a
         frame over the channel's own limit, after which the channel is unusable) when it broke."""
         while True:
-            frame = await self.channel.receive()
+            try:
+                frame = await self.channel.receive()
+            except BulkError:
+                self._reassembler.close()  # the channel is over: give back a half message's bytes
+                raise
             data = self._reassembler.feed(frame.type, frame.payload)
             if data is not None:
                 message = decode_message(data, self.limits)
                 self.messages_received += 1
                 return message
 
+    def discard(self) -> None:
+        """Drop a message half received (its bytes are given back to the budget)."""
+        self._reassembler.close()
+
     async def aclose(self) -> None:
+        self.discard()
         await self.channel.aclose()
 
 

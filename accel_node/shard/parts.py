@@ -7,14 +7,25 @@ refuses a message over ``max_message_bytes`` at once. After an error inside a mu
 :class:`Reassembler` skips the rest of that message (up to its LAST), so the channel stays usable. The
 sender must not interleave the parts of two messages (:class:`~accel_node.shard.links.MessageChannel`
 holds a lock per message).
+
+Memory (issue 11, finding 8): a multi-part message is copied once, part by part, into one buffer of
+its announced size (no list of parts joined at the end, which held it twice), and the tensors decoded
+from it are views of that buffer. Before that buffer exists, ``budget(size)`` must grant the bytes
+(the peer's share of ``shard.reassembly_bytes``, see :mod:`accel_node.shard.admission`); when it
+does not, :class:`~accel_node.shard.errors.ReassemblyRefused` is raised (the sender is answered
+``busy``) and the message is skipped like a malformed one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
-from accel_node.shard.errors import ShardWireError
-from accel_node.shard.wire import DEFAULT_LIMITS, MAGIC, PREFIX, Encoded
+import cbor2
+import numpy as np
+
+from accel_node.shard.errors import ReassemblyRefused, ShardWireError
+from accel_node.shard.wire import DEFAULT_LIMITS, MAGIC, PREFIX, REQUEST_ID_BYTES, Buffer, Encoded
 
 # Frame types on a bulk channel (the channel's own framing carries type and length).
 MSG, FIRST, MORE, LAST = 0x31, 0x32, 0x33, 0x34
@@ -48,35 +59,83 @@ def split_frames(encoded: Encoded, max_payload: int) -> Iterator[tuple[int, list
         yield LAST, parts
 
 
-class Reassembler:
-    """Rebuilds messages from frames (MSG, or FIRST/MORE.../LAST), within ``max_message_bytes``.
+class Held(Protocol):
+    """Bytes granted by a :data:`Budget`, given back once the message is complete or dropped."""
 
-    :meth:`feed` returns a complete message's bytes or None. Errors raise :class:`ShardWireError`; after an
-    error inside a multi-part message the rest of it (up to its LAST) is skipped, then the next message is
-    read normally.
+    def release(self) -> None: ...
+
+
+Budget = Callable[[int], Held | None]
+"""Grants the bytes of one message in parts (None: refused)."""
+
+
+def peek_ids(first: bytes) -> tuple[bytes | None, int | None]:
+    """The request id and tag in a first part, when its header is all there (never raises): a refused
+    message can still be answered with a FAIL its sender matches."""
+    try:
+        _magic, header_len, _body_len = PREFIX.unpack_from(first)
+        if PREFIX.size + header_len > len(first) or header_len > DEFAULT_LIMITS.max_header_bytes:
+            return None, None
+        header: Any = cbor2.loads(first[PREFIX.size : PREFIX.size + header_len])
+    except Exception:  # anything malformed: nothing to peek
+        return None, None
+    if not isinstance(header, dict):
+        return None, None
+    rid, tag = header.get("r"), header.get("t")
+    ok_rid = isinstance(rid, bytes) and len(rid) == REQUEST_ID_BYTES
+    ok_tag = isinstance(tag, int) and not isinstance(tag, bool) and 0 <= tag < (1 << 63)
+    return (rid if ok_rid else None), (tag if ok_tag else None)
+
+
+class Reassembler:
+    """Rebuilds messages from frames (MSG, or FIRST/MORE.../LAST), within ``max_message_bytes`` and
+    the bytes ``budget`` grants (None: no budget beyond the size limit).
+
+    :meth:`feed` returns a complete message's bytes (read-only) or None. Errors raise
+    :class:`ShardWireError`; after an error inside a multi-part message the rest of it (up to its LAST)
+    is skipped, then the next message is read normally.
     """
 
-    def __init__(self, max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes) -> None:
+    def __init__(
+        self, max_message_bytes: int = DEFAULT_LIMITS.max_message_bytes, *, budget: Budget | None = None
+    ) -> None:
         self.max_message_bytes = max_message_bytes
-        self._parts: list[bytes] | None = None
+        self.budget = budget
+        self._buffer: np.ndarray[Any, Any] | None = None
+        self._held: Held | None = None
         self._filled = 0
         self._total = 0
         self._skipping = False
 
     @property
     def assembling(self) -> bool:
-        return self._parts is not None
+        return self._buffer is not None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the message being reassembled (its announced size)."""
+        return 0 if self._buffer is None else self._total
+
+    def close(self) -> None:
+        """Drop a message half reassembled (the channel ended) and give its bytes back."""
+        self._drop()
+
+    def _drop(self) -> None:
+        self._buffer = None
+        if self._held is not None:
+            self._held.release()
+            self._held = None
 
     def _abort(self, message: str) -> ShardWireError:
-        self._parts = None
+        self._drop()
         self._skipping = True
         return ShardWireError(message)
 
-    def feed(self, frame_type: int, payload: bytes) -> bytes | None:
+    def feed(self, frame_type: int, payload: bytes) -> Buffer | None:
         if frame_type == MSG:
             self._skipping = False
-            if self._parts is not None:
-                self._parts = None
+            if self._buffer is not None:
+                self._drop()
                 raise ShardWireError("a new message began before the previous one ended")
             return payload
         if frame_type == FIRST:
@@ -88,7 +147,7 @@ class Reassembler:
 
     def _first(self, payload: bytes) -> None:
         self._skipping = False
-        if self._parts is not None:
+        if self._buffer is not None:
             raise self._abort("a new message began before the previous one ended")
         if len(payload) < PREFIX.size:
             raise self._abort(f"first part of {len(payload)} bytes is shorter than the message prefix")
@@ -100,23 +159,39 @@ class Reassembler:
             raise self._abort(f"message of {total} bytes > the limit of {self.max_message_bytes}")
         if total <= len(payload):
             raise self._abort(f"a {total}-byte message sent in parts has a {len(payload)}-byte first part")
-        self._parts, self._filled, self._total = [payload], len(payload), total
+        if self.budget is not None:
+            held = self.budget(total)
+            if held is None:
+                self._skipping = True
+                request_id, tag = peek_ids(payload)
+                raise ReassemblyRefused(
+                    f"no room to reassemble a message of {total} bytes now",
+                    request_id=request_id,
+                    tag=tag,
+                )
+            self._held = held
+        buffer = np.empty(total, dtype=np.uint8)  # pages are touched as parts arrive, not before
+        buffer[: len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+        self._buffer, self._filled, self._total = buffer, len(payload), total
 
-    def _part(self, last: bool, payload: bytes) -> bytes | None:
-        if self._parts is None:
+    def _part(self, last: bool, payload: bytes) -> Buffer | None:
+        if self._buffer is None:
             if self._skipping:
                 self._skipping = not last
                 return None
             raise ShardWireError("a message part arrived without its first part")
-        self._filled += len(payload)
-        if not payload or self._filled > self._total or (not last and self._filled == self._total):
-            self._parts = None
+        end = self._filled + len(payload)
+        if not payload or end > self._total or (not last and end == self._total):
+            self._drop()
             self._skipping = not last
             raise ShardWireError(f"empty or excess message part (the message has {self._total} bytes)")
-        self._parts.append(payload)
+        self._buffer[self._filled : end] = np.frombuffer(payload, dtype=np.uint8)
+        self._filled = end
         if not last:
             return None
-        parts, self._parts = self._parts, None
-        if self._filled != self._total:
-            raise ShardWireError(f"message ended after {self._filled} of {self._total} bytes")
-        return b"".join(parts)
+        buffer = self._buffer
+        self._drop()
+        if end != self._total:
+            raise ShardWireError(f"message ended after {end} of {self._total} bytes")
+        buffer.flags.writeable = False
+        return buffer.data

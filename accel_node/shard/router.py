@@ -41,6 +41,7 @@ from trio_typing import TaskStatus
 from accel_node.runtime.validation import Signature
 from accel_node.shard.audit import Auditor, AuditProbability, Delivered, Publish, uniform
 from accel_node.shard.errors import (
+    ShardBusyError,
     ShardError,
     ShardLinkError,
     ShardRequestError,
@@ -375,6 +376,8 @@ class ShardRouter:
                     return request_id, expected
             if trio.current_time() >= call.deadline:
                 raise ShardTimeoutError(f"sharded inference of {call.model} ran out of time at stage {stage}")
+            if failover.all_busy:  # load, not failure: 429, and nothing to re-place
+                raise ShardBusyError(f"every replica was busy for {call.model}: {failover.summary()}")
             stage = failover.stage_to_blame
             raise ShardRouteError(
                 f"no capable replica left for stage {stage} of {call.model}: {failover.summary()}",

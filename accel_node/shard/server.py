@@ -24,6 +24,18 @@ A malformed or oversize message is answered with ``FAIL malformed`` (the sender 
 :class:`~p2p.penalties.PenaltyBox`) and the server keeps serving. :meth:`StageServer.loads` gives the
 figures to announce (queue depth, in flight, busy fraction).
 
+Admission (:mod:`accel_node.shard.admission`): each upstream peer holds at most its share of RUNs in
+flight, of their bytes, of bytes in reassembly and of channels; over a share a RUN is answered
+``FAIL busy`` at once by the channel's read loop, which never waits for a slot, so one peer's backlog
+slows no other peer's channel. A RUN lives at most (stages left + 1) x ``hop_timeout_s``; the wait for
+an ACK from the next hop or the requester is bounded by the hop timeout, not by the sender's ttl.
+
+No dial oracle: the addresses a RUN carries (``addrs``) are an upstream's claim about third parties
+and are ignored (the field stays decodable); next hops and the reply-to peer are reached only through
+what the node already knows of them (connections, and the peerstore filled by discovery and
+identify). FAIL reasons sent back say nothing about third parties (why a next hop or the requester
+could not be reached is logged here, not sent).
+
 The server talks through a :class:`~p2p.bulk.ChannelTransport`: next hops and the reply-to peer that are
 this node itself are reached over the transport's in-memory channel to itself, like any other peer.
 """
@@ -31,10 +43,9 @@ this node itself are reached over the transport's in-memory channel to itself, l
 from __future__ import annotations
 
 import logging
-import math
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from contextvars import ContextVar
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +54,27 @@ import trio
 from libp2p.peer.id import ID
 from trio_typing import TaskStatus
 
-from accel_node.shard.errors import ShardLinkError, ShardWireError, StageInputError, StageRunFailed
+from accel_node.shard.admission import (
+    DEFAULT_ADMISSION,
+    MAX_TTL_S,
+    Admission,
+    AdmissionLimits,
+    Admitted,
+    next_hop_ttl_ms,
+    run_deadline,
+)
+from accel_node.shard.errors import (
+    ReassemblyRefused,
+    ShardLinkError,
+    ShardWireError,
+    StageInputError,
+    StageRunFailed,
+)
 from accel_node.shard.failover import FailOver
 from accel_node.shard.health import ReplicaHealth
 from accel_node.shard.links import LinkPool, MessageChannel
+from accel_node.shard.load import ServedStage as _Served
+from accel_node.shard.load import StageLoad
 from accel_node.shard.retention import Retention
 from accel_node.shard.runner import Offload, StageRunner, StageSpec, in_worker_thread
 from accel_node.shard.wire import (
@@ -66,45 +94,21 @@ from accel_node.shard.wire import (
     reject,
 )
 from p2p.bulk import BulkError, ChannelClosed, ChannelTransport, FrameChannel, FrameError
+from p2p.events import REFUSED, EventSink, drop
 from p2p.penalties import PenaltyBox
+from p2p.resources import ResourceManager
 
 log = logging.getLogger(__name__)
 
 SHARD_PURPOSE = "shard/1"
 RESULT_PURPOSE = "shard-result/1"
-MAX_TTL_S = 3600.0
+__all__ = ["MAX_TTL_S", "RESULT_PURPOSE", "SHARD_PURPOSE", "StageLoad", "StageServer"]
 Arrays = dict[str, np.ndarray[Any, Any]]
-
-
-@dataclass(frozen=True)
-class StageLoad:
-    """Load of one served stage (what a node announces with it)."""
-
-    model: str
-    stage: int
-    queued: int  # checked requests waiting for an ONNX Runtime slot
-    running: int  # ONNX Runtime runs in progress
-    in_flight: int  # RUNs accepted and not yet answered (includes those waiting on later stages)
-    busy_fraction: float  # share of the last `busy_window_s` this stage kept the ORT slots busy
-    served: int  # RUNs answered with ACK
-    failed: int  # RUNs answered with FAIL
-    replays: int  # outputs sent again to another replica of the next stage
-
-
-@dataclass
-class _Served:
-    model: str
-    stage: int
-    runner: StageRunner
-    slots: trio.Semaphore
-    queued: int = 0
-    running: int = 0
-    in_flight: int = 0
-    served: int = 0
-    failed: int = 0
-    replays: int = 0
-    busy: deque[tuple[float, float]] = field(default_factory=deque)
-    active: dict[int, float] = field(default_factory=dict)
+DEADLINE_GRACE_S = 0.05
+BUSY_PAUSE_S = 0.001
+BUSY_PAUSE_MAX_S = 0.25
+_ADMITTED: ContextVar[Admitted | None] = ContextVar("shard_admitted", default=None)
+"""The shares of the RUN a task answers (set by the task, read by ``_process``: no seam changes)."""
 
 
 def _allow_all(peer: ID) -> bool:
@@ -120,7 +124,9 @@ class StageServer:
     ``penalties`` (the node's box) receives malformed messages and malformed answers; ``health`` backs off
     next-hop replicas that fail (both default to private instances). ``hop_timeout_s`` bounds one attempt
     per remaining stage (an attempt waits for the whole rest of the chain). ``offload`` loads and runs
-    ONNX Runtime sessions (a worker thread by default).
+    ONNX Runtime sessions (a worker thread by default). ``max_in_flight`` caps the RUNs of one stage;
+    ``resources`` (the node's :class:`~p2p.resources.ResourceManager`, default a private one) holds the
+    shares of ``admission`` (per upstream peer and in total); refusals are reported to ``events``.
     """
 
     allow: Callable[[ID], bool] = staticmethod(_allow_all)
@@ -143,6 +149,9 @@ class StageServer:
         link_idle_s: float = 300.0,
         offload: Offload = in_worker_thread,
         retention: Retention | None = None,
+        resources: ResourceManager | None = None,
+        admission: AdmissionLimits = DEFAULT_ADMISSION,
+        events: EventSink = drop,
     ) -> None:
         if concurrency < 1 or max_in_flight < 1:
             raise ValueError("concurrency and max_in_flight must be >= 1")
@@ -160,6 +169,9 @@ class StageServer:
         self.hop_timeout_s = hop_timeout_s
         self.busy_window_s = busy_window_s
         self.retention = retention  # signs receipts, keeps what it computed for audits (None: neither)
+        self.events = events
+        self.resources = resources or ResourceManager()
+        self.admission = Admission(self.resources, admission, events=events)
         self.pool = LinkPool(
             transport,
             limits=limits,
@@ -208,8 +220,7 @@ class StageServer:
                 providers=self.providers,
             )
         )
-        slots = trio.Semaphore(self.max_in_flight)
-        self._stages[(model_cid, stage_index)] = _Served(model_cid, stage_index, runner, slots)
+        self._stages[(model_cid, stage_index)] = _Served(model_cid, stage_index, runner)
         log.info("serving shard stage", extra={"model": model_cid, "stage": stage_index})
 
     def unserve(self, model_cid: str, stage_index: int) -> bool:
@@ -223,28 +234,7 @@ class StageServer:
     def loads(self) -> list[StageLoad]:
         """The load of every served stage."""
         now = trio.current_time()
-        return [
-            StageLoad(
-                model=s.model,
-                stage=s.stage,
-                queued=s.queued,
-                running=s.running,
-                in_flight=s.in_flight,
-                busy_fraction=self._busy_fraction(s, now),
-                served=s.served,
-                failed=s.failed,
-                replays=s.replays,
-            )
-            for s in self._stages.values()
-        ]
-
-    def _busy_fraction(self, served: _Served, now: float) -> float:
-        start = now - self.busy_window_s
-        while served.busy and served.busy[0][1] < start:
-            served.busy.popleft()
-        spans = [*served.busy, *((t, now) for t in served.active.values())]
-        busy = sum(max(0.0, b - max(a, start)) for a, b in spans)
-        return min(1.0, busy / (self.busy_window_s * self.concurrency))
+        return [s.load(now, self.busy_window_s, self.concurrency) for s in self._stages.values()]
 
     def _penalise(self, peer: ID, reason: str) -> None:
         if self.penalties is not None and peer != self.local_id:
@@ -271,12 +261,18 @@ class StageServer:
             return reject(message, MALFORMED, "RUN without a reply-to peer")
         if self._draining:
             return reject(message, BUSY, f"{self.local_id} is shutting down")
-        deadline = trio.current_time() + min(MAX_TTL_S, message.ttl_ms / 1000)
+        deadline = run_deadline(
+            trio.current_time(),
+            message.ttl_ms,
+            len(message.route),
+            self.hop_timeout_s,
+            self.admission.limits.max_ttl_s,
+        )
         served.in_flight += 1
         self._in_flight += 1
         self._idle = trio.Event() if self._in_flight == 1 else self._idle
-        try:
-            with trio.move_on_at(deadline):
+        try:  # what waits inside (next hops, the requester) ends by `deadline`, and says why; this is
+            with trio.move_on_at(deadline + DEADLINE_GRACE_S):  # the net for a run that overran it
                 reply = await self._process(served, message, deadline)
                 if reply.kind == Kind.ACK:
                     served.served += 1
@@ -300,6 +296,8 @@ class StageServer:
             output = await self._compute(served, frame)
         except StageRunFailed as exc:
             return reject(message, FAILED, str(exc))
+        if not self._computed(output):
+            return reject(message, BUSY, "too many results wait here for the same reply-to peer")
         if self.retention is not None:  # every RUN gets a receipt: audits cannot be told apart
             message = self.retention.commit(message, output)
         if not message.route:
@@ -337,9 +335,7 @@ class StageServer:
     async def _forward(self, served: _Served, message: Message, frame: Arrays, deadline: float) -> Message:
         nxt = message.stage + 1
         replicas = message.route[0]
-        for replica in replicas:
-            self.transport.learn_addrs(replica, message.addrs.get(replica, ()))
-        outgoing = replace(message, stage=nxt, route=message.route[1:], tensors=frame, tag=0)
+        outgoing = replace(message, stage=nxt, route=message.route[1:], tensors=frame, tag=0, addrs={})
         failover = FailOver(nxt, replicas, self.health, self.penalties)
         while (peer := failover.next()) is not None:
             remaining = deadline - trio.current_time()
@@ -350,9 +346,8 @@ class StageServer:
                 served.replays += 1
             timeout = min(remaining, self.hop_timeout_s * len(message.route))
             try:
-                reply = await self._request(
-                    peer, SHARD_PURPOSE, replace(outgoing, ttl_ms=math.floor(remaining * 1000)), timeout
-                )
+                ttl_ms = next_hop_ttl_ms(timeout)
+                reply = await self._request(peer, SHARD_PURPOSE, replace(outgoing, ttl_ms=ttl_ms), timeout)
             except ShardLinkError as exc:
                 failover.broke(peer, str(exc))
                 continue
@@ -363,14 +358,18 @@ class StageServer:
                 failover.delivered(peer)
                 return ack(message)
             failover.refused(peer, reply.code, reply.reason, at_stage=reply.stage)
-        stage = failover.stage_to_blame
-        reason = f"no replica of stage {stage} delivered: {failover.summary()}"
-        return reject(message, failover.relay_code, reason, stage=stage)
+        summary = failover.summary()
+        log.info("no replica of the next stage delivered", extra={"stage": nxt, "error": summary})
+        if failover.common_code == BUSY:  # load, not failure: the upstream may try elsewhere, or later
+            return reject(message, BUSY, f"every replica of stage {nxt} is busy", stage=nxt)
+        if failover.common_code == UNDELIVERABLE:
+            return reject(message, UNDELIVERABLE, "the result could not be delivered to the reply-to peer")
+        stage = failover.stage_to_blame  # what the replicas said stays here: it is about third parties
+        return reject(message, failover.relay_code, f"no replica of stage {stage} delivered", stage=stage)
 
     async def _deliver(self, message: Message, frame: Arrays, deadline: float) -> Message:
         reply_to = message.reply_to
         assert reply_to is not None
-        self.transport.learn_addrs(reply_to, message.addrs.get(reply_to, ()))
         result = Message(
             Kind.RESULT,
             message.request_id,
@@ -387,7 +386,9 @@ class StageServer:
             if remaining <= 0:
                 break
             try:
-                reply = await self._request(reply_to, RESULT_PURPOSE, result, remaining)
+                reply = await self._request(
+                    reply_to, RESULT_PURPOSE, result, min(remaining, self.hop_timeout_s)
+                )
             except ShardLinkError as exc:
                 reason = str(exc)
                 continue
@@ -398,33 +399,55 @@ class StageServer:
                 return ack(message)
             reason = f"{reply.code}: {reply.reason}"
             break
-        return reject(message, UNDELIVERABLE, f"cannot deliver the result to {reply_to}: {reason}")
+        log.info("cannot deliver a result", extra={"peer_id": str(reply_to), "error": reason})
+        return reject(message, UNDELIVERABLE, "the result could not be delivered to the reply-to peer")
 
     # -- channels from upstreams --------------------------------------------------------------------
 
     async def _serve_channel(self, channel: FrameChannel, peer: ID) -> None:
         """``shard/1``: read RUNs, answer each from its own task; cancel them when the channel ends."""
-        messages = MessageChannel(channel, self.limits)
-        async with trio.open_nursery() as nursery:
-            try:
-                await self._read_requests(messages, peer, nursery)
-            finally:
-                nursery.cancel_scope.cancel()
+        share = self.admission.channel(peer)
+        if share is None:  # over the peer's share of channels: closed at once (the handler returns)
+            return
+        messages = MessageChannel(
+            channel, self.limits, budget=lambda size: self.admission.reassembly(peer, size)
+        )
+        try:
+            async with trio.open_nursery() as nursery:
+                try:
+                    await self._read_requests(messages, peer, nursery)
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            messages.discard()
+            share.release()
 
     async def _read_requests(self, messages: MessageChannel, peer: ID, nursery: trio.Nursery) -> None:
+        """Never waits for anything but the next message and the answers it sends itself (refusals):
+        a RUN is admitted or refused at once, and run in its own task. After a refusal this channel
+        (only) is read again after a pause that doubles with each refusal in a row (up to
+        ``BUSY_PAUSE_MAX_S``): a peer that keeps sending over its share slows itself down, not the
+        node, and refusing costs the node little."""
+        refusals = 0
         while True:
+            if refusals:
+                await trio.sleep(min(BUSY_PAUSE_MAX_S, BUSY_PAUSE_S * 2 ** (refusals - 1)))
             try:
                 message = await messages.receive()
+            except ReassemblyRefused as exc:  # a share, not a fault: busy, and no penalty
+                await self._reply(
+                    messages, fail(exc.request_id, exc.tag, stage=0, code=BUSY, reason=str(exc))
+                )
+                refusals += 1
+                continue
             except ShardWireError as exc:
-                self.malformed += 1
-                self._penalise(peer, f"malformed shard message: {exc}")
+                self._malformed(peer, f"malformed shard message: {exc}")
                 await self._reply(
                     messages, fail(exc.request_id, exc.tag, stage=0, code=MALFORMED, reason=str(exc))
                 )
                 continue
             except FrameError as exc:  # over the channel's own limit or forged: the channel is lost
-                self.malformed += 1
-                self._penalise(peer, f"bad shard frame: {exc}")
+                self._malformed(peer, f"bad shard frame: {exc}")
                 await self._reply(messages, fail(None, None, stage=0, code=MALFORMED, reason=str(exc)))
                 return
             except (ChannelClosed, BulkError):
@@ -433,22 +456,62 @@ class StageServer:
             if served is None or message.kind != Kind.RUN:
                 await self._reply(messages, await self.process(message, peer))
                 continue
-            await served.slots.acquire()
-            nursery.start_soon(self._answer, messages, peer, message, served.slots)
+            admitted = self._admit(served, message, peer)
+            if admitted is None:
+                await self._reply(
+                    messages, reject(message, BUSY, f"no share of stage {message.stage} left for this peer")
+                )
+                refusals += 1
+                continue
+            refusals = 0
+            nursery.start_soon(self._answer, messages, peer, message, served, admitted)
+
+    def _admit(self, served: _Served, message: Message, peer: ID) -> Admitted | None:
+        """The shares for one RUN, or None when one is full (the refusal is reported)."""
+        if served.admitted >= self.max_in_flight:
+            self.admission.stage_full(peer, served.stage, self.max_in_flight)
+            return None
+        queued = sum(int(t.nbytes) for t in message.tensors.values())
+
+        def computed() -> None:
+            served.admitted -= 1
+
+        reply_to = message.reply_to or peer
+        trusted = peer == self.local_id  # our router, or our own earlier stage: admitted there already
+        admitted = self.admission.run(
+            peer, reply_to, queued, stage=served.stage, trusted=trusted, on_computed=computed
+        )
+        if admitted is not None:
+            served.admitted += 1
+        return admitted
+
+    @staticmethod
+    def _computed(output: Arrays) -> bool:
+        """Hand the RUN's shares from its upstream to its reply-to peer (see
+        :mod:`accel_node.shard.admission`); False when the reply-to's share is full."""
+        admitted = _ADMITTED.get()
+        return admitted is None or admitted.computed(sum(int(a.nbytes) for a in output.values()))
+
+    def _malformed(self, peer: ID, reason: str) -> None:
+        self.malformed += 1
+        self._penalise(peer, reason)
+        self.admission.report(peer, "shard.malformed", reason, kind=REFUSED)
 
     async def _answer(
-        self, messages: MessageChannel, peer: ID, message: Message, slots: trio.Semaphore
+        self, messages: MessageChannel, peer: ID, message: Message, served: _Served, admitted: Admitted
     ) -> None:
+        _ADMITTED.set(admitted)  # (this task's own context) for _process, once the RUN is computed
         try:
-            reply = await self.process(message, peer)
-        finally:
-            slots.release()
-        await self._reply(messages, reply)
+            await self._reply(messages, await self.process(message, peer))
+        finally:  # the shares are held until the answer is sent (or could not be, within the hop timeout)
+            admitted.release()
 
     async def _reply(self, messages: MessageChannel, reply: Message) -> None:
+        """Send an answer; a peer that does not read it within the hop timeout loses the channel."""
         try:
-            await messages.send(reply)
-        except (BulkError, ShardWireError) as exc:
+            with trio.fail_after(self.hop_timeout_s):
+                await messages.send(reply)
+        except (BulkError, ShardWireError, trio.TooSlowError) as exc:
             log.info(
                 "cannot answer a shard request", extra={"peer_id": str(messages.peer_id), "error": str(exc)}
             )

@@ -391,8 +391,9 @@ async def cluster(
     client_serves: bool = False,
     **options: Any,
 ) -> AsyncIterator[tuple[Node, list[Node]]]:
-    """Stage servers and a router node, each its own host; only the router dials the servers (as after a
-    DHT lookup): servers reach each other and the router through the addresses in RUN headers."""
+    """Stage servers and a router node, each its own host, all connected (as discovery connects them):
+    stage servers never dial the addresses in RUN headers (a claim of the upstream's), they reach next
+    hops and the router over these connections."""
     async with trio.open_nursery() as nursery:
         nodes = [await nursery.start(partial(run_node, server_cls=cls, **options)) for cls in servers]
         client = await nursery.start(
@@ -400,6 +401,9 @@ async def cluster(
         )
         for node in nodes:
             await dial(client.host, node.id, node.addr, timeout_s=5)
+        for i, node in enumerate(nodes):
+            for other in nodes[i + 1 :]:
+                await dial(node.host, other.id, other.addr, timeout_s=5)
         yield client, nodes
         nursery.cancel_scope.cancel()
 

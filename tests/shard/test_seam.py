@@ -326,7 +326,8 @@ async def test_stage_0_fails_over_from_a_down_and_a_stalled_replica_then_backs_t
     async with net() as n:
         client = await n.node(server_cls=None, router={"hop_timeout_s": 5.0})
         down = await n.node(running=False)
-        stalled = await n.node(offload=stalling(30.0))  # within the RUN's time to live
+        # within the RUN's time to live, which its server bounds by (stages left + 1) x its hop timeout
+        stalled = await n.node(offload=stalling(30.0), hop_timeout_s=20.0)
         good, last = await n.node(), await n.node()
         router = client.router
         assert router is not None
