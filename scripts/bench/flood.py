@@ -48,6 +48,7 @@ from accel_node.shard.admission import AdmissionLimits
 from accel_node.shard.errors import ShardError
 from accel_node.shard.links import Link, MessageChannel
 from accel_node.shard.partition import partition
+from accel_node.shard.retention import Retention
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
 from accel_node.shard.wire import Kind, Message
@@ -169,7 +170,10 @@ async def bench(args: argparse.Namespace, stages: list[Any]) -> dict[str, Any]:
 
         servers = []
         for index, stage in enumerate(stages):
-            server = StageServer(await node(new_peer()), intra_op_threads=1)
+            key = generate_identity()  # a stage server signs a receipt for every RUN it computes
+            server = StageServer(
+                await node(ID.from_pubkey(key.public_key)), intra_op_threads=1, retention=Retention(key)
+            )
             await nursery.start(server.run)
             await server.serve(CID, index, stage.model_bytes, stage)
             servers.append(server)
