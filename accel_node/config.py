@@ -324,12 +324,12 @@ class ShardSection(_Section):
         description="TCP port of bulk channels, on the IPs of [p2p] listen_addrs; 0 = random.",
     )
     spot_check_p: float = Field(
-        default=0.0,
+        default=0.05,
         ge=0,
         le=1,
         description="Audit probability per request and stage: after the answer, the requester checks "
         "a stage's signed receipt against the tensors it retained and re-executes it (locally or on "
-        "another replica).",
+        "another replica). A replica not yet proven by an audit is always audited; 0 turns audits off.",
     )
     retention_bytes: int = Field(
         default=64 << 20,

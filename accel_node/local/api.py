@@ -65,7 +65,7 @@ class LocalApi:
         self._models = LocalModels(s.models, s.library, s.inference, s.config)
         self._inference = LocalInference(s.inference, s.shards, s.store)
         self._shards = LocalShards(s.shards)
-        self._policy = LocalPolicy(s.policy)
+        self._policy = LocalPolicy(s.policy, s.audit)
 
     @property
     def node(self) -> LocalNode:

@@ -223,6 +223,8 @@ async def test_policy_round_trip(core: CoreApi) -> None:
     assert changed.revoked == ["ab" * 16]
     assert (await core.policy.put(PolicyPut())).rules == changed.rules  # nothing given: nothing changes
     assert (await core.policy.put(PolicyPut(rules=[]))).rules == []
+    changes = (await core.audit.tail(kind="policy-change")).records
+    assert len(changes) >= 3 and changes[-1].details["rules"] == 0  # every change is on the record
     with refused("invalid_policy", 400):
         await core.policy.put(
             PolicyPut(rules=[PolicyRule(subject="role:admin", action="compute", effect="allow")])
