@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import tokenize
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -187,7 +188,8 @@ def _read_npy(fp: IO[bytes], name: str, max_elements: int, kinds: str = "biuf") 
             shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, SyntaxError, tokenize.TokenError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        # (numpy re-tokenizes an old-style header it cannot parse: TokenError for an unclosed bracket)
         raise InputError(f"tensor {name!r} is not a valid .npy array: {exc}", input_name=name) from exc
     if dtype.hasobject:
         raise InputError(f"tensor {name!r} is an object array; those are refused", input_name=name)
