@@ -76,6 +76,16 @@ def load_list(
     return as_list(loads_bounded(raw, max_bytes=max_bytes, what=what, error=error), what, max_len, error)
 
 
+def describe(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters, for any decoded value: the repr
+    of an integer of more than 4300 digits raises ValueError, and a peer can send one (a CBOR bignum)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # -- value checkers ------------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@ mutations (bit flips, boundary values, CBOR heads that announce huge or nested i
 
 from __future__ import annotations
 
+import cbor2
 from hypothesis import strategies as st
 
 INTERESTING = (
@@ -50,3 +51,73 @@ def mutated(draw: st.DrawFn, seeds: list[bytes], max_len: int) -> bytes:
             piece = data[at : at + draw(st.integers(1, 32))]
             data[at:at] = piece * draw(st.integers(1, 8))
     return bytes(data[:max_len])
+
+
+def _hostile_values() -> list[object]:
+    nested: list[object] = []
+    for _ in range(200):
+        nested = [nested]
+    cyclic: list[object] = []
+    cyclic.append(cyclic)
+    return [
+        2**20000,  # more digits than str() of an int may have: f"{value}" raises ValueError
+        -(2**20000),
+        2**64,
+        -1,
+        float("nan"),
+        float("inf"),
+        -0.0,
+        True,
+        None,
+        "",
+        "\x00" * 3,
+        "x" * 5000,
+        b"",
+        b"\xff" * 300,
+        [],
+        {},
+        {1: 2},
+        nested,
+        cyclic,  # (a shared reference: the list contains itself)
+        cbor2.CBORTag(9999, [1]),
+        cbor2.undefined,
+        frozenset({1}),
+    ]
+
+
+def _paths(value: object, path: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Paths to every item of a decoded CBOR value (maps by key, lists by index), itself first."""
+    out = [path]
+    if isinstance(value, dict):
+        for key, item in list(value.items())[:64]:
+            out += _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:64]):
+            out += _paths(item, (*path, index))
+    return out
+
+
+def _replaced(value: object, path: tuple[object, ...], new: object) -> object:
+    if not path:
+        return new
+    head, rest = path[0], path[1:]
+    if isinstance(value, dict):
+        return {k: (_replaced(v, rest, new) if k == head else v) for k, v in value.items()}
+    assert isinstance(value, list) and isinstance(head, int)
+    return [(_replaced(v, rest, new) if i == head else v) for i, v in enumerate(value)]
+
+
+def cbor_variants(raw: bytes, limit: int = 600) -> list[bytes]:
+    """``raw`` (one CBOR item) with each of its items in turn replaced by hostile values (huge integers,
+    NaN, wrong types, deep nesting, a self-containing list, unknown tags), and each map given an extra key."""
+    doc = cbor2.loads(raw)
+    out = []
+    for path in _paths(doc):
+        for new in _hostile_values():
+            out.append(cbor2.dumps(_replaced(doc, path, new), value_sharing=True))
+        target_map = doc
+        for step in path:
+            target_map = target_map[step]  # type: ignore[index]
+        if isinstance(target_map, dict):
+            out.append(cbor2.dumps(_replaced(doc, path, {**target_map, "zz-extra": 1})))
+    return out[:limit]

@@ -46,7 +46,8 @@ def _decode_frames(decoder: FrameDecoder, data: bytes) -> None:
     reading frames (by view and by copy) as they complete, then end of file."""
     body = data[1:]
     first = data[0] if data else 0
-    for index, piece in enumerate(chunks(body, (first * 64 + 1, 3, first + 1))):
+    least = len(body) // 256  # at most ~256 pieces: splits matter, not their number
+    for index, piece in enumerate(chunks(body, (least + first * 64 + 1, least + 3, least + first + 1))):
         if index % 2:
             decoder.feed(piece)
         else:

@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import struct
 
+import cbor2
 import pytest
 from libp2p.bitswap.pb.bitswap_pb2 import Message as BitswapMessage
 
 from accel_node.runtime.codecs import NPY_TYPE, NPZ_TYPE, TensorLimits, decode_inputs, decode_npy, encode_npz
 from accel_node.runtime.errors import InputError
+from accel_node.shard.errors import PlanError, ShardWireError
+from accel_node.shard.plan import parse_plan_map
+from accel_node.shard.wire import MAGIC, PREFIX, decode_message
 from p2p.bitswap.errors import ProtocolError
 from p2p.bitswap.protocol import parse_message
+from p2p.codec.cbor import describe
 from tests.fuzz.targets import TARGETS
+from tests.fuzz.targets_shard import sample_plan
 from tests.fuzz.targets_tensors import ONE_INPUT, SIGNATURE, sample_inputs
 
 
@@ -43,18 +49,67 @@ def _npz_with(member: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _shard_message(**header: object) -> bytes:
+    """An ACK whose header fields are replaced by ``header`` (a RESULT's when it names tensors)."""
+    fields: dict[str, object] = {"v": 1, "k": 3, "t": 1, "r": bytes(16), "s": 0}
+    fields.update(header)
+    raw = cbor2.dumps(fields, canonical=True)
+    return PREFIX.pack(MAGIC, len(raw), 0) + raw
+
+
+def _plan_with_version(version: object) -> bytes:
+    plan = sample_plan().to_map()
+    plan["v"] = version
+    return cbor2.dumps(plan, canonical=True)
+
+
+HUGE = 2**20000
+"""An integer whose repr raises ValueError (more than 4300 digits); a CBOR bignum of 2.5 KB."""
+
 CRASHES = [
     # p2p/bitswap/protocol.py cid_from_prefix: InvalidCIDError escaped parse_message (found by atheris)
     ("bitswap_message", _v0_raw_block()),
     # accel_node/runtime/codecs.py _read_npy: tokenize.TokenError escaped (found by hypothesis)
     ("tensor_npy", _npy_unclosed_header()),
     ("tensor_npz", _npz_with(_npy_unclosed_header())),
+    # accel_node/shard/wire.py _parse_header: ValueError from repr() of a huge version (found by the
+    # hostile-CBOR mutations of test_targets; issue 11 finding 10 names it too)
+    ("shard_message", _shard_message(v=HUGE)),
+    # accel_node/shard/wire.py _parse_tensors: the same for a tensor's dtype and declared length
+    ("shard_message", _shard_message(k=2, m="", b=0, f16=False, x=[["t", HUGE, [1], 4]])),
+    ("shard_message", _shard_message(k=2, m="", b=0, f16=False, x=[["t", "float32", [1], HUGE]])),
+    # accel_node/shard/plan.py parse_plan_map: the same for the plan's version
+    ("plan_map", _plan_with_version(HUGE)),
 ]
 
 
 @pytest.mark.parametrize(("name", "data"), CRASHES, ids=[f"{n}-{i}" for i, (n, _) in enumerate(CRASHES)])
 def test_crash_input_no_longer_crashes(name: str, data: bytes) -> None:
     TARGETS[name].fuzz_one(data)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [{"v": HUGE}, {"k": 2, "m": "", "b": 0, "f16": False, "x": [["t", HUGE, [1], 4]]},
+     {"k": 2, "m": "", "b": 0, "f16": False, "x": [["t", "float32", [1], -HUGE]]}],
+)  # fmt: skip
+def test_shard_message_with_huge_integers_is_a_wire_error(header: dict[str, object]) -> None:
+    with pytest.raises(ShardWireError) as caught:
+        decode_message(_shard_message(**header))
+    assert caught.value.request_id == bytes(16) and len(str(caught.value)) < 200
+
+
+def test_plan_with_huge_version_is_a_plan_error() -> None:
+    with pytest.raises(PlanError, match="unsupported plan version <int>"):
+        parse_plan_map(cbor2.loads(_plan_with_version(HUGE)))
+    plan = sample_plan().to_map()
+    assert parse_plan_map(plan) == sample_plan()
+
+
+def test_describe_bounds_any_value() -> None:
+    assert describe(HUGE) == "<int>"
+    assert describe("x" * 100) == repr("x" * 37)[:37] + "..."
+    assert describe(2) == "2" and describe(b"ab") == "b'ab'"
 
 
 def test_bitswap_block_with_impossible_prefix_is_a_protocol_error() -> None:

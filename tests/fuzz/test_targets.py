@@ -7,13 +7,16 @@ A target raises only when its decoder let through an error it does not document 
 
 from __future__ import annotations
 
+import struct
 import time
+from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz.mutations import mutated
+from accel_node.shard.wire import MAGIC, PREFIX
+from tests.fuzz.mutations import cbor_variants, mutated
 from tests.fuzz.targets import TARGETS
 
 HANG_S = 5.0
@@ -65,3 +68,58 @@ def test_random_bytes(name: str, data: st.DataObject) -> None:
 def test_mutated_seeds(name: str, data: st.DataObject) -> None:
     target = TARGETS[name]
     _run(name, data.draw(mutated(target.seeds(), target.max_len), label="input"))
+
+
+# -- CBOR-aware mutations: every item of every CBOR seed replaced by hostile values ----------------------
+
+Split = Callable[[bytes], tuple[bytes, Callable[[bytes], bytes]]]
+
+
+def _whole(seed: bytes) -> tuple[bytes, Callable[[bytes], bytes]]:
+    return seed, lambda cbor: cbor
+
+
+def _after(size: int, pack: Callable[[int], bytes]) -> Split:
+    """The CBOR after a ``size``-byte length prefix (rebuilt by ``pack`` for the new length)."""
+    return lambda seed: (seed[size:], lambda cbor: pack(len(cbor)) + cbor)
+
+
+def _shard_header(seed: bytes) -> tuple[bytes, Callable[[bytes], bytes]]:
+    _, header_len, body_len = PREFIX.unpack_from(seed)
+    body = seed[PREFIX.size + header_len :]
+    return seed[
+        PREFIX.size : PREFIX.size + header_len
+    ], lambda cbor: PREFIX.pack(MAGIC, len(cbor), body_len) + cbor + body
+
+
+def _dht(seed: bytes) -> tuple[bytes, Callable[[bytes], bytes]]:
+    key, _, value = seed.partition(b"\x00")
+    return value, lambda cbor: key + b"\x00" + cbor
+
+
+CBOR_TARGETS: dict[str, Split] = {
+    "cbor": _whole,
+    "record": _whole,
+    "capability_record": _whole,
+    "capability_body": _whole,
+    "presence_record": _whole,
+    "presence_body": _whole,
+    "plan": _whole,
+    "plan_map": _whole,
+    "manifest": _whole,
+    "manifest_map": _whole,
+    "dht_value": _dht,
+    "shard_message": _shard_header,
+    "bulk_control": _after(2, lambda n: struct.pack(">H", n)),
+    "assign_message": _after(4, lambda n: struct.pack(">I", n)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CBOR_TARGETS))
+def test_hostile_cbor_items(name: str) -> None:
+    """Each field of each seed in turn holds a huge integer, NaN, a wrong type, a deep or self-containing
+    structure, an unknown tag; the decoder must refuse with its own error (or accept), never crash."""
+    for seed in TARGETS[name].seeds():
+        cbor, rebuild = CBOR_TARGETS[name](seed)
+        for variant in cbor_variants(cbor):
+            _run(name, rebuild(variant))
