@@ -128,7 +128,7 @@ def decode_json(body: bytes, signature: Signature, limits: TensorLimits) -> Arra
         )
     try:
         doc = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # (nesting deeper than the stack)
         raise InputError(f"body is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or set(doc) != {"inputs"} or not isinstance(doc["inputs"], dict):
         raise InputError('JSON body must be {"inputs": {name: tensor, ...}}')
@@ -169,7 +169,7 @@ def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
         for name, value in outputs.items():
             dtype = "str" if value["dtype"] == "string" else value["dtype"]
             out[name] = np.asarray(value["data"], dtype=np.dtype(dtype)).reshape(value["shape"])
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
         raise InputError(f"malformed JSON response: {exc}") from exc
     return out
 

@@ -9,7 +9,16 @@ import cbor2
 import pytest
 from libp2p.bitswap.pb.bitswap_pb2 import Message as BitswapMessage
 
-from accel_node.runtime.codecs import NPY_TYPE, NPZ_TYPE, TensorLimits, decode_inputs, decode_npy, encode_npz
+from accel_node.runtime.codecs import (
+    JSON_TYPE,
+    NPY_TYPE,
+    NPZ_TYPE,
+    TensorLimits,
+    decode_inputs,
+    decode_npy,
+    decode_outputs,
+    encode_npz,
+)
 from accel_node.runtime.errors import InputError
 from accel_node.shard.errors import PlanError, ShardWireError
 from accel_node.shard.plan import parse_plan_map
@@ -72,6 +81,10 @@ CRASHES = [
     # accel_node/runtime/codecs.py _read_npy: tokenize.TokenError escaped (found by hypothesis)
     ("tensor_npy", _npy_unclosed_header()),
     ("tensor_npz", _npz_with(_npy_unclosed_header())),
+    # accel_node/runtime/codecs.py decode_json / decode_json_outputs: RecursionError from json.loads of a
+    # body nested deeper than the stack (issue 11 finding 10: "a deeply nested JSON body gives a 500")
+    ("tensor_json", b"[" * 100_000),
+    ("tensor_outputs", b"\x00" + b'{"outputs": ' * 50_000),
     # accel_node/shard/wire.py _parse_header: ValueError from repr() of a huge version (found by the
     # hostile-CBOR mutations of test_targets; issue 11 finding 10 names it too)
     ("shard_message", _shard_message(v=HUGE)),
@@ -115,6 +128,13 @@ def test_describe_bounds_any_value() -> None:
 def test_bitswap_block_with_impossible_prefix_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="block prefix"):
         parse_message(_v0_raw_block())
+
+
+def test_deeply_nested_json_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="not valid JSON"):
+        decode_inputs(b'{"inputs": ' * 100_000, JSON_TYPE, SIGNATURE, TensorLimits())
+    with pytest.raises(InputError, match="malformed JSON response"):
+        decode_outputs(b"[" * 100_000, JSON_TYPE, TensorLimits())
 
 
 def test_npy_header_that_does_not_tokenize_is_an_input_error() -> None:
