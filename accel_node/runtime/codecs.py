@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import math
 import tokenize
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -43,6 +45,8 @@ MEDIA_TYPES = (JSON_TYPE, NPZ_TYPE, NPY_TYPE)
 MAX_RANK = 16
 MAX_MEMBERS = 256
 MAX_NPY_HEADER = 10_000
+_ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
+"""What reading a member of a corrupt archive raises (bz2 raises OSError)."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +192,7 @@ def _read_npy(fp: IO[bytes], name: str, max_elements: int, kinds: str = "biuf") 
             shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, SyntaxError, tokenize.TokenError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, SyntaxError, tokenize.TokenError, *_ARCHIVE_ERRORS) as exc:
         # (numpy re-tokenizes an old-style header it cannot parse: TokenError for an unclosed bracket)
         raise InputError(f"tensor {name!r} is not a valid .npy array: {exc}", input_name=name) from exc
     if dtype.hasobject:
@@ -205,7 +209,7 @@ def _read_npy(fp: IO[bytes], name: str, max_elements: int, kinds: str = "biuf") 
     size = count * dtype.itemsize
     try:
         data = fp.read(size)
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:  # corrupt deflate stream or CRC
+    except _ARCHIVE_ERRORS as exc:  # corrupt deflate or LZMA stream, or CRC
         raise InputError(f"tensor {name!r} is corrupt: {exc}", input_name=name) from exc
     if len(data) != size:
         raise InputError(f"tensor {name!r} is truncated ({len(data)} of {size} bytes)", input_name=name)
@@ -233,7 +237,7 @@ def decode_npz(body: bytes, limits: TensorLimits, *, kinds: str = "biuf") -> Arr
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
         members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError) as exc:  # (unknown zip version)
         raise InputError(f"body is not a valid .npz archive: {exc}") from exc
     if len(members) > MAX_MEMBERS:
         raise InputError(f".npz archive has {len(members)} members; the limit is {MAX_MEMBERS}")

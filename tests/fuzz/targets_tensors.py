@@ -4,7 +4,9 @@ API, responses from a node the client talks to; both are untrusted bytes."""
 
 from __future__ import annotations
 
+import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -56,9 +58,19 @@ def fuzz_tensor_json(data: bytes) -> None:
         decode_inputs(data, JSON_TYPE, SIGNATURE, LIMITS)
 
 
+def compressed_npz(arrays: dict[str, np.ndarray], compression: int) -> bytes:  # type: ignore[type-arg]
+    """What ``numpy.savez_compressed`` writes, with any of zip's compressions."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=compression) as archive:
+        for name, array in arrays.items():
+            archive.writestr(f"{name}.npy", encode_npy(array))
+    return buffer.getvalue()
+
+
 def _npz_seeds() -> list[bytes]:
     inputs = sample_inputs()
-    return [encode_npz(inputs), encode_npz({"x": np.asfortranarray(inputs["x"]), **inputs})]
+    methods = (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+    return [encode_npz(inputs), *(compressed_npz(inputs, method) for method in methods)]
 
 
 @target("tensor_npz", _npz_seeds, max_len=8192)

@@ -4,8 +4,10 @@ raises for it now. Each would fail on the code before its fix (the error named i
 from __future__ import annotations
 
 import struct
+import zipfile
 
 import cbor2
+import numpy as np
 import pytest
 from libp2p.bitswap.pb.bitswap_pb2 import Message as BitswapMessage
 
@@ -28,7 +30,7 @@ from p2p.bitswap.protocol import parse_message
 from p2p.codec.cbor import describe
 from tests.fuzz.targets import TARGETS
 from tests.fuzz.targets_shard import sample_plan
-from tests.fuzz.targets_tensors import ONE_INPUT, SIGNATURE, sample_inputs
+from tests.fuzz.targets_tensors import ONE_INPUT, SIGNATURE, compressed_npz, sample_inputs
 
 
 def _v0_raw_block() -> bytes:
@@ -58,6 +60,24 @@ def _npz_with(member: bytes) -> bytes:
     return buffer.getvalue()
 
 
+def _corrupt_member(compression: int) -> bytes:
+    """An .npz whose member's compressed stream is damaged right after its local header."""
+    raw = bytearray(compressed_npz(sample_inputs(), compression))
+    name_len, extra_len = struct.unpack_from("<HH", raw, 26)
+    start = 30 + name_len + extra_len
+    for index in range(start, start + 4):
+        raw[index] ^= 0xA5
+    return bytes(raw)
+
+
+def _npz_from_the_future() -> bytes:
+    """An .npz whose central directory says it needs zip version 25.5 to extract."""
+    raw = bytearray(encode_npz(sample_inputs()))
+    central = raw.find(b"PK\x01\x02")
+    raw[central + 6] = 0xFF
+    return bytes(raw)
+
+
 def _shard_message(**header: object) -> bytes:
     """An ACK whose header fields are replaced by ``header`` (a RESULT's when it names tensors)."""
     fields: dict[str, object] = {"v": 1, "k": 3, "t": 1, "r": bytes(16), "s": 0}
@@ -81,6 +101,12 @@ CRASHES = [
     # accel_node/runtime/codecs.py _read_npy: tokenize.TokenError escaped (found by hypothesis)
     ("tensor_npy", _npy_unclosed_header()),
     ("tensor_npz", _npz_with(_npy_unclosed_header())),
+    # accel_node/runtime/codecs.py _read_npy: zlib.error and lzma.LZMAError from a corrupt member, and
+    # decode_npz: NotImplementedError for an unknown zip version (found by atheris)
+    ("tensor_npz", _corrupt_member(zipfile.ZIP_DEFLATED)),
+    ("tensor_npz", _corrupt_member(zipfile.ZIP_LZMA)),
+    ("tensor_npz", _npz_from_the_future()),
+    ("tensor_outputs", b"\x01" + _npz_from_the_future()),
     # accel_node/runtime/codecs.py decode_json / decode_json_outputs: RecursionError from json.loads of a
     # body nested deeper than the stack (issue 11 finding 10: "a deeply nested JSON body gives a 500")
     ("tensor_json", b"[" * 100_000),
@@ -128,6 +154,24 @@ def test_describe_bounds_any_value() -> None:
 def test_bitswap_block_with_impossible_prefix_is_a_protocol_error() -> None:
     with pytest.raises(ProtocolError, match="block prefix"):
         parse_message(_v0_raw_block())
+
+
+@pytest.mark.parametrize(
+    "body",
+    [*(_corrupt_member(m) for m in (zipfile.ZIP_DEFLATED, zipfile.ZIP_LZMA, zipfile.ZIP_BZIP2)),
+     _npz_from_the_future()],
+)  # fmt: skip
+def test_corrupt_npz_is_an_input_error(body: bytes) -> None:
+    with pytest.raises(InputError):
+        decode_inputs(body, NPZ_TYPE, SIGNATURE, TensorLimits())
+    with pytest.raises(InputError):
+        decode_outputs(body, NPZ_TYPE, TensorLimits())
+
+
+def test_compressed_npz_is_read() -> None:
+    for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
+        decoded = decode_inputs(compressed_npz(sample_inputs(), method), NPZ_TYPE, SIGNATURE, TensorLimits())
+        assert all(np.array_equal(decoded[n], a) for n, a in sample_inputs().items())
 
 
 def test_deeply_nested_json_is_an_input_error() -> None:
