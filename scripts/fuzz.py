@@ -18,6 +18,7 @@ A saved crash input reproduces with ``python scripts/fuzz.py --worker NAME MODUL
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import re
 import subprocess
 import sys
@@ -145,6 +146,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=int, default=10, help="seconds one input may take")
     parser.add_argument("--rss-limit-mb", type=int, default=2048)
     parser.add_argument("--max-crashes", type=int, default=5, help="restarts of one target after crashes")
+    parser.add_argument("--jobs", type=int, default=1, help="targets fuzzed at once (one process each)")
     parser.add_argument("--list", action="store_true", help="name the targets and exit")
     args = parser.parse_args()
     if args.list:
@@ -156,24 +158,28 @@ def main() -> int:
     unknown = [n for n in names if n not in TARGETS]
     if unknown:
         parser.error(f"unknown target(s) {unknown}; --list names them")
-    outcomes = []
+
+    def one(name: str) -> Outcome:
+        outcome = _run_target(name, args, corpus_root)
+        rate = outcome.runs / outcome.seconds if outcome.seconds else 0.0
+        print(
+            f"{name:22} {outcome.runs:>10} inputs {outcome.seconds:7.1f} s {rate:9.0f}/s "
+            f"crashes {len(outcome.crashes)}",
+            flush=True,
+        )
+        return outcome
+
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="accel-fuzz-") as tmp:
         corpus_root = Path(args.corpus).resolve() if args.corpus else Path(tmp)
-        for name in names:
-            outcome = _run_target(name, args, corpus_root)
-            outcomes.append(outcome)
-            rate = outcome.runs / outcome.seconds if outcome.seconds else 0.0
-            print(
-                f"{name:22} {outcome.runs:>10} inputs {outcome.seconds:7.1f} s {rate:9.0f}/s "
-                f"crashes {len(outcome.crashes)}",
-                flush=True,
-            )
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+            outcomes = list(pool.map(one, names))
+    wall = time.monotonic() - started
     total = sum(o.runs for o in outcomes)
-    seconds = sum(o.seconds for o in outcomes)
     crashes = [c for o in outcomes for c in o.crashes]
     print(
-        f"{'total':22} {total:>10} inputs {seconds:7.1f} s over {len(outcomes)} targets, "
-        f"crashes {len(crashes)}"
+        f"{'total':22} {total:>10} inputs {wall:7.1f} s (wall, {args.jobs} at once) over "
+        f"{len(outcomes)} targets, crashes {len(crashes)}"
     )
     for path in crashes:
         print(f"  crash input: {path}")

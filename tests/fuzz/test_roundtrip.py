@@ -35,7 +35,7 @@ from tests.fuzz.harness import MemoryStream, chunks, run_sync
 from tests.fuzz.targets_records import NOW, key_pair
 
 CI = settings(
-    max_examples=40,
+    max_examples=25,
     derandomize=True,
     database=None,
     deadline=None,

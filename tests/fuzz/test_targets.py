@@ -8,8 +8,11 @@ A target raises only when its decoder let through an error it does not document 
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -56,14 +59,14 @@ def test_seeds_are_accepted(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
-@ci(40)
+@ci(30)
 @given(data=st.data())
 def test_random_bytes(name: str, data: st.DataObject) -> None:
     _run(name, data.draw(st.binary(max_size=min(512, TARGETS[name].max_len)), label="input"))
 
 
 @pytest.mark.parametrize("name", NAMES)
-@ci(100)
+@ci(60)
 @given(data=st.data())
 def test_mutated_seeds(name: str, data: st.DataObject) -> None:
     target = TARGETS[name]
@@ -121,5 +124,16 @@ def test_hostile_cbor_items(name: str) -> None:
     structure, an unknown tag; the decoder must refuse with its own error (or accept), never crash."""
     for seed in TARGETS[name].seeds():
         cbor, rebuild = CBOR_TARGETS[name](seed)
-        for variant in cbor_variants(cbor):
+        for variant in cbor_variants(cbor, limit=300):
             _run(name, rebuild(variant))
+
+
+def test_atheris_smoke(tmp_path: Path) -> None:
+    """scripts/fuzz.py runs a target under atheris (coverage-guided) and reports what it executed."""
+    pytest.importorskip("atheris")
+    script = Path(__file__).resolve().parents[2] / "scripts" / "fuzz.py"
+    command = [sys.executable, str(script), "--target", "varint", "--runs", "300", "--crashes", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "total" in done.stdout and " 300 inputs" in done.stdout, done.stdout
+    assert not any(tmp_path.rglob("crash-*"))
