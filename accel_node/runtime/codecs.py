@@ -197,7 +197,12 @@ def _read_npy(fp: IO[bytes], name: str, max_elements: int, kinds: str = "biuf") 
         raise InputError(f"tensor {name!r} is not a valid .npy array: {exc}", input_name=name) from exc
     if dtype.hasobject:
         raise InputError(f"tensor {name!r} is an object array; those are refused", input_name=name)
-    if dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
+    if (
+        dtype.kind not in kinds
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or not dtype.itemsize
+    ):
         raise InputError(f"tensor {name!r} has unsupported dtype {dtype.str}", input_name=name)
     if len(shape) > MAX_RANK:
         raise InputError(f"tensor {name!r} has rank {len(shape)}; the limit is {MAX_RANK}", input_name=name)

@@ -42,11 +42,15 @@ def _v0_raw_block() -> bytes:
     return message.SerializeToString()
 
 
-def _npy_unclosed_header() -> bytes:
-    """A .npy header whose dict is never closed: numpy re-tokenizes it and raises tokenize.TokenError."""
-    header = b"{'descr': '<f2', 'shape': (2,"
+def _npy_header(header: bytes) -> bytes:
+    """A version 1.0 .npy file of just ``header`` (padded to 64 bytes), no data."""
     header += b" " * (64 - 10 - len(header) - 1) + b"\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header
+
+
+def _npy_unclosed_header() -> bytes:
+    """A .npy header whose dict is never closed: numpy re-tokenizes it and raises tokenize.TokenError."""
+    return _npy_header(b"{'descr': '<f2', 'shape': (2,")
 
 
 def _npz_with(member: bytes) -> bytes:
@@ -107,6 +111,9 @@ CRASHES = [
     ("tensor_npz", _corrupt_member(zipfile.ZIP_LZMA)),
     ("tensor_npz", _npz_from_the_future()),
     ("tensor_outputs", b"\x01" + _npz_from_the_future()),
+    # accel_node/runtime/codecs.py _read_npy: ValueError from numpy for a '<U0' (zero-size) dtype in a
+    # response (found by atheris in the long run)
+    ("tensor_outputs", b"\x02" + _npy_header(b"{'descr': '<U0', 'fortran_order': False, 'shape': (1,), }")),
     # accel_node/runtime/codecs.py decode_json / decode_json_outputs: RecursionError from json.loads of a
     # body nested deeper than the stack (issue 11 finding 10: "a deeply nested JSON body gives a 500")
     ("tensor_json", b"[" * 100_000),
@@ -172,6 +179,12 @@ def test_compressed_npz_is_read() -> None:
     for method in (zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA):
         decoded = decode_inputs(compressed_npz(sample_inputs(), method), NPZ_TYPE, SIGNATURE, TensorLimits())
         assert all(np.array_equal(decoded[n], a) for n, a in sample_inputs().items())
+
+
+def test_zero_size_dtype_is_an_input_error() -> None:
+    body = _npy_header(b"{'descr': '<U0', 'fortran_order': False, 'shape': (1,), }")
+    with pytest.raises(InputError, match="unsupported dtype"):
+        decode_outputs(body, NPY_TYPE, TensorLimits())
 
 
 def test_deeply_nested_json_is_an_input_error() -> None:
