@@ -173,7 +173,8 @@ def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
         for name, value in outputs.items():
             dtype = "str" if value["dtype"] == "string" else value["dtype"]
             out[name] = np.asarray(value["data"], dtype=np.dtype(dtype)).reshape(value["shape"])
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, SyntaxError) as exc:
+        # (numpy parses a dtype string with a comma as Python: "b1,,0" raises SyntaxError)
         raise InputError(f"malformed JSON response: {exc}") from exc
     return out
 

@@ -3,6 +3,7 @@ raises for it now. Each would fail on the code before its fix (the error named i
 
 from __future__ import annotations
 
+import json
 import struct
 import zipfile
 
@@ -82,6 +83,10 @@ def _npz_from_the_future() -> bytes:
     return bytes(raw)
 
 
+def _json_output(dtype: str) -> bytes:
+    return json.dumps({"outputs": {"y": {"dtype": dtype, "shape": [1], "data": [1]}}}).encode()
+
+
 def _shard_message(**header: object) -> bytes:
     """An ACK whose header fields are replaced by ``header`` (a RESULT's when it names tensors)."""
     fields: dict[str, object] = {"v": 1, "k": 3, "t": 1, "r": bytes(16), "s": 0}
@@ -114,6 +119,9 @@ CRASHES = [
     # accel_node/runtime/codecs.py _read_npy: ValueError from numpy for a '<U0' (zero-size) dtype in a
     # response (found by atheris in the long run)
     ("tensor_outputs", b"\x02" + _npy_header(b"{'descr': '<U0', 'fortran_order': False, 'shape': (1,), }")),
+    # accel_node/runtime/codecs.py decode_json_outputs: SyntaxError from numpy parsing the dtype string
+    # "b1,,0" of a response (found by atheris)
+    ("tensor_outputs", b"\x00" + _json_output("b1,,0")),
     # accel_node/runtime/codecs.py decode_json / decode_json_outputs: RecursionError from json.loads of a
     # body nested deeper than the stack (issue 11 finding 10: "a deeply nested JSON body gives a 500")
     ("tensor_json", b"[" * 100_000),
@@ -185,6 +193,12 @@ def test_zero_size_dtype_is_an_input_error() -> None:
     body = _npy_header(b"{'descr': '<U0', 'fortran_order': False, 'shape': (1,), }")
     with pytest.raises(InputError, match="unsupported dtype"):
         decode_outputs(body, NPY_TYPE, TensorLimits())
+
+
+def test_json_output_with_a_dtype_numpy_cannot_parse_is_an_input_error() -> None:
+    with pytest.raises(InputError, match="malformed JSON response"):
+        decode_outputs(_json_output("b1,,0"), JSON_TYPE, TensorLimits())
+    assert decode_outputs(_json_output("float32"), JSON_TYPE, TensorLimits())["y"].dtype == np.float32
 
 
 def test_deeply_nested_json_is_an_input_error() -> None:
