@@ -162,6 +162,13 @@ def encode_json(outputs: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
     return json.dumps({"outputs": body}, separators=(",", ":")).encode()
 
 
+JSON_OUTPUT_DTYPES = frozenset(
+    {"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+     "uint64", "string"}
+)  # fmt: skip
+"""The dtypes :func:`encode_json` writes for ONNX outputs; a response naming another is refused."""
+
+
 def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
     """Client side: decode an ``{"outputs": ...}`` JSON response (explicit form only)."""
     if len(body) > limits.max_body_bytes:
@@ -171,10 +178,11 @@ def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
         outputs = doc["outputs"]
         out: Arrays = {}
         for name, value in outputs.items():
+            if value["dtype"] not in JSON_OUTPUT_DTYPES:  # not any numpy dtype string: "U100000000" is 400 MB
+                raise InputError(f"response tensor {str(name)[:64]!r} has an unsupported dtype")
             dtype = "str" if value["dtype"] == "string" else value["dtype"]
             out[name] = np.asarray(value["data"], dtype=np.dtype(dtype)).reshape(value["shape"])
-    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, SyntaxError) as exc:
-        # (numpy parses a dtype string with a comma as Python: "b1,,0" raises SyntaxError)
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as exc:
         raise InputError(f"malformed JSON response: {exc}") from exc
     return out
 
