@@ -24,7 +24,8 @@ from accel_node.models.manifest import (
     verify_package,
 )
 from accel_node.shard.assign import _read_message, _request
-from accel_node.shard.errors import AssignmentError, PlanError, ShardWireError
+from accel_node.shard.errors import AssignmentError, PlanError, ShardRequestError, ShardWireError
+from accel_node.shard.frames import frames_agree, merge_batches
 from accel_node.shard.parts import FIRST, LAST, MORE, MSG, Reassembler, split_frames
 from accel_node.shard.plan import ShardPlan, StagePlan, decode_plan, parse_plan_map, sign_plan
 from accel_node.shard.wire import Kind, Message, decode_message, encode_bytes, encode_message, fail
@@ -248,3 +249,31 @@ def fuzz_manifest_map(data: bytes) -> None:
     with accepting(CodecError, ModelError):
         manifest = parse_manifest_map(loads_bounded(data, max_bytes=1 << 20, what="manifest"))
         assert parse_manifest_map(manifest.to_map()) == manifest
+
+
+# -- frames from peers: micro-batch results merged, spot-check answers compared ---------------------------
+
+
+def _frames_seeds() -> list[bytes]:
+    result = sample_messages()[1]
+    half = Message(Kind.RESULT, result.request_id, stage=2, tag=2, model=MODEL_CID,
+                   tensors={"y": np.ones((1, 3), dtype=np.float32)})  # fmt: skip
+    return [frame_stream([(0, encode_bytes(m)) for m in (result, half, result)])]
+
+
+@target("shard_frames", _frames_seeds, max_len=8192)
+def fuzz_shard_frames(data: bytes) -> None:
+    """RESULT messages (``type u8 | length u16 | message`` each, type ignored) as the router gets them for
+    the micro-batches of one request: merged along axis 0, and the first two compared as a spot check."""
+    frames, pos = [], 0
+    while pos + _FRAME.size <= len(data) and len(frames) < 8:
+        _, length = _FRAME.unpack_from(data, pos)
+        pos += _FRAME.size
+        with accepting(ShardWireError):
+            frames.append(dict(decode_message(data[pos : pos + length]).tensors))
+        pos += length
+    if len(frames) >= 2:
+        frames_agree(frames[0], frames[1], atol=1e-5, rtol=1e-3)
+    if frames:
+        with accepting(ShardRequestError):
+            merge_batches(frames)

@@ -23,14 +23,15 @@ from accel_node.runtime.codecs import (
     encode_npz,
 )
 from accel_node.runtime.errors import InputError
-from accel_node.shard.errors import PlanError, ShardWireError
+from accel_node.shard.errors import PlanError, ShardRequestError, ShardWireError
+from accel_node.shard.frames import merge_batches
 from accel_node.shard.plan import parse_plan_map
-from accel_node.shard.wire import MAGIC, PREFIX, decode_message
+from accel_node.shard.wire import MAGIC, PREFIX, Kind, Message, decode_message, encode_bytes
 from p2p.bitswap.errors import ProtocolError
 from p2p.bitswap.protocol import parse_message
 from p2p.codec.cbor import describe
 from tests.fuzz.targets import TARGETS
-from tests.fuzz.targets_shard import sample_plan
+from tests.fuzz.targets_shard import frame_stream, sample_plan
 from tests.fuzz.targets_tensors import ONE_INPUT, SIGNATURE, compressed_npz, sample_inputs
 
 
@@ -95,6 +96,12 @@ def _shard_message(**header: object) -> bytes:
     return PREFIX.pack(MAGIC, len(raw), 0) + raw
 
 
+def _results(*tensors: dict[str, np.ndarray]) -> bytes:  # type: ignore[type-arg]
+    """RESULT messages carrying ``tensors``, framed as the shard_frames target reads them."""
+    messages = [Message(Kind.RESULT, bytes(16), tensors=t) for t in tensors]
+    return frame_stream([(0, encode_bytes(m)) for m in messages])
+
+
 def _plan_with_version(version: object) -> bytes:
     plan = sample_plan().to_map()
     plan["v"] = version
@@ -131,6 +138,10 @@ CRASHES = [
     # body nested deeper than the stack (issue 11 finding 10: "a deeply nested JSON body gives a 500")
     ("tensor_json", b"[" * 100_000),
     ("tensor_outputs", b"\x00" + b'{"outputs": ' * 50_000),
+    # accel_node/shard/frames.py merge_batches: micro-batch RESULTs (from peers) naming different outputs
+    # raised KeyError, and differing trailing dims ValueError (found writing the shard_frames target)
+    ("shard_frames", _results({"y": np.ones((1, 3), np.float32)}, {"z": np.ones((1, 3), np.float32)})),
+    ("shard_frames", _results({"y": np.ones((1, 3), np.float32)}, {"y": np.ones((1, 4), np.float32)})),
     # accel_node/shard/wire.py _parse_header: ValueError from repr() of a huge version (found by the
     # hostile-CBOR mutations of test_targets; issue 11 finding 10 names it too)
     ("shard_message", _shard_message(v=HUGE)),
@@ -156,6 +167,18 @@ def test_shard_message_with_huge_integers_is_a_wire_error(header: dict[str, obje
     with pytest.raises(ShardWireError) as caught:
         decode_message(_shard_message(**header))
     assert caught.value.request_id == bytes(16) and len(str(caught.value)) < 200
+
+
+@pytest.mark.parametrize(
+    "results",
+    [[{"y": np.ones((1, 3))}, {"z": np.ones((1, 3))}], [{"y": np.ones((1, 3))}, {"y": np.ones((1, 4))}],
+     [{"y": np.ones((1, 3))}, {"y": np.ones((1, 3)), "extra": np.ones(2)}],
+     [{"y": np.ones((1, 3))}, {"y": np.ones((1, 3), dtype=np.int64)}]],
+)  # fmt: skip
+def test_micro_batch_results_that_disagree_are_refused(results: list[dict[str, np.ndarray]]) -> None:  # type: ignore[type-arg]
+    with pytest.raises(ShardRequestError):
+        merge_batches(results)
+    assert merge_batches([results[0], results[0]])["y"].shape == (2, 3)
 
 
 def test_plan_with_huge_version_is_a_plan_error() -> None:
