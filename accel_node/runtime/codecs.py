@@ -24,8 +24,11 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import math
+import tokenize
 import zipfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO, Any
@@ -47,6 +50,9 @@ MAX_JSON_DEPTH = MAX_RANK + 8
 ``{"inputs": {name: ...}}`` (or ``{"outputs": {name: {"data": ...}}}``) with room to spare. Checked before
 the parser runs, since Python's parser recurses per level and a body of ``[[[[...`` would otherwise
 end in a RecursionError (a 500) rather than a 400."""
+
+_ARCHIVE_ERRORS = (OSError, EOFError, zipfile.BadZipFile, zlib.error, lzma.LZMAError)
+"""What reading a member of a corrupt archive raises (bz2 raises OSError)."""
 
 
 @dataclass(frozen=True)
@@ -184,6 +190,13 @@ def encode_json(outputs: Mapping[str, np.ndarray[Any, Any]]) -> bytes:
     return json.dumps({"outputs": body}, separators=(",", ":")).encode()
 
 
+JSON_OUTPUT_DTYPES = frozenset(
+    {"bool", "float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+     "uint64", "string"}
+)  # fmt: skip
+"""The dtypes :func:`encode_json` writes for ONNX outputs; a response naming another is refused."""
+
+
 def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
     """Client side: decode an ``{"outputs": ...}`` JSON response (explicit form only)."""
     if len(body) > limits.max_body_bytes:
@@ -193,9 +206,11 @@ def decode_json_outputs(body: bytes, limits: TensorLimits) -> Arrays:
         outputs = doc["outputs"]
         out: Arrays = {}
         for name, value in outputs.items():
+            if value["dtype"] not in JSON_OUTPUT_DTYPES:  # not any numpy dtype string: "U100000000" is 400 MB
+                raise InputError(f"response tensor {str(name)[:64]!r} has an unsupported dtype")
             dtype = "str" if value["dtype"] == "string" else value["dtype"]
             out[name] = np.asarray(value["data"], dtype=np.dtype(dtype)).reshape(value["shape"])
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+    except (ValueError, TypeError, KeyError, AttributeError, RecursionError, OverflowError) as exc:
         raise InputError(f"malformed JSON response: {exc}") from exc
     return out
 
@@ -214,11 +229,17 @@ def _read_npy(fp: IO[bytes], name: str, max_elements: int, kinds: str = "biuf") 
             shape, fortran, dtype = fmt.read_array_header_2_0(fp, max_header_size=MAX_NPY_HEADER)
         else:
             raise ValueError(f"unsupported .npy format version {version}")
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+    except (ValueError, SyntaxError, tokenize.TokenError, *_ARCHIVE_ERRORS) as exc:
+        # (numpy re-tokenizes an old-style header it cannot parse: TokenError for an unclosed bracket)
         raise InputError(f"tensor {name!r} is not a valid .npy array: {exc}", input_name=name) from exc
     if dtype.hasobject:
         raise InputError(f"tensor {name!r} is an object array; those are refused", input_name=name)
-    if dtype.kind not in kinds or dtype.fields is not None or dtype.subdtype is not None:
+    if (
+        dtype.kind not in kinds
+        or dtype.fields is not None
+        or dtype.subdtype is not None
+        or not dtype.itemsize
+    ):
         raise InputError(f"tensor {name!r} has unsupported dtype {dtype.str}", input_name=name)
     if len(shape) > MAX_RANK:
         raise InputError(f"tensor {name!r} has rank {len(shape)}; the limit is {MAX_RANK}", input_name=name)
@@ -230,7 +251,7 @@ def _read_npy(fp: IO[bytes], name: str, max_elements: int, kinds: str = "biuf") 
     size = count * dtype.itemsize
     try:
         data = fp.read(size)
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:  # corrupt deflate stream or CRC
+    except _ARCHIVE_ERRORS as exc:  # corrupt deflate or LZMA stream, or CRC
         raise InputError(f"tensor {name!r} is corrupt: {exc}", input_name=name) from exc
     if len(data) != size:
         raise InputError(f"tensor {name!r} is truncated ({len(data)} of {size} bytes)", input_name=name)
@@ -258,7 +279,7 @@ def decode_npz(body: bytes, limits: TensorLimits, *, kinds: str = "biuf") -> Arr
     try:
         archive = zipfile.ZipFile(io.BytesIO(body))
         members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+    except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError) as exc:  # (unknown zip version)
         raise InputError(f"body is not a valid .npz archive: {exc}") from exc
     if len(members) > MAX_MEMBERS:
         raise InputError(f".npz archive has {len(members)} members; the limit is {MAX_MEMBERS}")

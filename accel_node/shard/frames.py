@@ -71,10 +71,14 @@ def merge_batches(results: list[Arrays]) -> Arrays:
     """The outputs of the micro-batches joined along axis 0, in order."""
     if len(results) == 1:
         return results[0]
+    if any(list(r) != list(results[0]) for r in results):  # (results come from peers: never assume)
+        raise ShardRequestError("micro-batch results name different outputs: cannot merge them")
     merged: Arrays = {}
     for name in results[0]:
         parts = [r[name] for r in results]
         if any(p.ndim == 0 for p in parts):
             raise ShardRequestError(f"output {name!r} has no batch axis: cannot merge micro-batches")
+        if any(p.shape[1:] != parts[0].shape[1:] or p.dtype != parts[0].dtype for p in parts):
+            raise ShardRequestError(f"output {name!r} differs in shape or dtype between micro-batches")
         merged[name] = np.concatenate(parts, axis=0)
     return merged

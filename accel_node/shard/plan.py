@@ -41,7 +41,7 @@ from accel_node.models.manifest import TensorSpec
 from accel_node.shard.errors import PartitionError, PlanError
 from accel_node.shard.limits import MAX_STAGES
 from accel_node.shard.partition import Partition, Stage, profile_graph
-from p2p.codec.cbor import CborMap, as_int, as_list, as_text, brief, load_map
+from p2p.codec.cbor import CborMap, as_int, as_list, as_text, describe, load_map
 from p2p.content import CID, InvalidCIDError, compute_cid
 from p2p.records import MAX_PUBKEY_BYTES, MAX_SIG_BYTES
 
@@ -268,7 +268,7 @@ def parse_plan_map(data: object) -> ShardPlan:
     fields.require_exactly(PLAN_KEYS)
     version = fields.get("v")
     if version != FORMAT_VERSION or isinstance(version, bool):
-        raise PlanError(f"unsupported plan version {brief(version)}")
+        raise PlanError(f"unsupported plan version {describe(version)}")
     stages = fields.list_("stages", max_len=MAX_STAGES)
     if not stages:
         raise PlanError("plan has no stages")

@@ -60,7 +60,7 @@ from accel_node.shard.errors import (  # re-exported: the wire's errors live wit
     ShardWireError,
 )
 from accel_node.shard.limits import MAX_STAGES
-from p2p.codec.cbor import CborMap, as_bytes, as_list, brief, loads_bounded
+from p2p.codec.cbor import CborMap, as_bytes, as_list, describe, loads_bounded
 
 Buffer = bytes | bytearray | memoryview
 Arrays = dict[str, np.ndarray[Any, Any]]
@@ -351,7 +351,7 @@ def _parse_header(raw: bytes, limits: WireLimits) -> tuple[_Fields, Kind]:
     if not {"v", "k", "t", "r", "s"} <= set(f):
         raise f.error("header lacks one of v, k, t, r, s")
     if f.get("v") != FORMAT_VERSION or isinstance(f.get("v"), bool):
-        raise f.error(f"unsupported message version {brief(f.get('v'))}")
+        raise f.error(f"unsupported message version {describe(f.get('v'))}")
     if f.request_id is None or f.tag is None:
         raise f.error(f"header needs a {REQUEST_ID_BYTES}-byte request id and an integer tag")
     code = f.integer("k", max_value=_MAX_INT)
@@ -408,7 +408,9 @@ def _parse_tensors(f: _Fields, data: memoryview, start: int, fp16: bool) -> dict
         if name in tensors:
             raise f.error(f"tensor {name!r} appears twice")
         if not isinstance(dtype_name, str) or dtype_name not in WIRE_DTYPES:
-            raise f.error(f"tensor {name!r}: dtype {dtype_name!r} is not one of {sorted(WIRE_DTYPES)}")
+            raise f.error(
+                f"tensor {name!r}: dtype {describe(dtype_name)} is not one of {sorted(WIRE_DTYPES)}"
+            )
         dims = f.list(shape, f"shape of {name!r}", limits.max_rank)
         if any(isinstance(d, bool) or not isinstance(d, int) or not 0 <= d <= limits.max_dim for d in dims):
             raise f.error(f"tensor {name!r}: dims must be integers from 0 to {limits.max_dim}")
@@ -416,7 +418,7 @@ def _parse_tensors(f: _Fields, data: memoryview, start: int, fp16: bool) -> dict
         count = math.prod(dims)
         if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes != count * wire.itemsize:
             raise f.error(
-                f"tensor {name!r}: declared length {brief(nbytes)} is not {count} x {wire.itemsize} bytes"
+                f"tensor {name!r}: declared length {describe(nbytes)} is not {count} x {wire.itemsize} bytes"
             )
         offset = _align(offset)
         if offset + nbytes > len(data):

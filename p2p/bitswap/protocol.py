@@ -69,7 +69,10 @@ def cid_from_prefix(prefix: bytes, data: bytes) -> CID:
     version, codec, mh_type, mh_len = fields
     if version not in (0, 1) or mh_type != SHA2_256 or mh_len != 32:
         raise ProtocolError("unsupported block prefix")
-    return CID.compute(data, codec, version)
+    try:
+        return CID.compute(data, codec, version)
+    except ContentError as exc:  # e.g. a CIDv0 prefix with a codec other than dag-pb
+        raise ProtocolError(f"invalid block prefix: {exc}") from exc
 
 
 @dataclass

@@ -17,7 +17,7 @@ them apart; Python's ``bool`` subclassing ``int`` must not blur that).
 The value checkers (:func:`as_int`, :func:`as_text`, ...) are the same checks for values that are
 not map fields (list items, map keys). Error messages never format a peer's value whole: CBOR
 integers are unbounded, and ``repr`` of one with more than 4300 digits raises ``ValueError`` (Python's
-int-to-text limit) instead of the error the caller expects; :func:`brief` is the safe way to name a
+int-to-text limit) instead of the error the caller expects; :func:`describe` is the safe way to name a
 value in a message.
 """
 
@@ -79,19 +79,17 @@ def load_list(
     return as_list(loads_bounded(raw, max_bytes=max_bytes, what=what, error=error), what, max_len, error)
 
 
+def describe(value: object, limit: int = 40) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters, for any decoded value: the repr
+    of an integer of more than 4300 digits raises ValueError, and a peer can send one (a CBOR bignum)."""
+    try:
+        text = repr(value)
+    except (ValueError, RecursionError):
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 # -- value checkers ------------------------------------------------------------------------------------
-
-MAX_BRIEF_CHARS: Final = 40
-
-
-def brief(value: object) -> str:
-    """``repr(value)`` for an error message, bounded: never raises, at most ~``MAX_BRIEF_CHARS`` chars."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
-        return f"an integer of {value.bit_length()} bits"
-    if not isinstance(value, str | bytes | int | float | bool | None):
-        return f"a {type(value).__name__}"
-    text = repr(value)
-    return text if len(text) <= MAX_BRIEF_CHARS else text[:MAX_BRIEF_CHARS] + "..."
 
 
 def as_int(
