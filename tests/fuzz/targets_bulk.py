@@ -35,8 +35,8 @@ _LARGE = bytes(range(1, 256)) * 275
 so only one seed has it). Not zeros: cut anywhere, zeros parse as thousands of empty frames."""
 
 
-def _frames(cipher: str | None, payloads: tuple[bytes, ...] = _PAYLOADS) -> bytes:
-    encoder = FrameEncoder(max_payload=MAX_PAYLOAD, cipher=cipher, key=KEY if cipher else None)
+def _frames(cipher: str, payloads: tuple[bytes, ...] = _PAYLOADS, *, encrypt: bool = True) -> bytes:
+    encoder = FrameEncoder(max_payload=MAX_PAYLOAD, cipher=cipher, key=KEY, encrypt=encrypt)
     return b"".join(encoder.encode_bytes(i % 256, payload) for i, payload in enumerate(payloads))
 
 
@@ -66,13 +66,19 @@ def _decode_frames(decoder: FrameDecoder, data: bytes) -> None:
 
 
 def _plain_seeds() -> list[bytes]:
-    return [b"\x10" + _frames(None), b"\xff" + _frames(None), b"\x03" + _frames(None, (b"ab", _LARGE))]
+    def plain(payloads: tuple[bytes, ...] = _PAYLOADS) -> bytes:
+        return _frames(AES_256_GCM, payloads, encrypt=False)
+
+    return [b"\x10" + plain(), b"\xff" + plain(), b"\x03" + plain((b"ab", _LARGE))]
 
 
 @target("bulk_frames_plain", _plain_seeds, max_len=80_000)
 def fuzz_bulk_frames_plain(data: bytes) -> None:
+    """Plain frames: the payload in the clear, followed by its AEAD tag (anything else fails it)."""
     with accepting(FrameError):
-        _decode_frames(FrameDecoder(max_payload=MAX_PAYLOAD), data)
+        _decode_frames(
+            FrameDecoder(max_payload=MAX_PAYLOAD, cipher=AES_256_GCM, key=KEY, encrypt=False), data
+        )
 
 
 def _sealed_seeds() -> list[bytes]:

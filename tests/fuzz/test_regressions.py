@@ -240,9 +240,9 @@ def test_json_outputs_of_every_written_dtype_are_read() -> None:
 
 
 def test_deeply_nested_json_is_an_input_error() -> None:
-    with pytest.raises(InputError, match="not valid JSON"):
+    with pytest.raises(InputError, match="nested more than"):
         decode_inputs(b'{"inputs": ' * 100_000, JSON_TYPE, SIGNATURE, TensorLimits())
-    with pytest.raises(InputError, match="malformed JSON response"):
+    with pytest.raises(InputError, match="nested more than"):
         decode_outputs(b"[" * 100_000, JSON_TYPE, TensorLimits())
 
 
