@@ -31,7 +31,9 @@ from p2p.bulk.errors import HandshakeError, RefusedError
 from p2p.bulk.framing import AES_256_GCM, DEFAULT_MAX_PAYLOAD, KEY_SIZE, FrameDecoder, FrameEncoder
 from p2p.bulk.handlers import HandlerTable, Route
 from p2p.bulk.handshake import Mode, check_purpose
+from p2p.bulk.limits import CHANNELS, BulkLimits
 from p2p.bulk.seam import FrameChannel, Handler
+from p2p.resources import Reservation, ResourceLimitExceeded, ResourceManager
 from p2p.tasks import FailureHook, OwnedTasks
 
 MAX_CHUNKS = 16
@@ -138,13 +140,20 @@ class MemoryNetwork:
         self.nodes: dict[ID, MemoryTransport] = {}
 
     def transport(
-        self, peer_id: ID, *, max_payload: int = DEFAULT_MAX_PAYLOAD, idle_timeout_s: float | None = None
+        self,
+        peer_id: ID,
+        *,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        idle_timeout_s: float | None = None,
+        limits: BulkLimits | None = None,
     ) -> MemoryTransport:
         """A new node ``peer_id`` on this network (reachable once its :meth:`~MemoryTransport.run`
         has started)."""
         if peer_id in self.nodes:
             raise ValueError(f"{peer_id} is already on this memory network")
-        node = MemoryTransport(self, peer_id, max_payload=max_payload, idle_timeout_s=idle_timeout_s)
+        node = MemoryTransport(
+            self, peer_id, max_payload=max_payload, idle_timeout_s=idle_timeout_s, limits=limits
+        )
         self.nodes[peer_id] = node
         return node
 
@@ -155,7 +164,9 @@ class MemoryTransport:
     Owns (while :meth:`run` runs) the handler tasks of the channels opened to it; ``on_failure``
     hears of one that failed outside the handler (a handler's own failure is logged by the
     handler table and ends only its channel). ``idle_timeout_s`` closes served channels that carry
-    no frame for that long, as :class:`~p2p.bulk.service.BulkService` does.
+    no frame for that long, and ``limits`` (when given) bounds the channels each peer and all peers
+    together may have open to this node (``bulk.channels``; over it an open is refused "busy"), as
+    :class:`~p2p.bulk.service.BulkService` does.
     """
 
     def __init__(
@@ -166,8 +177,13 @@ class MemoryTransport:
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         idle_timeout_s: float | None = None,
         on_failure: FailureHook | None = None,
+        limits: BulkLimits | None = None,
     ) -> None:
         self.network = network
+        self.resources: ResourceManager | None = None
+        if limits is not None:
+            self.resources = ResourceManager()
+            limits.declare(self.resources)
         self.idle_timeout_s = idle_timeout_s
         self.peer_id = peer_id
         self.max_payload = max_payload
@@ -203,8 +219,14 @@ class MemoryTransport:
             task_status.started()
             await trio.sleep_forever()
 
-    async def _serve(self, route: Route, channel: Channel, peer_id: ID) -> None:
-        await self.handlers.serve(route, channel, peer_id, idle_timeout_s=self.idle_timeout_s)
+    async def _serve(
+        self, route: Route, channel: Channel, peer_id: ID, reservation: Reservation | None = None
+    ) -> None:
+        try:
+            await self.handlers.serve(route, channel, peer_id, idle_timeout_s=self.idle_timeout_s)
+        finally:
+            if reservation is not None:
+                reservation.release()
 
     @asynccontextmanager
     async def open(
@@ -221,6 +243,12 @@ class MemoryTransport:
         route = target.handlers.get(purpose)
         if reason is not None or route is None:
             raise RefusedError(f"{peer_id} refused a {mode} bulk channel for {purpose!r}: {reason}")
+        reservation = None
+        if target.resources is not None:
+            try:
+                reservation = target.resources.reserve(CHANNELS, str(self.peer_id))
+            except ResourceLimitExceeded as exc:
+                raise RefusedError(f"{peer_id} is busy: {exc}") from exc
         ours, theirs = memory_channel_pair(
             self.peer_id,
             peer_id,
@@ -229,7 +257,7 @@ class MemoryTransport:
             opener_max_payload=self.max_payload,
             acceptor_max_payload=target.max_payload,
         )
-        target._tasks.spawn("handler", target._serve, route, theirs, self.peer_id)
+        target._tasks.spawn("handler", target._serve, route, theirs, self.peer_id, reservation)
         self.opened += 1
         try:
             yield ours

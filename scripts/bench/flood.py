@@ -19,7 +19,8 @@ runs beside them, at 10x its limits:
   (the slot-pinning attack of finding 3); each answer is followed by the next RUN after
   ``--pause-ms``;
 - **channel opens**: ``10 x peer_channels`` tasks that open a ``shard/1`` channel to ``s0``, hold it
-  ``--hold-ms`` and open the next.
+  ``--hold-ms`` and open the next. Every node's in-memory transport has the node's default bulk
+  channel limits (:class:`p2p.bulk.BulkLimits`: 32 per peer), as its bulk port would.
 
 Reported (one JSON document on stdout): per period the requests done, errors, p50/p99 latency; the
 ratio of the p99s (target <= 1.5); what the flooder got (answers by code, channels refused); the
@@ -52,7 +53,7 @@ from accel_node.shard.retention import Retention
 from accel_node.shard.router import ShardRouter
 from accel_node.shard.server import RESULT_PURPOSE, SHARD_PURPOSE, StageServer
 from accel_node.shard.wire import Kind, Message
-from p2p.bulk import BulkError, FrameChannel, MemoryNetwork, MemoryTransport
+from p2p.bulk import BulkError, BulkLimits, FrameChannel, MemoryNetwork, MemoryTransport
 from p2p.identity import generate_identity
 from scripts.bench.harness import log, machine_info, source_revision
 from scripts.bench.shard_cluster import build_transport_model
@@ -163,8 +164,8 @@ async def bench(args: argparse.Namespace, stages: list[Any]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     async with trio.open_nursery() as nursery:
 
-        async def node(peer: ID) -> MemoryTransport:
-            transport = network.transport(peer)
+        async def node(peer: ID) -> MemoryTransport:  # with the node's default [bulk] channel limits
+            transport = network.transport(peer, limits=BulkLimits())
             await nursery.start(transport.run)
             return transport
 

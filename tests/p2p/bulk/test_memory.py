@@ -4,6 +4,7 @@ BulkService; all on trio's mock clock, nothing sleeps."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -16,6 +17,7 @@ from p2p.bulk import (
     BlockServer,
     BlocksNotFoundError,
     BulkError,
+    BulkLimits,
     ChannelClosed,
     FrameChannel,
     FrameError,
@@ -240,4 +242,30 @@ async def test_an_exception_in_a_fetch_block_comes_out_as_itself() -> None:
                 async with fetcher.fetch(list(blocks), []) as arriving:
                     async for _ in arriving:
                         pass
+        nursery.cancel_scope.cancel()
+
+
+async def test_memory_network_bounds_channels_per_peer_like_bulk_service(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    network = MemoryNetwork()
+    server = network.transport(PEER_A, limits=BulkLimits(channels_per_peer=2, channels=4))
+    client = network.transport(PEER_B)
+
+    async def hold(channel: FrameChannel, peer_id: ID) -> None:
+        with contextlib.suppress(ChannelClosed):
+            await channel.receive()
+
+    server.set_handler("hold", hold)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.run)
+        await nursery.start(client.run)
+        async with client.open(PEER_A, "hold"), client.open(PEER_A, "hold"):
+            with pytest.raises(RefusedError, match="busy"):
+                async with client.open(PEER_A, "hold"):
+                    pass
+        await trio.testing.wait_all_tasks_blocked()  # the handlers ended: their shares came back
+        async with client.open(PEER_A, "hold"):
+            pass
+        assert server.resources is not None and server.resources.used("bulk.channels") <= 1
         nursery.cancel_scope.cancel()
