@@ -82,6 +82,8 @@ def load_list(
 def describe(value: object, limit: int = 40) -> str:
     """``repr(value)`` for an error message, at most ``limit`` characters, for any decoded value: the repr
     of an integer of more than 4300 digits raises ValueError, and a peer can send one (a CBOR bignum)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"  # its repr may be refused, and says nothing
     try:
         text = repr(value)
     except (ValueError, RecursionError):

@@ -182,14 +182,14 @@ def test_micro_batch_results_that_disagree_are_refused(results: list[dict[str, n
 
 
 def test_plan_with_huge_version_is_a_plan_error() -> None:
-    with pytest.raises(PlanError, match="unsupported plan version <int>"):
+    with pytest.raises(PlanError, match="unsupported plan version an integer of"):
         parse_plan_map(cbor2.loads(_plan_with_version(HUGE)))
     plan = sample_plan().to_map()
     assert parse_plan_map(plan) == sample_plan()
 
 
 def test_describe_bounds_any_value() -> None:
-    assert describe(HUGE) == "<int>"
+    assert describe(HUGE) == f"an integer of {HUGE.bit_length()} bits"
     assert describe("x" * 100) == repr("x" * 37)[:37] + "..."
     assert describe(2) == "2" and describe(b"ab") == "b'ab'"
 
