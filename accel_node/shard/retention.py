@@ -8,8 +8,11 @@ stage that cannot produce what it committed to is penalised by the requester (it
 honest); one whose retained tensors differ from its receipt has, in effect, lied.
 
 Bounded (``[shard] retention_bytes``, ``retention_s`` and an entry count): the oldest entries go first
-when a bound is reached, and entries expire after ``keep_s``. Only the requester (the RUN's reply-to
-peer) may read an entry: activations are the requester's data.
+when a bound is reached, and entries expire after ``keep_s``. Each requester may hold at most a share
+of the bytes (``max_bytes_per_requester``, a quarter by default): its own oldest entries go first, so a
+requester flooding a stage evicts its own entries, not the ones other requesters may still audit (an
+honest stage that cannot produce committed data is penalised by whoever audits it). Only the
+requester (the RUN's reply-to peer) may read an entry: activations are the requester's data.
 """
 
 from __future__ import annotations
@@ -73,12 +76,17 @@ class Retention:
         max_bytes: int = DEFAULT_BYTES,
         keep_s: float = DEFAULT_KEEP_S,
         max_entries: int = DEFAULT_ENTRIES,
+        max_bytes_per_requester: int | None = None,
         clock: Callable[[], float] = trio.current_time,
     ) -> None:
         if max_bytes < 0 or keep_s < 0 or max_entries < 0:
             raise ValueError("retention bounds must be >= 0")
         self.key_pair = key_pair
         self.max_bytes = max_bytes
+        self.max_bytes_per_requester = (
+            max_bytes // 4 if max_bytes_per_requester is None else max_bytes_per_requester
+        )
+        self._requester_bytes: dict[ID, int] = {}
         self.keep_s = keep_s
         self.max_entries = max_entries
         self.clock = clock
@@ -118,16 +126,31 @@ class Retention:
         self._expire()
         old = self._entries.pop(key, None)
         if old is not None:
-            self.bytes -= old.nbytes
-        if entry.nbytes > self.max_bytes or self.max_entries == 0:
+            self._forget(old)
+        if entry.nbytes > min(self.max_bytes, self.max_bytes_per_requester) or self.max_entries == 0:
             return
+        share = self.max_bytes_per_requester
+        if self._requester_bytes.get(entry.requester, 0) + entry.nbytes > share:
+            for older_key in [k for k, e in self._entries.items() if e.requester == entry.requester]:
+                self._forget(self._entries.pop(older_key))  # this requester's oldest first
+                if self._requester_bytes.get(entry.requester, 0) + entry.nbytes <= share:
+                    break
         while self._entries and (
             self.bytes + entry.nbytes > self.max_bytes or len(self._entries) >= self.max_entries
         ):
             _, dropped = self._entries.popitem(last=False)
-            self.bytes -= dropped.nbytes
+            self._forget(dropped)
         self._entries[key] = entry
         self.bytes += entry.nbytes
+        self._requester_bytes[entry.requester] = self._requester_bytes.get(entry.requester, 0) + entry.nbytes
+
+    def _forget(self, entry: Retained) -> None:
+        self.bytes -= entry.nbytes
+        left = self._requester_bytes.get(entry.requester, 0) - entry.nbytes
+        if left > 0:
+            self._requester_bytes[entry.requester] = left
+        else:
+            self._requester_bytes.pop(entry.requester, None)
 
     def _expire(self) -> None:
         now = self.clock()
@@ -136,7 +159,7 @@ class Retention:
             if first.expires > now:
                 break
             del self._entries[key]
-            self.bytes -= first.nbytes
+            self._forget(first)
 
     def lookup(self, request_id: bytes, stage: int) -> Retained | None:
         self._expire()

@@ -367,7 +367,9 @@ def test_evidence_round_trip_and_refusals() -> None:
 def test_retention_is_bounded_in_bytes_count_and_time_and_answers_only_the_requester() -> None:
     now = [0.0]
     key = generate_identity()
-    store = Retention(key, max_bytes=1000, keep_s=60.0, max_entries=3, clock=lambda: now[0])
+    store = Retention(
+        key, max_bytes=1000, keep_s=60.0, max_entries=3, max_bytes_per_requester=1000, clock=lambda: now[0]
+    )
     requester, other = ID.from_pubkey(generate_identity().public_key), ID.from_pubkey(key.public_key)
     x = {"x": np.zeros(25, np.float32)}  # 100 bytes in, 100 out
 
@@ -387,10 +389,29 @@ def test_retention_is_bounded_in_bytes_count_and_time_and_answers_only_the_reque
     assert len(store) == 3 and store.lookup(bytes([1]) * 16, 1) is None  # the oldest went first
     now[0] = 61.0
     assert store.lookup(bytes([5]) * 16, 1) is None and len(store) == 0 and store.bytes == 0
-    small = Retention(key, max_bytes=450, clock=lambda: now[0])
+    small = Retention(key, max_bytes=450, max_bytes_per_requester=450, clock=lambda: now[0])
     for i in range(1, 4):
         small.commit(run(i), x)
     assert len(small) == 2 and small.bytes == 400
+
+
+def test_a_flooding_requester_evicts_its_own_retained_entries_not_others() -> None:
+    """Retention is shared by every requester; one that floods a stage must not push out what the
+    others may still audit (the stage would be penalised by them for losing it)."""
+    key = generate_identity()
+    store = Retention(key, max_bytes=1000, max_bytes_per_requester=400, clock=lambda: 0.0)
+    honest, flooder = (ID.from_pubkey(generate_identity().public_key) for _ in range(2))
+    x = {"x": np.zeros(25, np.float32)}  # 200 bytes an entry
+
+    def run(i: int, requester: ID) -> Message:
+        return Message(Kind.RUN, bytes([i]) * 16, stage=1, model="m", reply_to=requester, tensors=x)
+
+    store.commit(run(1, honest), x)
+    for i in range(2, 40):
+        store.commit(run(i, flooder), x)
+    assert store.lookup(bytes([1]) * 16, 1) is not None  # the honest requester's entry stays
+    assert store.bytes == 600 and len(store) == 3  # the flooder holds its share: its two newest
+    assert store.lookup(bytes([39]) * 16, 1) is not None and store.lookup(bytes([37]) * 16, 1) is None
 
 
 # -- gossip of evidence --------------------------------------------------------------------------------
