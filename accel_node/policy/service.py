@@ -52,6 +52,8 @@ PROTOCOL = "policy"
 MAX_HELD_TOKENS = 64
 MAX_TOKENS_FILE_BYTES = 256 * 1024
 MAX_USED_REPORTED = 65536  # (token, action) pairs whose first use was reported
+DENIAL_EVERY_S = 10.0  # at most one policy-denied event per (peer, action) this often; the rest counted
+MAX_DENIALS_TRACKED = 4096
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,7 @@ class PolicyService:
         self.book = TokenBook(resources, limit=Limit(settings.max_grants_per_peer, 4096))
         self._revoked: set[str] = set()
         self._used: set[tuple[str, str]] = set()
+        self._denied: dict[tuple[str, str], tuple[float, int]] = {}  # last reported, left out since
         self.membership: MembershipList | None = None
         self.policy = self._snapshot(())
 
@@ -157,8 +160,7 @@ class PolicyService:
         token = self.book.token_for(peer_text, action, now=self.clock())
         decision = self.policy.decide(peer_text, action, token=token is not None)
         if not decision.allowed:
-            details = {"action": action}
-            self.events(SecurityEvent(POLICY_DENIED, protocol, peer_text, decision.reason, details))
+            self._report_denial(peer_text, action, protocol, decision.reason)
         elif decision.via == "token" and token is not None and (token.id, action) not in self._used:
             if len(self._used) > MAX_USED_REPORTED:
                 self._used.clear()
@@ -166,6 +168,22 @@ class PolicyService:
             details = {"action": action, "token": token.id}
             self.events(SecurityEvent(TOKEN_USED, protocol, peer_text, "capability token", details))
         return decision.allowed
+
+    def _report_denial(self, peer: str, action: str, protocol: str, reason: str) -> None:
+        """A flood of denied requests must not flood the audit log: one event per (peer, action)
+        every ``DENIAL_EVERY_S``, the next one saying how many were left out (``suppressed``)."""
+        now = self.clock()
+        last, suppressed = self._denied.get((peer, action), (float("-inf"), 0))
+        if now - last < DENIAL_EVERY_S:
+            self._denied[(peer, action)] = (last, suppressed + 1)
+            return
+        if len(self._denied) >= MAX_DENIALS_TRACKED:
+            self._denied.clear()
+        self._denied[(peer, action)] = (now, 0)
+        details: dict[str, str | int | float | bool] = {"action": action}
+        if suppressed:
+            details["suppressed"] = suppressed
+        self.events(SecurityEvent(POLICY_DENIED, protocol, peer, reason, details))
 
     def allows(self, action: str, *, protocol: str = PROTOCOL) -> Callable[[ID], bool]:
         """``allowed`` for one action, as the ``allow`` callable protocols take."""

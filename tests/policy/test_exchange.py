@@ -23,6 +23,7 @@ from accel_node.policy import ASSIGN, COMPUTE, CONTENT, PolicyService, PolicyUpd
 from accel_node.policy.errors import MembershipError
 from accel_node.policy.exchange import TOKEN_PROTOCOL, present
 from accel_node.policy.membership import sign_membership
+from accel_node.policy.service import DENIAL_EVERY_S
 from accel_node.policy.signed import format_key
 from accel_node.policy.tokens import issue
 from accel_node.store import AsyncStore
@@ -117,7 +118,8 @@ async def test_a_peer_is_refused_compute_until_it_presents_a_valid_token(tmp_pat
         refusals = [(e.kind, e.details.get("token")) for e in node.events if e.peer == mallory.id]
         assert (REFUSED, token.id) in refusals and (BAD_SIGNATURE, forged.id) in refusals
         assert (REFUSED, own.id) in refusals and (REFUSED, expired.id) in refusals
-        assert refusals[-1] == (POLICY_DENIED, None)
+        # Denied twice within DENIAL_EVERY_S: reported once (a flood must not flood the audit log).
+        assert [k for k, _ in refusals].count(POLICY_DENIED) == 1
 
         # Revoked: the held token stops working at once, and is refused when presented again.
         await node.policy.update(PolicyUpdate(revoke=[token.id]))
@@ -188,3 +190,18 @@ async def test_rules_revocations_and_membership_persist(tmp_path: Path) -> None:
     await stranger.load()
     assert stranger.membership is None and not stranger.allowed(alice, COMPUTE)
     await store.close()
+
+
+async def test_repeated_denials_are_reported_once_per_period_with_a_count(tmp_path: Path) -> None:
+    now = [1000.0]
+    events: list[SecurityEvent] = []
+    async with peers(tmp_path, 1) as (node,):
+        node.policy.events = events.append
+        node.policy.clock = lambda: now[0]
+        stranger = "12D3KooWStrangerStrangerStrangerStrangerStrangerStr"
+        for _ in range(500):
+            assert not node.policy.allowed(stranger, COMPUTE)
+        assert [e.kind for e in events] == [POLICY_DENIED]
+        now[0] += DENIAL_EVERY_S
+        assert not node.policy.allowed(stranger, COMPUTE)
+        assert len(events) == 2 and events[1].details["suppressed"] == 499
