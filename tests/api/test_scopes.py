@@ -9,15 +9,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-import trio
 
 from accel_node.client import AsyncClient
-from accel_node.config import load_config
 from accel_node.core import endpoints as E
 from accel_node.core.endpoints import Endpoint
 from accel_node.home import READ, NodeHome
 from accel_node.node import Node
-from tests.support.daemons import node_env
+from tests.support.inprocess import in_process_node
 
 UNKNOWN_PEER = "12D3KooWGRUVh9QXFz4nqkMJbyHqnYFHkmSz1Bs5rUoWHk9fGMLh"
 
@@ -27,22 +25,10 @@ async def running_node(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[tuple[NodeHome, str, Node]]:
     """A node in this trio loop; its home, API url and the node."""
-    for key, value in node_env().items():
-        if key.startswith("ACCEL_NODE_"):
-            monkeypatch.setenv(key, value)
-    home = NodeHome(tmp_path / "node")
-    home.init()
-    node = Node(home, load_config(home.config_path))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.run)
-        with trio.fail_after(60):
-            await node.ready.wait()
+    async with in_process_node(tmp_path / "node", monkeypatch) as (home, node):
         info = home.read_api_info()
         assert info is not None
-        try:
-            yield home, str(info["url"]), node
-        finally:
-            node.request_stop()
+        yield home, str(info["url"]), node
 
 
 def test_every_endpoint_declares_a_scope_and_only_safe_ones_are_read() -> None:

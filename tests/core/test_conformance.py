@@ -16,18 +16,15 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-import trio
 
 from accel_node import __version__
 from accel_node.client import AsyncClient
-from accel_node.config import load_config
 from accel_node.core import endpoints as E
 from accel_node.core.contract import CoreApi
 from accel_node.core.schemas import InferOptions, PlanRequest, PolicyPut, PolicyRule, PublishRequest
 from accel_node.errors import AccelNodeError, ApiError
-from accel_node.home import NodeHome
-from accel_node.node import Node
-from tests.support.daemons import Daemon, node_env
+from tests.support.daemons import Daemon
+from tests.support.inprocess import in_process_node
 from tests.support.modelzoo import Zoo, zoo  # noqa: F401
 
 pytestmark = pytest.mark.multinode
@@ -52,21 +49,9 @@ def refused(code: str, status: int) -> Iterator[None]:
 @asynccontextmanager
 async def local_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[CoreApi]:
     """A node running in this test's trio loop, and its in-process core API."""
-    for key, value in node_env().items():
-        if key.startswith("ACCEL_NODE_"):
-            monkeypatch.setenv(key, value)
-    home = NodeHome(tmp_path / "local")
-    home.init()
-    node = Node(home, load_config(home.config_path))
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(node.run)
-        with trio.fail_after(60):
-            await node.ready.wait()
+    async with in_process_node(tmp_path / "local", monkeypatch) as (_, node):
         assert node.core is not None
-        try:
-            yield node.core
-        finally:
-            node.request_stop()
+        yield node.core
 
 
 @pytest.fixture(scope="module")
