@@ -12,7 +12,8 @@ operator and is never sent to a peer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
 # kinds of events (stable strings: the audit log stores them)
@@ -42,3 +43,31 @@ EventSink = Callable[[SecurityEvent], None]
 
 def drop(event: SecurityEvent) -> None:
     """The default sink: nobody keeps a record."""
+
+
+class EventThrottle:
+    """Lets through at most one event per key every ``every_s`` seconds, so that a flood of refused
+    requests does not flood the audit log; the next one let through learns how many were left out.
+
+    Keys are bounded by ``max_keys``: when full, keys quiet for ``every_s`` are forgotten first, then
+    all of them. Times come from the caller (``now``), on whichever clock it keeps.
+    """
+
+    def __init__(self, *, every_s: float = 10.0, max_keys: int = 4096) -> None:
+        self.every_s = every_s
+        self.max_keys = max_keys
+        self._last: dict[Hashable, tuple[float, int]] = {}  # last let through, left out since
+
+    def admit(self, key: Hashable, now: float) -> int | None:
+        """None when an event for ``key`` is to be left out (it is counted); else how many were left
+        out since the last one let through."""
+        last, suppressed = self._last.get(key, (-math.inf, 0))
+        if now - last < self.every_s:
+            self._last[key] = (last, suppressed + 1)
+            return None
+        if len(self._last) >= self.max_keys:
+            self._last = {k: v for k, v in self._last.items() if now - v[0] < self.every_s}
+            if len(self._last) >= self.max_keys:
+                self._last.clear()
+        self._last[key] = (now, 0)
+        return suppressed

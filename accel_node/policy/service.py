@@ -39,7 +39,7 @@ from accel_node.policy.rules import MAX_RULES, Policy, Rule, is_peer_id
 from accel_node.policy.signed import Signer, format_key, identity_signer, parse_key
 from accel_node.policy.tokens import MAX_TTL_S, CapabilityToken, check, decode, issue, parse
 from accel_node.store import AsyncStore
-from p2p.events import POLICY_DENIED, REFUSED, TOKEN_USED, EventSink, SecurityEvent, drop
+from p2p.events import POLICY_DENIED, REFUSED, TOKEN_USED, EventSink, EventThrottle, SecurityEvent, drop
 from p2p.resources import Limit, ResourceLimitExceeded, ResourceManager
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ class PolicyService:
         self.book = TokenBook(resources, limit=Limit(settings.max_grants_per_peer, 4096))
         self._revoked: set[str] = set()
         self._used: set[tuple[str, str]] = set()
-        self._denied: dict[tuple[str, str], tuple[float, int]] = {}  # last reported, left out since
+        self._denied = EventThrottle(every_s=DENIAL_EVERY_S, max_keys=MAX_DENIALS_TRACKED)
         self.membership: MembershipList | None = None
         self.policy = self._snapshot(())
 
@@ -172,14 +172,9 @@ class PolicyService:
     def _report_denial(self, peer: str, action: str, protocol: str, reason: str) -> None:
         """A flood of denied requests must not flood the audit log: one event per (peer, action)
         every ``DENIAL_EVERY_S``, the next one saying how many were left out (``suppressed``)."""
-        now = self.clock()
-        last, suppressed = self._denied.get((peer, action), (float("-inf"), 0))
-        if now - last < DENIAL_EVERY_S:
-            self._denied[(peer, action)] = (last, suppressed + 1)
+        suppressed = self._denied.admit((peer, action), self.clock())
+        if suppressed is None:
             return
-        if len(self._denied) >= MAX_DENIALS_TRACKED:
-            self._denied.clear()
-        self._denied[(peer, action)] = (now, 0)
         details: dict[str, str | int | float | bool] = {"action": action}
         if suppressed:
             details["suppressed"] = suppressed

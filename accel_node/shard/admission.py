@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import trio
 from libp2p.peer.id import ID
 
-from p2p.events import LIMIT, EventSink, SecurityEvent, drop
+from p2p.events import LIMIT, EventSink, EventThrottle, SecurityEvent, drop
 from p2p.resources import Limit, Reservation, ResourceLimitExceeded, ResourceManager
 
 PROTOCOL = "shard/1"
@@ -169,7 +169,7 @@ class Admission:
         for resource, limit in limits.resource_limits().items():
             resources.set_limit(resource, limit)
         self.refused = 0
-        self._reported: dict[tuple[str, str], tuple[float, int]] = {}
+        self._reported = EventThrottle(every_s=report_every_s, max_keys=4096)
 
     def channel(self, peer: ID) -> Reservation | None:
         """A share of ``shard.channels`` for a channel ``peer`` opened, or None (then close it)."""
@@ -229,15 +229,9 @@ class Admission:
     ) -> None:
         """A ``kind`` event (``limit`` by default) about ``resource`` (or what was refused), at most one
         per (peer, resource) every ``report_every_s``."""
-        now = trio.current_time()
-        key = (str(peer), resource)
-        last, suppressed = self._reported.get(key, (-self.report_every_s, 0))
-        if now - last < self.report_every_s:
-            self._reported[key] = (last, suppressed + 1)
+        suppressed = self._reported.admit((str(peer), resource), trio.current_time())
+        if suppressed is None:
             return
-        if len(self._reported) >= 4096:  # forget old keys rather than grow with the number of peers
-            self._reported = {k: v for k, v in self._reported.items() if now - v[0] < self.report_every_s}
-        self._reported[key] = (now, 0)
         details: dict[str, str | int | float | bool] = {"resource": resource, "suppressed": suppressed}
         if stage is not None:
             details["stage"] = stage

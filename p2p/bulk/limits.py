@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, fields
-from math import inf
 
 import trio
 
-from p2p.events import EventSink, SecurityEvent
+from p2p.events import EventSink, EventThrottle, SecurityEvent
 from p2p.resources import Limit, ResourceManager
 
 PENDING_HANDSHAKES = "bulk.pending_handshakes"
@@ -94,9 +93,7 @@ class EventReporter:
     ) -> None:
         self.sink = sink
         self.protocol = protocol
-        self.every_s = every_s
-        self.max_keys = max_keys
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._throttle = EventThrottle(every_s=every_s, max_keys=max_keys)
 
     def report(
         self,
@@ -107,14 +104,9 @@ class EventReporter:
         peer: str | None = None,
         **details: str | int | float | bool,
     ) -> None:
-        now = trio.current_time()
-        last, suppressed = self._last.get((kind, key), (-inf, 0))
-        if now - last < self.every_s:
-            self._last[(kind, key)] = (last, suppressed + 1)
+        suppressed = self._throttle.admit((kind, key), trio.current_time())
+        if suppressed is None:
             return
-        if len(self._last) >= self.max_keys:
-            self._last.clear()
-        self._last[(kind, key)] = (now, 0)
         if suppressed:
             details["suppressed"] = suppressed
         self.sink(SecurityEvent(kind, self.protocol, peer, reason, details))
