@@ -91,7 +91,9 @@ class GpuSummary(_Body):
 
 
 class HardwareSummary(_Body):
-    peak_gflops: float | None = Field(default=None, ge=0, le=MAX_NODE_GFLOPS)
+    peak_gflops: float | None = Field(default=None, ge=0, le=MAX_NODE_GFLOPS)  # fp32 GEMM, all threads
+    gflops_1t: float | None = Field(default=None, ge=0, le=MAX_NODE_GFLOPS)  # fp32 GEMM, one thread
+    int8_gops: float | None = Field(default=None, ge=0, le=MAX_NODE_GFLOPS)  # int8 GEMM, all threads
     mem_bw_gbs: float | None = Field(default=None, ge=0, le=MAX_MEM_BW_GBS)
     mem_total_gb: float = Field(ge=0, le=MAX_MEM_GB)
     mem_free_gb: float = Field(ge=0, le=MAX_MEM_GB)

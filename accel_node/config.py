@@ -515,6 +515,103 @@ class PolicySection(_Section):
         return value
 
 
+class PredictSection(_Section):
+    """[predict]: performance prediction from this node's own measurements (accel_node.predict)."""
+
+    enabled: bool = Field(
+        default=True, description="Train predictors from measurements and answer predictions."
+    )
+    min_samples: int = Field(
+        default=40,
+        ge=10,
+        le=1_000_000,
+        description="Measurements needed before a learnt predictor replaces the roofline baseline.",
+    )
+    retrain_after: int = Field(
+        default=50,
+        ge=1,
+        le=1_000_000,
+        description="New measurements since the last training that trigger a retrain.",
+    )
+    check_interval_s: float = Field(
+        default=60.0, ge=1, le=86_400, description="How often the node checks whether to retrain (s)."
+    )
+    calibration_fraction: float = Field(
+        default=0.2,
+        ge=0.05,
+        le=0.5,
+        description="Share of measurements held out to calibrate the prediction intervals (split conformal).",
+    )
+    profile_ops: bool = Field(
+        default=True,
+        description="Benchmarks also record per-operator timings from ONNX Runtime's profiler (one extra run "
+        "per point), for the kernel-level predictor.",
+    )
+    keep_versions: int = Field(
+        default=5, ge=1, le=1000, description="Trained predictor versions kept in the store."
+    )
+    max_import_bytes: int = Field(
+        default=16 * 1024**2, ge=1024, le=1 << 30, description="Largest predictor export accepted for import."
+    )
+
+
+class TuneSection(_Section):
+    """[tune]: online tuning of batch size, batch wait, threads and precision per model (accel_node.tune)."""
+
+    enabled: bool = Field(default=True, description="Tune serving configuration from live measurements.")
+    slo_p95_ms: float = Field(
+        default=100.0,
+        gt=0,
+        le=600_000,
+        description="p95 latency objective per request, queueing included (ms).",
+    )
+    max_violation_rate: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Most share of requests over the SLO that exploring configurations may cause.",
+    )
+    accuracy_tolerance: float = Field(
+        default=0.01,
+        ge=0,
+        le=1,
+        description="A precision variant is eligible only if its measured max abs output difference "
+        "is within this.",
+    )
+    batch_choices: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+        min_length=1,
+        max_length=32,
+        description="Max-batch values the tuner chooses among.",
+    )
+    wait_ms_choices: list[float] = Field(
+        default_factory=lambda: [0.0, 1.0, 2.0, 5.0, 10.0],
+        min_length=1,
+        max_length=32,
+        description="Max batch wait values (ms) the tuner chooses among (AIMD adjusts within them).",
+    )
+    thread_choices: list[int] = Field(
+        default_factory=list,
+        max_length=32,
+        description="Intra-op thread counts the tuner chooses among; empty = 1, half and all physical cores.",
+    )
+    epoch_s: float = Field(
+        default=2.0,
+        gt=0,
+        le=3600,
+        description="How long one configuration serves before its reward is scored (s).",
+    )
+    min_requests: int = Field(
+        default=20,
+        ge=1,
+        le=1_000_000,
+        description="Requests an epoch needs before it counts as a measurement.",
+    )
+    persist_interval_s: float = Field(
+        default=30.0, ge=1, le=86_400, description="How often the tuning policies are saved to the store (s)."
+    )
+
+
 class LogSection(_Section):
     """[log]: logging."""
 
@@ -542,6 +639,8 @@ class Config(_Section):
     shard: ShardSection = Field(default_factory=ShardSection)
     bulk: BulkSection = Field(default_factory=BulkSection)
     policy: PolicySection = Field(default_factory=PolicySection)
+    predict: PredictSection = Field(default_factory=PredictSection)
+    tune: TuneSection = Field(default_factory=TuneSection)
     log: LogSection = Field(default_factory=LogSection)
 
 

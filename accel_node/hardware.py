@@ -193,6 +193,8 @@ class HardwareService:
         mem = psutil.virtual_memory()
         base: dict[str, Any] = {
             "peak_gflops": None,
+            "gflops_1t": None,
+            "int8_gops": None,
             "mem_bw_gbs": None,
             "mem_total_gb": mem.total / 1e9,
             "cpu": self.static.cpu_model if self.static else "",

@@ -115,10 +115,13 @@ def _hardware_rows(hw: Mapping[str, Any]) -> dict[str, Any]:
     rows: dict[str, Any] = {
         "cpu": f"{hw.get('cpu') or '?'} ({hw.get('cores', '?')} cores)",
         "compute": fmt_rate(hw.get("peak_gflops"), "GFLOP/s"),
+        "compute, one thread": fmt_rate(hw.get("gflops_1t"), "GFLOP/s"),
+        "int8 compute": fmt_rate(hw.get("int8_gops"), "GOP/s"),
         "memory": f"{fmt_gb(hw.get('mem_free_gb'))} free of {fmt_gb(hw.get('mem_total_gb'))}",
         "memory bandwidth": fmt_rate(hw.get("mem_bw_gbs"), "GB/s"),
     }
-    known = {"cpu", "cores", "peak_gflops", "mem_free_gb", "mem_total_gb", "mem_bw_gbs", "gpus"}
+    known = {"cpu", "cores", "peak_gflops", "gflops_1t", "int8_gops", "mem_free_gb", "mem_total_gb"}
+    known |= {"mem_bw_gbs", "gpus"}
     rows.update({k: v for k, v in hw.items() if k not in known})
     return rows
 

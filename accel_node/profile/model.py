@@ -247,6 +247,8 @@ def fingerprint(static: StaticFacts) -> str:
 
 # Measurements whose medians feed summary(); names are defined by the measuring modules.
 PEAK_GEMM_NAMES = ("numpy_gemm_fp32_all", "ort_gemm_fp32_all")
+GEMM_1T_NAMES = ("numpy_gemm_fp32_1t", "ort_gemm_fp32_1t")
+INT8_NAME = "ort_gemm_int8_all"
 MEM_BW_NAMES = ("mem_triad_all", "mem_copy_all")
 
 
@@ -279,6 +281,7 @@ class HardwareProfile:
     def summary(self) -> dict[str, Any]:
         """The handful of figures a peer needs to place work; GB here means 1e9 bytes."""
         peaks = [v for v in map(self._median, PEAK_GEMM_NAMES) if v is not None]
+        singles = [v for v in map(self._median, GEMM_1T_NAMES) if v is not None]
         bandwidth = next((v for v in map(self._median, MEM_BW_NAMES) if v is not None), None)
         gpus = []
         for gpu in self.static.gpus:
@@ -296,6 +299,8 @@ class HardwareProfile:
             )
         return {
             "peak_gflops": max(peaks) if peaks else None,
+            "gflops_1t": max(singles) if singles else None,
+            "int8_gops": self._median(INT8_NAME),
             "mem_bw_gbs": bandwidth,
             "mem_total_gb": self.static.memory_total_bytes / 1e9,
             "cpu": self.static.cpu_model,

@@ -184,6 +184,7 @@ class ModelLibrary:
                 "peak_rss_bytes": p["peak_rss_bytes"],
                 "fingerprint": self._hardware.fingerprint,
                 "source": "bench",
+                "op_times": p.get("op_times"),
             }
             for p in points
         ]

@@ -188,6 +188,43 @@ def _migration_9(db: sqlite_utils.Database) -> None:
     db.table("assign_pins").create_index(["assigner"])
 
 
+def _migration_10(db: sqlite_utils.Database) -> None:
+    """Performance prediction and adaptive tuning (issue 12)."""
+    measurements = db.table("measurements")
+    for column in (
+        "dims",  # JSON: symbolic dim name -> value the run used
+        "features",  # JSON: the predictor's workload features at this point (predict.types.Workload)
+        "hardware",  # JSON: hardware features of the machine that measured (predict.types.HardwareFeatures)
+        "op_times",  # JSON: ONNX operator type -> mean ms per run, from ONNX Runtime's profiler
+    ):
+        measurements.add_column(column, str)
+    db.table("predictors").create(
+        {
+            "id": int,
+            "kind": str,  # xgboost | kernel | roofline
+            "created_at": float,
+            "trained_on": int,  # measurements it learnt from
+            "source": str,  # local, or import:<where it came from>
+            "data": str,  # JSON export of the fitted predictor (never pickle)
+            "metrics": str,  # JSON: held-out errors and interval coverage
+        },
+        pk="id",
+        not_null={"kind", "created_at", "trained_on", "source", "data", "metrics"},
+    )
+    db.table("tuning_policies").create(
+        {
+            "cid": str,
+            "variant": str,  # the variant the requests asked for (the tuner may serve another)
+            "fingerprint": str,
+            "state": str,  # JSON: sufficient statistics per arm, current choice
+            "pinned": str,  # JSON arm the operator pinned, or NULL
+            "updated_at": float,
+        },
+        pk=("cid", "variant", "fingerprint"),
+        not_null={"state", "updated_at"},
+    )
+
+
 MIGRATIONS: list[Migration] = [
     _migration_1,
     _migration_2,
@@ -198,6 +235,7 @@ MIGRATIONS: list[Migration] = [
     _migration_7,
     _migration_8,
     _migration_9,
+    _migration_10,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -193,6 +193,12 @@ class AsyncStore:
     ) -> list[MeasurementRow]:
         return await self._run(self._measurements.all, model_cid, limit=limit)
 
+    async def count_measurements(self) -> int:
+        return await self._run(self._measurements.count)
+
+    async def measurements_since(self, after_id: int, *, limit: int = 100_000) -> list[MeasurementRow]:
+        return await self._run(self._measurements.since, after_id, limit=limit)
+
     # -- shard plans and served stages ---------------------------------------------------------
 
     async def save_plan(self, plan_cid: str, *, model_cid: str, raw: bytes, planner: str) -> None:

@@ -253,14 +253,23 @@ async def test_analysis_variants_and_measurements_round_trip(tmp_path: Path) -> 
     assert list(rows[0].as_dict()) == [
         "id", "model_cid", "variant", "batch", "threads", "seq_len", "latency_ms", "latency_p90_ms",
         "throughput", "peak_rss_bytes", "fingerprint", "source", "created_at",
+        "dims", "features", "hardware", "op_times",
     ]  # fmt: skip
-    assert [r.batch for r in await store.list_measurements(limit=2)] == [4, 2]
+    await store.record_measurements(
+        [{"model_cid": "bafyjson", "variant": "fp32", "batch": 1, "latency_ms": 1.0, "throughput": 1.0,
+          "source": "bench", "dims": {"seq": 8}, "op_times": {"MatMul": 0.5}}]
+    )  # fmt: skip
+    (json_row,) = await store.list_measurements("bafyjson")
+    assert json_row.dims == {"seq": 8} and json_row.op_times == {"MatMul": 0.5} and json_row.features is None
+    assert [r.model_cid for r in await store.measurements_since(rows[0].id)] == ["bafyjson"]
+    assert await store.count_measurements() == 4
+    assert [r.batch for r in await store.list_measurements("bafyparent", limit=2)] == [4, 2]
     assert await store.list_measurements("other") == []
 
     await store.delete_model_data("bafyparent")
     assert await store.list_variants("bafyparent") == []
     assert await store.get_analysis("bafyparent", {"seq": 128, "batch": 1}) is None
-    assert len(await store.list_measurements()) == 3  # measurements are history: kept
+    assert len(await store.list_measurements()) == 4  # measurements are history: kept
     await store.close()
 
 
